@@ -1,0 +1,189 @@
+//! The messages. Field order is wire order (postcard encodes structs as their
+//! fields in sequence, enums as a varint variant index), so fields and variants
+//! are only ever *appended*; `tests/golden.rs` catches anything else.
+
+use serde::{Deserialize, Serialize};
+
+/// Messages on the control stream: the first bidirectional stream the agent opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Agent → server, first message: who I am and my secret.
+    Hello(Hello),
+    /// Server → agent: accepted; the connection's identity and the rules to follow.
+    Welcome(Welcome),
+    /// Server → agent: not accepted. The server closes the connection after it.
+    Refused(Refusal),
+    /// Either side: liveness probe; the peer answers `Pong` with the same `seq`.
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// Either side: stop opening new streams; finish those in flight, then close.
+    GoAway {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    pub client_id: String,
+    pub token: String,
+    /// Free-form agent build, for logs (`warren/0.1.0`).
+    pub agent: String,
+    /// Named optional features the agent supports; unknown names are ignored.
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Unique id of this agent connection (the `connections.tunnel_ws_id` row).
+    pub tunnel_ws_id: String,
+    /// The server node holding the connection.
+    pub node_id: String,
+    /// Ping interval both sides use; a peer silent for 3 intervals is dead.
+    pub heartbeat_ms: u32,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest request/response head frame the server accepts.
+    pub max_head_frame: u32,
+    /// Most request streams the server will have open at once on this connection.
+    pub max_streams: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    /// Human-readable reason, shown by the agent.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    /// Client id known, token wrong. Permanent: the agent must not retry.
+    BadToken,
+    /// No token was ever issued for this client id. Permanent.
+    UnknownClient,
+    /// Protocol version not spoken by this server. Permanent.
+    UnsupportedVersion,
+    /// Too many connections for this client id or this server. Transient.
+    TooManyConnections,
+    /// Server draining or restarting. Transient.
+    ShuttingDown,
+    /// Server-side failure (e.g. registry unreachable). Transient.
+    Internal,
+}
+
+impl RefusalCode {
+    /// Whether retrying later can succeed without the operator changing anything.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            RefusalCode::TooManyConnections | RefusalCode::ShuttingDown | RefusalCode::Internal
+        )
+    }
+}
+
+/// First frame on every stream the server opens to the agent: what the stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Open {
+    /// An HTTP request; the raw request body follows until FIN.
+    Http(RequestHead),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHead {
+    /// Server-assigned id, carried in both sides' logs.
+    pub request_id: u64,
+    pub method: String,
+    /// Path and query as the upstream should see them (`clientId` removed).
+    pub uri: String,
+    /// End-to-end headers in arrival order; repeated names are repeated entries.
+    pub headers: Vec<Header>,
+    pub mode: Mode,
+    /// Whether a body follows. `false`: the stream is finished right after the
+    /// head, and the agent sends the upstream no body at all.
+    pub body: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// How the server answers the client; the agent behaves the same either way but
+/// may log it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Stream,
+    Blocking,
+}
+
+/// First frame the agent writes back on a request stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The upstream answered; the raw response body follows until FIN. A stream
+    /// reset instead of FIN means the body is truncated.
+    Head(ResponseHead),
+    /// The upstream could not be asked; nothing follows.
+    Error(StreamError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Upstream refused the connection or failed before answering (→ 502).
+    UpstreamUnavailable,
+    /// Upstream did not answer in time (→ 504).
+    UpstreamTimeout,
+    /// The request head could not be turned into a valid upstream request (→ 400).
+    BadRequest,
+    /// The agent is at capacity (→ 503).
+    Overloaded,
+}
+
+/// Application error codes for stream resets (QUIC `RESET_STREAM`/`STOP_SENDING`).
+/// Transports without codes (yamux) only convey "reset".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ResetCode {
+    /// The reader no longer wants the data (client went away).
+    Cancelled = 1,
+    /// The upstream failed mid-body: what was sent is truncated.
+    UpstreamAborted = 2,
+    /// The peer broke the protocol on this stream.
+    ProtocolError = 3,
+}
+
+/// Connection close codes (QUIC `CONNECTION_CLOSE` application codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Orderly shutdown.
+    Normal = 0,
+    /// Hello refused (the `Refused` frame says why).
+    Refused = 1,
+    /// Peer missed its heartbeats.
+    Timeout = 2,
+    /// Peer broke the protocol on the control stream.
+    ProtocolError = 3,
+    /// A newer connection took over or the operator revoked the agent.
+    Replaced = 4,
+}

@@ -1,0 +1,242 @@
+//! The agent's side of a request stream: turns the `RequestHead` into a request
+//! to the local service (hyper client, pooled keep-alive connections), and
+//! streams the response back. An upstream that fails mid-body resets the stream,
+//! so the client sees an error rather than a clean short body; a server that
+//! stops reading (client gone) makes us drop the upstream request at once.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{header, HeaderValue, Method, Request, Uri};
+use http_body_util::BodyExt;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use tracing::{debug, info, warn, Instrument};
+use warren_proto::{ErrorKind, Open, Reply, RequestHead, ResetCode, ResponseHead, StreamError};
+
+use crate::{
+    body::{self, TunnelBody},
+    headers,
+    transport::{RecvStream, SendStream},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("--upstream {0:?} must be an http:// URL with a host, e.g. http://127.0.0.1:8000")]
+    BadUrl(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: String,
+    /// TCP connect timeout to the local service.
+    pub connect_timeout: Duration,
+    /// Time the local service has to send its response head.
+    pub response_timeout: Duration,
+    /// Forward the client's Host header instead of the upstream's authority.
+    pub preserve_host: bool,
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, TunnelBody>,
+    /// `scheme://authority` plus any path prefix, without a trailing slash.
+    base: String,
+    authority: HeaderValue,
+    config: UpstreamConfig,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Self, UpstreamError> {
+        let bad = || UpstreamError::BadUrl(config.url.clone());
+        let uri: Uri = config.url.parse().map_err(|_| bad())?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad());
+        }
+        let authority = uri.authority().ok_or_else(bad)?.clone();
+        let base = format!("http://{authority}{}", uri.path().trim_end_matches('/'));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            // Idle upstream connections are cheap to keep on loopback, and
+            // reusing them saves a handshake per request.
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Upstream {
+            client,
+            base,
+            authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
+            config,
+        })
+    }
+
+    /// Serves one stream the server opened.
+    pub async fn serve_stream(
+        self: Arc<Self>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        max_head: usize,
+    ) {
+        let open = match recv.read_frame::<Open>(max_head).await {
+            Ok(open) => open,
+            Err(e) => {
+                warn!("unreadable stream head from the server: {e}");
+                send.reset(ResetCode::ProtocolError);
+                return;
+            }
+        };
+        match open {
+            Open::Http(head) => {
+                let span = tracing::info_span!("request", request_id = head.request_id);
+                self.http(head, send, recv, max_head).instrument(span).await
+            }
+        }
+    }
+
+    async fn http(
+        &self,
+        head: RequestHead,
+        mut send: SendStream,
+        recv: RecvStream,
+        max_head: usize,
+    ) {
+        let request = match self.request(head, recv) {
+            Ok(r) => r,
+            Err(message) => {
+                let _ = reply_error(&mut send, ErrorKind::BadRequest, message, max_head).await;
+                return;
+            }
+        };
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let response =
+            match tokio::time::timeout(self.config.response_timeout, self.client.request(request))
+                .await
+            {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    let (kind, what) = if is_timeout(&e) {
+                        (ErrorKind::UpstreamTimeout, "timed out")
+                    } else {
+                        (ErrorKind::UpstreamUnavailable, "failed")
+                    };
+                    let message = format!(
+                        "upstream request {method} {uri} {what}: {}",
+                        error_chain(&e)
+                    );
+                    info!("{message}");
+                    let _ = reply_error(&mut send, kind, message, max_head).await;
+                    return;
+                }
+                Err(_) => {
+                    let message = format!(
+                        "upstream {} sent no response within {:?}",
+                        self.base, self.config.response_timeout
+                    );
+                    info!("{message}");
+                    let _ =
+                        reply_error(&mut send, ErrorKind::UpstreamTimeout, message, max_head).await;
+                    return;
+                }
+            };
+        let (parts, mut body) = response.into_parts();
+        let mut resp_headers = parts.headers;
+        headers::strip_hop_by_hop(&mut resp_headers);
+        let head = Reply::Head(ResponseHead {
+            status: parts.status.as_u16(),
+            headers: headers::to_wire(&resp_headers),
+        });
+        if let Err(e) = send.write_frame(&head, max_head).await {
+            debug!("server went away before the response head: {e}");
+            return;
+        }
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = send.write_chunk(data).await {
+                        // The client went away: dropping `body` aborts the
+                        // upstream request rather than reading it to the end.
+                        debug!("response abandoned by the client: {e}");
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    warn!("upstream response broke off: {e}");
+                    send.reset(ResetCode::UpstreamAborted);
+                    return;
+                }
+                None => {
+                    let _ = send.finish();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Builds the upstream request from the head; the body streams from `recv`.
+    fn request(&self, head: RequestHead, recv: RecvStream) -> Result<Request<TunnelBody>, String> {
+        let method = Method::from_bytes(head.method.as_bytes())
+            .map_err(|_| format!("invalid method {:?}", head.method))?;
+        if !head.uri.starts_with('/') {
+            return Err(format!("request target {:?} must start with '/'", head.uri));
+        }
+        let uri: Uri = format!("{}{}", self.base, head.uri)
+            .parse()
+            .map_err(|_| format!("invalid request target {:?}", head.uri))?;
+        let mut hdrs = headers::from_wire(head.headers).map_err(|e| e.to_string())?;
+        headers::strip_hop_by_hop(&mut hdrs);
+        if !self.config.preserve_host {
+            hdrs.insert(header::HOST, self.authority.clone());
+        }
+        let body = if head.body {
+            body::from_recv(recv)
+        } else {
+            body::empty()
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = hdrs;
+        Ok(req)
+    }
+}
+
+async fn reply_error(
+    send: &mut SendStream,
+    kind: ErrorKind,
+    message: String,
+    max_head: usize,
+) -> Result<(), crate::transport::TransportError> {
+    send.write_frame(&Reply::Error(StreamError { kind, message }), max_head)
+        .await?;
+    send.finish()
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// `outer: inner: innermost`, since hyper's top-level messages are terse.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        source = err.source();
+    }
+    out
+}

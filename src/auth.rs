@@ -1,0 +1,112 @@
+//! Agent identity: which client ids are valid, and the agent tokens. A token is
+//! 32 random bytes shown once; only its SHA-256 is stored (a token has full
+//! entropy, so a slow password hash adds nothing) and it is compared in
+//! constant time.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::registry::{Registry, RegistryError};
+
+/// Prefix that makes a leaked token recognisable to secret scanners.
+const TOKEN_PREFIX: &str = "wrn_";
+
+/// Longest client id: fits a DNS label (63) with room to spare in the schema.
+pub const MAX_CLIENT_ID: usize = 63;
+
+/// Checks that `id` can name an agent everywhere it appears (query string, header,
+/// subdomain, database key): 1–63 of `a-z A-Z 0-9 - _ .`, not starting with `-`/`.`.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CLIENT_ID {
+        return Err(format!(
+            "client id must be 1 to {MAX_CLIENT_ID} characters, got {}",
+            id.len()
+        ));
+    }
+    if id.starts_with(['-', '.']) {
+        return Err("client id must not start with '-' or '.'".into());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "client id may only hold letters, digits, '-', '_' and '.'; found {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn generate_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Creates or rotates `client_id`'s token; returns the new token (shown once).
+pub async fn issue_token(registry: &Registry, client_id: &str) -> Result<String, IssueError> {
+    check_client_id(client_id).map_err(IssueError::BadClientId)?;
+    let token = generate_token();
+    registry
+        .set_token_hash(client_id, &hash_token(&token))
+        .await?;
+    Ok(token)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("invalid client id: {0}")]
+    BadClientId(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    BadToken,
+    UnknownClient,
+}
+
+/// Checks an agent's token against the stored hash.
+pub async fn verify_token(
+    registry: &Registry,
+    client_id: &str,
+    token: &str,
+) -> Result<Verdict, RegistryError> {
+    // Hash before the lookup so both outcomes cost the same work.
+    let presented = hash_token(token);
+    Ok(match registry.token_hash(client_id).await? {
+        None => Verdict::UnknownClient,
+        Some(stored) if bool::from(stored.as_slice().ct_eq(&presented)) => Verdict::Accepted,
+        Some(_) => Verdict::BadToken,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids() {
+        assert!(check_client_id("music-box_01.home").is_ok());
+        assert!(check_client_id("").is_err());
+        assert!(check_client_id("-x").is_err());
+        assert!(check_client_id("a/b").is_err());
+        assert!(check_client_id("a b").is_err());
+        assert!(check_client_id(&"x".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn tokens_are_unique_and_hash_stably() {
+        let a = generate_token();
+        let b = generate_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+}

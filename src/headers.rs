@@ -1,0 +1,119 @@
+//! HTTP header handling shared by server and agent: conversion to and from the
+//! wire form (order and repeats preserved) and removal of hop-by-hop headers as
+//! RFC 9110 §7.6.1 requires of intermediaries.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use warren_proto::Header;
+
+/// Headers that only describe one hop; never forwarded (RFC 9110 §7.6.1, plus the
+/// non-standard but common Keep-Alive and Proxy-Connection).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+const HOP_BY_HOP_EXTRA: &[&str] = &["keep-alive", "proxy-connection"];
+
+/// Request headers that configure warren itself; consumed by the server.
+pub const CLIENT_HEADER: &str = "x-warren-client";
+pub const MODE_HEADER: &str = "x-warren-mode";
+/// Response header carrying the server's request id (also in both sides' logs).
+pub const REQUEST_ID_HEADER: &str = "x-warren-request-id";
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP_EXTRA {
+        headers.remove(*name);
+    }
+}
+
+/// Headers as wire entries, in order, repeats kept.
+pub fn to_wire(headers: &HeaderMap) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid header {name:?} from the peer")]
+pub struct BadHeader {
+    pub name: String,
+}
+
+/// Wire entries back into a header map, rejecting invalid names or values.
+pub fn from_wire(entries: Vec<Header>) -> Result<HeaderMap, BadHeader> {
+    let mut map = HeaderMap::with_capacity(entries.len());
+    for Header { name, value } in entries {
+        let bad = || BadHeader { name: name.clone() };
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        let v = HeaderValue::from_bytes(&value).map_err(|_| bad())?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_removed_and_connection_listed_too() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append("set-cookie", HeaderValue::from_static("b=2"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-private").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_repeats_and_order() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append("x-bin", HeaderValue::from_bytes(b"\xff\x01").unwrap());
+        h.append("set-cookie", HeaderValue::from_static("b=2"));
+        let back = from_wire(to_wire(&h)).unwrap();
+        let cookies: Vec<_> = back.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(back.get("x-bin").unwrap().as_bytes(), b"\xff\x01");
+    }
+
+    #[test]
+    fn invalid_wire_header_rejected() {
+        let bad = vec![Header {
+            name: "bad name".into(),
+            value: b"x".to_vec(),
+        }];
+        assert!(from_wire(bad).is_err());
+        let bad = vec![Header {
+            name: "x".into(),
+            value: b"a\r\nb".to_vec(),
+        }];
+        assert!(from_wire(bad).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! warren: a reverse tunnel. An agent next to a private service dials out to a
+//! public server over QUIC; clients use plain HTTP against the server, naming the
+//! agent, and each request travels on its own stream.
+//!
+//! Layout: [`transport`] is the only module that knows which transport carries a
+//! session; [`server`] and [`agent`] are built on it; [`registry`] records agents
+//! and connections in SQLite or MySQL; [`tls`] handles certificates and trust.
+
+pub mod agent;
+pub mod auth;
+pub mod body;
+pub mod control;
+pub mod headers;
+pub mod registry;
+pub mod sample;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod transport;

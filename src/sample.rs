@@ -1,0 +1,357 @@
+//! A small sample upstream: the local service the demo, the tests and the
+//! benchmark put behind an agent. It serves deterministic incompressible bytes
+//! (with `Range` and pacing, like an audio file), echoes requests, and can
+//! misbehave on purpose (truncate, hang) so error paths can be exercised.
+//!
+//! Routes:
+//! - `GET|HEAD /bytes/N[?chunk=K&delay_ms=D]`: N bytes of the pattern, `Range` aware;
+//!   with `delay_ms`, paced as K-byte chunks every D ms.
+//! - `POST|PUT /sha256`: `{"bytes": n, "sha256": hex}` of the request body.
+//! - `ANY /echo`: the request body back, same Content-Type.
+//! - `ANY /headers`: `{"method", "uri", "headers": [[name, value], …]}`.
+//! - `GET /cookies`: three `Set-Cookie` headers.
+//! - `GET /status/CODE`: an empty response with that status.
+//! - `GET /truncate/N`: declares 2N bytes, sends N, then breaks the connection.
+//! - `GET /hang`: never answers.
+
+use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::control::AbortOnDrop;
+
+type SampleBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Length of the repeating pattern block. 1 MiB of PRNG output: incompressible
+/// in practice, and slices of it are served without copying.
+const PATTERN_LEN: usize = 1 << 20;
+
+/// The pattern byte at every offset: `pattern()[offset % PATTERN_LEN]`.
+pub fn pattern() -> &'static Bytes {
+    static PATTERN: OnceLock<Bytes> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut state: u64 = 0x5741_5252_454e_0001; // "WARREN" + 1
+        let mut out = Vec::with_capacity(PATTERN_LEN);
+        while out.len() < PATTERN_LEN {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        Bytes::from(out)
+    })
+}
+
+/// The SHA-256 of pattern bytes `[start, start + len)`, for checking downloads.
+pub fn pattern_sha256(start: u64, len: u64) -> String {
+    let mut hasher = Sha256::new();
+    for chunk in pattern_chunks(start, len, PATTERN_LEN) {
+        hasher.update(&chunk);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Zero-copy slices of the pattern covering `[start, start + len)`.
+fn pattern_chunks(start: u64, len: u64, max_chunk: usize) -> impl Iterator<Item = Bytes> {
+    let block = pattern().clone();
+    let end = start + len;
+    let mut at = start;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let offset = (at % PATTERN_LEN as u64) as usize;
+        let n = ((end - at) as usize)
+            .min(PATTERN_LEN - offset)
+            .min(max_chunk);
+        at += n as u64;
+        Some(block.slice(offset..offset + n))
+    })
+}
+
+/// A running sample upstream; stops when dropped.
+pub struct SampleUpstream {
+    addr: SocketAddr,
+    _task: AbortOnDrop<()>,
+}
+
+impl SampleUpstream {
+    pub async fn spawn(addr: SocketAddr) -> std::io::Result<SampleUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(route))
+                        .await;
+                });
+            }
+        });
+        Ok(SampleUpstream {
+            addr,
+            _task: AbortOnDrop(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> SampleBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<SampleBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn query_param<T: std::str::FromStr>(req: &Request<Incoming>, name: &str) -> Option<T> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+async fn route(req: Request<Incoming>) -> Result<Response<SampleBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let resp = match (req.method().clone(), segments.as_slice()) {
+        (_, [""]) => respond(
+            StatusCode::OK,
+            "Hello from the sample upstream behind warren.\n\
+             Try /bytes/1048576, /headers, /cookies, or POST a body to /echo or /sha256.\n",
+        ),
+        (Method::GET | Method::HEAD, ["bytes", n]) => match n.parse::<u64>() {
+            Ok(n) => bytes(&req, n),
+            Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
+        },
+        (Method::POST | Method::PUT, ["sha256"]) => sha256(req).await,
+        (_, ["echo"]) => {
+            let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+            let mut resp = Response::new(
+                req.into_body()
+                    .map_err(std::io::Error::other)
+                    .boxed_unsync(),
+            );
+            if let Some(ct) = content_type {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        (_, ["headers"]) => {
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "headers": headers,
+            });
+            let mut resp = respond(StatusCode::OK, body.to_string());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        (Method::GET, ["cookies"]) => {
+            let mut resp = respond(StatusCode::OK, "three cookies\n");
+            for c in ["a=1; Path=/", "b=2; Path=/", "c=3; Path=/; HttpOnly"] {
+                resp.headers_mut()
+                    .append(header::SET_COOKIE, HeaderValue::from_static(c));
+            }
+            resp
+        }
+        (_, ["status", code]) => match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(status) => respond(status, Bytes::new()),
+            None => respond(StatusCode::BAD_REQUEST, "bad status\n"),
+        },
+        (Method::GET, ["truncate", n]) => match n.parse::<u64>() {
+            Ok(n) => truncated(n),
+            Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
+        },
+        (Method::GET, ["hang"]) => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        _ => respond(StatusCode::NOT_FOUND, "no such route\n"),
+    };
+    Ok(resp)
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` (single range) against `len`.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (len.saturating_sub(n), len.checked_sub(1)?)
+        }
+        (a, "") => (a.parse().ok()?, len.checked_sub(1)?),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+        ),
+    };
+    (start <= end && end < len).then_some((start, end))
+}
+
+fn bytes(req: &Request<Incoming>, len: u64) -> Response<SampleBody> {
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len));
+    let (status, start, count) = match range {
+        None => (StatusCode::OK, 0, len),
+        Some(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        Some(None) => {
+            let mut resp = respond(StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new());
+            resp.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+            );
+            return resp;
+        }
+    };
+    let chunk: usize = query_param(req, "chunk")
+        .unwrap_or(256 * 1024)
+        .clamp(1, PATTERN_LEN);
+    let delay: u64 = query_param(req, "delay_ms").unwrap_or(0);
+    let chunks = pattern_chunks(start, count, chunk);
+    let body: SampleBody = if delay == 0 {
+        StreamBody::new(futures_util::stream::iter(
+            chunks.map(|c| Ok(Frame::data(c))),
+        ))
+        .boxed_unsync()
+    } else {
+        let paced = futures_util::stream::unfold(chunks, move |mut chunks| async move {
+            let chunk = chunks.next()?;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Some((Ok(Frame::data(chunk)), chunks))
+        });
+        StreamBody::new(paced).boxed_unsync()
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{}/{len}", start + count - 1);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&value).expect("ascii"),
+        );
+    }
+    resp
+}
+
+async fn sha256(req: Request<Incoming>) -> Response<SampleBody> {
+    let mut body = req.into_body();
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                    hasher.update(&data);
+                }
+            }
+            Err(e) => return respond(StatusCode::BAD_REQUEST, format!("body broke off: {e}\n")),
+        }
+    }
+    let body = serde_json::json!({ "bytes": total, "sha256": hex::encode(hasher.finalize()) });
+    let mut resp = respond(StatusCode::OK, body.to_string());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn truncated(n: u64) -> Response<SampleBody> {
+    let data = pattern_chunks(0, n, PATTERN_LEN).map(|c| Ok(Frame::data(c)));
+    let broken = std::iter::once(Err(std::io::Error::other(
+        "sample upstream truncates on purpose",
+    )));
+    let body = StreamBody::new(futures_util::stream::iter(data.chain(broken))).boxed_unsync();
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(2 * n));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+
+    #[test]
+    fn pattern_chunks_cover_ranges_across_the_block_edge() {
+        let start = PATTERN_LEN as u64 - 10;
+        let got: Vec<u8> = pattern_chunks(start, 20, 7)
+            .flat_map(|c| c.to_vec())
+            .collect();
+        let p = pattern();
+        let want: Vec<u8> = (0..20u64)
+            .map(|i| p[((start + i) % PATTERN_LEN as u64) as usize])
+            .collect();
+        assert_eq!(got, want);
+    }
+}

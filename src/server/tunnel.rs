@@ -1,0 +1,278 @@
+//! The tunnel side: accepts agent connections, checks their Hello, records them
+//! in the registry and the agent table, and keeps them alive until they go.
+
+use std::{sync::Arc, time::Duration};
+
+use tracing::{info, warn, Instrument};
+use warren_proto::{
+    CloseCode, Control, Hello, Limits, Refusal, RefusalCode, Welcome, MAX_CONTROL_FRAME,
+    PROTOCOL_VERSION,
+};
+
+use super::{agents::AgentLink, agents::TableFull, Shared};
+use crate::{
+    auth::{self, Verdict},
+    control,
+    registry::{now_ms, ConnectionRecord},
+    shutdown::Shutdown,
+    transport::{quic, RecvStream, SendStream, Session},
+};
+
+/// How long a refused agent gets to read the refusal before we close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// How long a shutting-down server waits for an agent to close after GoAway.
+pub(super) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+pub(super) async fn accept_agents(
+    shared: Arc<Shared>,
+    listener: Arc<quic::Listener>,
+    mut shutdown: Shutdown,
+    done: tokio::sync::mpsc::Sender<()>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = listener.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            _ = shutdown.wait() => break,
+        };
+        let remote = incoming.remote_address();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(
+            async move {
+                let _done = done;
+                let timeout = shared.config.handshake_timeout;
+                match tokio::time::timeout(timeout, quic::establish(incoming)).await {
+                    Ok(Ok(session)) => serve_agent(shared, session, shutdown).await,
+                    Ok(Err(e)) => info!("agent handshake failed: {e}"),
+                    Err(_) => info!("agent handshake timed out after {timeout:?}"),
+                }
+            }
+            .instrument(tracing::info_span!("agent", %remote)),
+        );
+    }
+}
+
+/// Runs one agent connection from Hello to goodbye.
+async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) {
+    let timeout = shared.config.handshake_timeout;
+    let (mut send, mut recv) = match tokio::time::timeout(timeout, read_hello(&session)).await {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(why)) => {
+            info!("agent rejected before Hello: {why}");
+            session.close(CloseCode::ProtocolError, &why);
+            return;
+        }
+        Err(_) => {
+            info!("no Hello within {timeout:?}");
+            session.close(CloseCode::Timeout, "no Hello in time");
+            return;
+        }
+    };
+    let hello = match recv.read_frame::<Control>(MAX_CONTROL_FRAME).await {
+        Ok(Control::Hello(hello)) => hello,
+        Ok(other) => {
+            let why = format!("expected Hello, got {other:?}");
+            info!("{why}");
+            session.close(CloseCode::ProtocolError, &why);
+            return;
+        }
+        Err(e) => {
+            info!("reading Hello failed: {e}");
+            session.close(CloseCode::ProtocolError, "unreadable Hello");
+            return;
+        }
+    };
+    let client_id = hello.client_id.clone();
+    let span = tracing::info_span!("client", client_id = %client_id);
+    async move {
+        let tunnel_ws_id = match admit(&shared, &session, &hello).await {
+            Ok(id) => id,
+            Err(refusal) => {
+                info!(code = ?refusal.code, "agent refused: {}", refusal.message);
+                let _ = send
+                    .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
+                    .await;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
+                session.close(CloseCode::Refused, "refused");
+                return;
+            }
+        };
+        let span = tracing::info_span!("conn", conn = %tunnel_ws_id);
+        run_admitted(
+            shared,
+            session,
+            send,
+            recv,
+            client_id,
+            tunnel_ws_id,
+            shutdown,
+        )
+        .instrument(span)
+        .await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_hello(session: &Session) -> Result<(SendStream, RecvStream), String> {
+    session
+        .accept()
+        .await
+        .ok_or_else(|| "connection closed before the control stream opened".to_string())
+}
+
+/// Checks the Hello and records the connection; returns its `tunnel_ws_id`.
+async fn admit(shared: &Shared, session: &Session, hello: &Hello) -> Result<String, Refusal> {
+    let refuse = |code, message: String| Refusal { code, message };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(refuse(
+            RefusalCode::UnsupportedVersion,
+            format!(
+                "agent speaks protocol {}, this server speaks {PROTOCOL_VERSION}; upgrade the older side",
+                hello.version
+            ),
+        ));
+    }
+    if let Err(why) = auth::check_client_id(&hello.client_id) {
+        return Err(refuse(RefusalCode::UnknownClient, why));
+    }
+    match auth::verify_token(&shared.registry, &hello.client_id, &hello.token).await {
+        Ok(Verdict::Accepted) => {}
+        Ok(Verdict::BadToken) => {
+            return Err(refuse(
+                RefusalCode::BadToken,
+                format!(
+                    "wrong token for client id {:?}; issue a new one with `warren token issue {}`",
+                    hello.client_id, hello.client_id
+                ),
+            ))
+        }
+        Ok(Verdict::UnknownClient) => {
+            return Err(refuse(
+                RefusalCode::UnknownClient,
+                format!(
+                    "no token was ever issued for client id {:?}; run `warren token issue {}` on the server",
+                    hello.client_id, hello.client_id
+                ),
+            ))
+        }
+        Err(e) => {
+            warn!("registry unavailable while checking a token: {e}");
+            return Err(refuse(
+                RefusalCode::Internal,
+                "server cannot reach its registry; retry later".into(),
+            ));
+        }
+    }
+    let record = ConnectionRecord {
+        tunnel_ws_id: new_tunnel_ws_id(),
+        client_id: hello.client_id.clone(),
+        node_id: shared.config.node_id.clone(),
+        transport: session.kind().to_string(),
+        remote_addr: session.remote_addr().to_string(),
+        connected_at_ms: now_ms(),
+    };
+    if let Err(e) = shared.registry.upsert_connection(&record).await {
+        warn!("registry unavailable while recording a connection: {e}");
+        return Err(refuse(
+            RefusalCode::Internal,
+            "server cannot reach its registry; retry later".into(),
+        ));
+    }
+    Ok(record.tunnel_ws_id)
+}
+
+async fn run_admitted(
+    shared: Arc<Shared>,
+    session: Session,
+    mut send: SendStream,
+    recv: RecvStream,
+    client_id: String,
+    tunnel_ws_id: String,
+    shutdown: Shutdown,
+) {
+    let link = Arc::new(AgentLink {
+        client_id: client_id.clone(),
+        tunnel_ws_id: tunnel_ws_id.clone(),
+        session: session.clone(),
+    });
+    let refusal = match shared.agents.insert(link) {
+        Ok(()) => None,
+        Err(TableFull::Node(n)) => Some(format!("this node already holds {n} agent connections")),
+        Err(TableFull::Client(n)) => Some(format!(
+            "client id {client_id:?} already has {n} connections (the per-client limit)"
+        )),
+    };
+    if let Some(message) = refusal {
+        info!("agent refused: {message}");
+        let _ = shared.registry.remove_connection(&tunnel_ws_id).await;
+        let refusal = Refusal {
+            code: RefusalCode::TooManyConnections,
+            message,
+        };
+        let _ = send
+            .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
+            .await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
+        session.close(CloseCode::Refused, "refused");
+        return;
+    }
+    let config = &shared.config;
+    let welcome = Welcome {
+        tunnel_ws_id: tunnel_ws_id.clone(),
+        node_id: config.node_id.clone(),
+        heartbeat_ms: config.heartbeat.as_millis().min(u32::MAX as u128) as u32,
+        limits: Limits {
+            max_head_frame: config.max_head_frame as u32,
+            max_streams: config.tuning.max_streams,
+        },
+    };
+    let end = match send
+        .write_frame(&Control::Welcome(welcome), MAX_CONTROL_FRAME)
+        .await
+    {
+        Ok(()) => {
+            info!(transport = %session.kind(), remote = %session.remote_addr(), "agent connected");
+            control::keepalive(send, recv, config.heartbeat, shutdown).await
+        }
+        Err(e) => control::ControlEnd::Lost(e),
+    };
+    // Stop routing new requests here first; then let in-flight ones drain when
+    // the parting was orderly (the agent closes once it is done).
+    shared.agents.remove(&client_id, &tunnel_ws_id);
+    let code = match &end {
+        control::ControlEnd::PeerSilent(_) => CloseCode::Timeout,
+        control::ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,
+        control::ControlEnd::Shutdown | control::ControlEnd::GoAway(_) => {
+            let _ = tokio::time::timeout(SHUTDOWN_DRAIN, session.closed()).await;
+            CloseCode::Normal
+        }
+        control::ControlEnd::Lost(_) => CloseCode::Normal,
+    };
+    session.close(code, &end.to_string());
+    if let Err(e) = shared.registry.remove_connection(&tunnel_ws_id).await {
+        warn!("could not remove the connection row: {e}");
+    }
+    info!("agent disconnected: {end}");
+}
+
+/// A random 128-bit id in UUID text form.
+fn new_tunnel_ws_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

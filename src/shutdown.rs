@@ -1,0 +1,44 @@
+//! Shutdown as an explicit signal: one [`ShutdownTrigger`] fires, every cloned
+//! [`Shutdown`] wakes. Servers and agents take one and wind down cleanly.
+
+use tokio::sync::watch;
+
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+pub fn channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drop for ShutdownTrigger {
+    fn drop(&mut self) {
+        self.fire();
+    }
+}
+
+impl Shutdown {
+    /// A signal that never fires (for callers that run until killed).
+    pub fn never() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        Shutdown(rx)
+    }
+
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the trigger fires (or is dropped).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|fired| *fired).await;
+    }
+}

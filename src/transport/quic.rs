@@ -1,0 +1,181 @@
+//! QUIC via quinn: endpoint set-up (socket buffers, windows, ALPN) and the mapping
+//! of quinn's errors onto [`TransportError`].
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quinn::{crypto::rustls::QuicClientConfig, crypto::rustls::QuicServerConfig, VarInt};
+
+use super::{Session, TransportError, TransportTuning};
+
+/// Streams the agent may open towards the server: only the control stream today;
+/// a little headroom for future uses.
+const AGENT_OPENED_STREAMS: u32 = 8;
+
+fn transport_config(tuning: &TransportTuning, peer_streams: u32) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    let window = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);
+    t.stream_receive_window(window(tuning.stream_window));
+    t.receive_window(window(tuning.connection_window));
+    t.send_window(tuning.connection_window);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(peer_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(tuning.idle_timeout).ok());
+    Arc::new(t)
+}
+
+/// Binds a UDP socket with the tuned buffer sizes (quinn turns on GSO/GRO itself).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the OS allows it, so `[::]:7443` also serves IPv4 agents.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The server's QUIC side of the tunnel port.
+pub struct Listener {
+    endpoint: quinn::Endpoint,
+}
+
+impl Listener {
+    pub fn bind(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        tuning: &TransportTuning,
+    ) -> Result<Self, TransportError> {
+        let mut tls = tls;
+        tls.alpn_protocols = vec![warren_proto::ALPN.to_vec()];
+        tls.max_early_data_size = 0;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Connect {
+            addr: addr.to_string(),
+            reason: format!("TLS config unusable for QUIC: {e}"),
+        })?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport_config(tuning, AGENT_OPENED_STREAMS));
+        let socket = udp_socket(addr, tuning.udp_buffer)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(Listener { endpoint })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Next incoming connection attempt; `None` once the listener is closed.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    pub fn close(&self) {
+        self.endpoint
+            .close(VarInt::from_u32(0), b"server shutting down");
+    }
+}
+
+/// Completes a server-side handshake.
+pub async fn establish(incoming: quinn::Incoming) -> Result<Session, TransportError> {
+    let remote = incoming.remote_address();
+    let conn = incoming.await.map_err(|e| TransportError::Connect {
+        addr: remote.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Session::from_quic(conn, None))
+}
+
+/// Dials the server over QUIC.
+pub async fn connect(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: rustls::ClientConfig,
+    tuning: &TransportTuning,
+    timeout: Duration,
+) -> Result<Session, TransportError> {
+    let connect_err = |reason: String| TransportError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut tls = tls;
+    tls.alpn_protocols = vec![warren_proto::ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| connect_err(format!("TLS config unusable for QUIC: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config(tuning, tuning.max_streams));
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let socket = udp_socket(bind, tuning.udp_buffer)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let connecting = endpoint
+        .connect_with(config, addr, server_name)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(connect_err(e.to_string())),
+        Err(_) => {
+            return Err(connect_err(format!(
+                "no QUIC handshake within {timeout:?}: UDP to the server may be blocked \
+                 (try --transport ws) or the server is down"
+            )))
+        }
+    };
+    Ok(Session::from_quic(conn, Some(endpoint)))
+}
+
+pub(super) fn conn_error(e: quinn::ConnectionError) -> TransportError {
+    use quinn::ConnectionError as E;
+    TransportError::Closed(match e {
+        E::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            format!("closed by peer (code {}): {reason}", c.error_code)
+        }
+        E::LocallyClosed => "closed locally".into(),
+        E::TimedOut => "peer unresponsive (idle timeout)".into(),
+        other => other.to_string(),
+    })
+}
+
+pub(super) fn write_error(e: quinn::WriteError) -> TransportError {
+    match e {
+        quinn::WriteError::Stopped(code) => TransportError::Reset(code.into_inner()),
+        quinn::WriteError::ConnectionLost(e) => conn_error(e),
+        other => TransportError::Closed(other.to_string()),
+    }
+}
+
+pub(super) fn read_error(e: quinn::ReadError) -> TransportError {
+    match e {
+        quinn::ReadError::Reset(code) => TransportError::Reset(code.into_inner()),
+        quinn::ReadError::ConnectionLost(e) => conn_error(e),
+        other => TransportError::Closed(other.to_string()),
+    }
+}
+
+/// quinn's `AsyncRead` reports resets and lost connections as `io::Error`s
+/// wrapping its `ReadError`; recover the precise error where we can.
+pub(super) fn io_read_error(e: std::io::Error) -> TransportError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+    {
+        Some(read) => read_error(read.clone()),
+        None => TransportError::Io(e),
+    }
+}
