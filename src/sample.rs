@@ -14,7 +14,15 @@
 //! - `GET /truncate/N`: declares 2N bytes, sends N, then breaks the connection.
 //! - `GET /hang`: never answers.
 
-use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -81,28 +89,59 @@ fn pattern_chunks(start: u64, len: u64, max_chunk: usize) -> impl Iterator<Item 
 /// A running sample upstream; stops when dropped.
 pub struct SampleUpstream {
     addr: SocketAddr,
+    stats: Arc<Stats>,
     _task: AbortOnDrop<()>,
+}
+
+/// What the sample upstream has seen, for tests that check the far end.
+#[derive(Default)]
+pub struct Stats {
+    /// `/bytes` response bodies currently alive (not yet finished or dropped).
+    pub open_bodies: AtomicUsize,
+    /// Requests received.
+    pub requests: AtomicUsize,
+}
+
+/// Counts a response body as open for as long as it is alive.
+struct OpenBody(Arc<Stats>);
+
+impl OpenBody {
+    fn new(stats: &Arc<Stats>) -> Self {
+        stats.open_bodies.fetch_add(1, Ordering::SeqCst);
+        OpenBody(stats.clone())
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        self.0.open_bodies.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SampleUpstream {
     pub async fn spawn(addr: SocketAddr) -> std::io::Result<SampleUpstream> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let stats = Arc::new(Stats::default());
+        let task_stats = stats.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let stats = task_stats.clone();
                 tokio::spawn(async move {
+                    let service = service_fn(move |req| route(stats.clone(), req));
                     let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(route))
+                        .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
         Ok(SampleUpstream {
             addr,
+            stats,
             _task: AbortOnDrop(task),
         })
     }
@@ -113,6 +152,10 @@ impl SampleUpstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 }
 
@@ -137,7 +180,11 @@ fn query_param<T: std::str::FromStr>(req: &Request<Incoming>, name: &str) -> Opt
         .and_then(|(_, v)| v.parse().ok())
 }
 
-async fn route(req: Request<Incoming>) -> Result<Response<SampleBody>, Infallible> {
+async fn route(
+    stats: Arc<Stats>,
+    req: Request<Incoming>,
+) -> Result<Response<SampleBody>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match (req.method().clone(), segments.as_slice()) {
@@ -147,7 +194,7 @@ async fn route(req: Request<Incoming>) -> Result<Response<SampleBody>, Infallibl
              Try /bytes/1048576, /headers, /cookies, or POST a body to /echo or /sha256.\n",
         ),
         (Method::GET | Method::HEAD, ["bytes", n]) => match n.parse::<u64>() {
-            Ok(n) => bytes(&req, n),
+            Ok(n) => bytes(&req, n, OpenBody::new(&stats)),
             Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
         },
         (Method::POST | Method::PUT, ["sha256"]) => sha256(req).await,
@@ -236,7 +283,7 @@ fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && end < len).then_some((start, end))
 }
 
-fn bytes(req: &Request<Incoming>, len: u64) -> Response<SampleBody> {
+fn bytes(req: &Request<Incoming>, len: u64, open: OpenBody) -> Response<SampleBody> {
     let range = req
         .headers()
         .get(header::RANGE)
@@ -259,16 +306,20 @@ fn bytes(req: &Request<Incoming>, len: u64) -> Response<SampleBody> {
         .clamp(1, PATTERN_LEN);
     let delay: u64 = query_param(req, "delay_ms").unwrap_or(0);
     let chunks = pattern_chunks(start, count, chunk);
+    // `open` lives in the stream's state: dropped when the body ends or is
+    // abandoned, which is what tests of upstream cancellation watch.
     let body: SampleBody = if delay == 0 {
-        StreamBody::new(futures_util::stream::iter(
-            chunks.map(|c| Ok(Frame::data(c))),
-        ))
-        .boxed_unsync()
+        let chunks = chunks.map(move |c| {
+            let _alive = &open;
+            Ok(Frame::data(c))
+        });
+        StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync()
     } else {
-        let paced = futures_util::stream::unfold(chunks, move |mut chunks| async move {
+        let state = (chunks, open);
+        let paced = futures_util::stream::unfold(state, move |(mut chunks, open)| async move {
             let chunk = chunks.next()?;
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            Some((Ok(Frame::data(chunk)), chunks))
+            Some((Ok(Frame::data(chunk)), (chunks, open)))
         });
         StreamBody::new(paced).boxed_unsync()
     };
@@ -317,10 +368,15 @@ async fn sha256(req: Request<Incoming>) -> Response<SampleBody> {
 
 fn truncated(n: u64) -> Response<SampleBody> {
     let data = pattern_chunks(0, n, PATTERN_LEN).map(|c| Ok(Frame::data(c)));
-    let broken = std::iter::once(Err(std::io::Error::other(
-        "sample upstream truncates on purpose",
-    )));
-    let body = StreamBody::new(futures_util::stream::iter(data.chain(broken))).boxed_unsync();
+    let data = futures_util::stream::iter(data);
+    // Pause before breaking so the head and the data surely went out first.
+    let broken = futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(std::io::Error::other(
+            "sample upstream truncates on purpose",
+        ))
+    });
+    let body = StreamBody::new(futures_util::StreamExt::chain(data, broken)).boxed_unsync();
     let mut resp = Response::new(body);
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(2 * n));

@@ -1,0 +1,336 @@
+//! Test harness: a real server, agent and sample upstream on loopback, plus a
+//! real HTTP client. Shared by the end-to-end test files.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use tokio::{sync::watch, task::JoinHandle};
+use warren::{
+    agent::{Agent, AgentConfig, AgentStatus},
+    auth,
+    registry::Registry,
+    sample::SampleUpstream,
+    server::{Server, ServerConfig},
+    shutdown::{self, ShutdownTrigger},
+    tls::Trust,
+};
+
+/// Which transport a test's agent uses. Tests are written once and run over
+/// each (see `over_transports!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+}
+
+impl Transport {
+    pub fn choice(self) -> warren::agent::TransportChoice {
+        match self {
+            Transport::Quic => warren::agent::TransportChoice::Quic,
+        }
+    }
+}
+
+/// Generates one `#[tokio::test]` per transport for each named
+/// `async fn name(t: Transport)` in the calling file.
+#[macro_export]
+macro_rules! over_transports {
+    ($($name:ident),* $(,)?) => {
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Transport::Quic).await
+                }
+            )*
+        }
+    };
+}
+
+/// Which registry database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    MySql,
+}
+
+/// The MySQL URL CI provides; `None` (test skipped, with a note) when unset.
+pub fn mysql_url() -> Option<String> {
+    match std::env::var("WARREN_TEST_MYSQL_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("WARREN_TEST_MYSQL_URL is not set: skipping the MySQL variant");
+            None
+        }
+    }
+}
+
+/// A unique suffix, so tests sharing one MySQL database never collide.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+pub type ClientBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub fn client() -> Client<HttpConnector, ClientBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn empty() -> ClientBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ClientBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub upstream: SampleUpstream,
+    pub api: SocketAddr,
+    pub tunnel: SocketAddr,
+    pub registry: Registry,
+    pub client_id: String,
+    pub token: String,
+    pub node_id: String,
+    pub fingerprint: String,
+    pub transport: Transport,
+    server: Option<(ShutdownTrigger, JoinHandle<()>)>,
+    agents: Vec<RunningAgent>,
+}
+
+pub struct RunningAgent {
+    pub status: watch::Receiver<AgentStatus>,
+    trigger: ShutdownTrigger,
+    pub task: JoinHandle<Result<(), warren::agent::AgentError>>,
+}
+
+impl RunningAgent {
+    pub async fn stop(self) {
+        self.trigger.fire();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+pub struct StackOptions {
+    pub db: Db,
+    pub transport: Transport,
+    pub server: ServerConfig,
+}
+
+impl StackOptions {
+    pub fn new(transport: Transport) -> Self {
+        StackOptions {
+            db: Db::Sqlite,
+            transport,
+            server: ServerConfig {
+                // Short heartbeat so dead agents are found within ~1.5 s.
+                heartbeat: Duration::from_millis(500),
+                ..ServerConfig::default()
+            },
+        }
+    }
+}
+
+impl Stack {
+    /// Server + sample upstream; no agent yet.
+    pub async fn server_only(opts: StackOptions) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = match opts.db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("warren.db").display()),
+            Db::MySql => mysql_url().expect("MySQL variant needs WARREN_TEST_MYSQL_URL"),
+        };
+        let node_id = unique("node");
+        let config = ServerConfig {
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            tunnel_listen: "127.0.0.1:0".parse().unwrap(),
+            database_url,
+            certs_dir: dir.path().join("certs"),
+            node_id: node_id.clone(),
+            ..opts.server
+        };
+        let server = Server::bind(config).await.expect("server binds");
+        let registry = server.registry().clone();
+        let client_id = unique("agent");
+        let token = auth::issue_token(&registry, &client_id).await.unwrap();
+        let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (trigger, stop) = shutdown::channel();
+        let api = server.api_addr();
+        let tunnel = server.tunnel_addr();
+        let fingerprint = server.identity().fingerprint();
+        let task = tokio::spawn(async move {
+            server.run(stop).await.expect("server runs");
+        });
+        Stack {
+            dir,
+            upstream,
+            api,
+            tunnel,
+            registry,
+            client_id,
+            token,
+            node_id,
+            fingerprint,
+            transport: opts.transport,
+            server: Some((trigger, task)),
+            agents: Vec::new(),
+        }
+    }
+
+    /// Server, upstream and one connected agent.
+    pub async fn start(opts: StackOptions) -> Stack {
+        let mut stack = Stack::server_only(opts).await;
+        let config = stack.agent_config();
+        stack.add_agent(config).await;
+        stack
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("certs").join("server.pem")
+    }
+
+    pub fn agent_config(&self) -> AgentConfig {
+        let mut config = AgentConfig::new(
+            &self.tunnel.to_string(),
+            &self.client_id,
+            &self.token,
+            &self.upstream.url(),
+            Trust::CaFile(self.ca_path()),
+        );
+        config.transport = self.transport.choice();
+        config.backoff_min = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(500);
+        config
+    }
+
+    /// Starts an in-process agent and waits until it is connected.
+    pub async fn add_agent(&mut self, config: AgentConfig) -> watch::Receiver<AgentStatus> {
+        let agent = Agent::new(config).expect("agent config");
+        let mut status = agent.status();
+        let (trigger, stop) = shutdown::channel();
+        let task = tokio::spawn(agent.run(stop));
+        wait_connected(&mut status).await;
+        self.agents.push(RunningAgent {
+            status: status.clone(),
+            trigger,
+            task,
+        });
+        status
+    }
+
+    /// Stops and returns the agents started so far.
+    pub fn take_agents(&mut self) -> Vec<RunningAgent> {
+        std::mem::take(&mut self.agents)
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!(
+            "http://{}{path_and_query}{sep}clientId={}",
+            self.api, self.client_id
+        )
+    }
+
+    /// Stops the server (explicit shutdown path) and waits for it to finish.
+    pub async fn stop_server(&mut self) {
+        if let Some((trigger, task)) = self.server.take() {
+            trigger.fire();
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server stops within 15 s")
+                .expect("server task");
+        }
+    }
+
+    /// Spawns `warren agent` as a real process.
+    pub fn spawn_agent_process(&self, token: &str, extra: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("agent")
+            .args(["--server", &self.tunnel.to_string()])
+            .args(["--client-id", &self.client_id])
+            .args(["--token", token])
+            .args(["--upstream", &self.upstream.url()])
+            .args([
+                "--transport",
+                match self.transport {
+                    Transport::Quic => "quic",
+                },
+            ])
+            .arg("--ca")
+            .arg(self.ca_path())
+            .args(extra)
+            .env("WARREN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn warren agent")
+    }
+}
+
+pub async fn wait_connected(status: &mut watch::Receiver<AgentStatus>) -> AgentStatus {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        status.wait_for(|s| matches!(s, AgentStatus::Connected { .. })),
+    )
+    .await
+    .expect("agent connects within 15 s")
+    .expect("agent alive")
+    .clone()
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn get(url: &str) -> Response<Incoming> {
+    send(Request::get(url).body(empty()).unwrap()).await
+}
+
+pub async fn send(req: Request<ClientBody>) -> Response<Incoming> {
+    client().request(req).await.expect("request succeeds")
+}
+
+/// Reads a whole body; `Err` if the connection broke before its end.
+pub async fn read_body(resp: Response<Incoming>) -> Result<Bytes, hyper::Error> {
+    Ok(resp.into_body().collect().await?.to_bytes())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
+pub async fn json(resp: Response<Incoming>) -> serde_json::Value {
+    let body = read_body(resp).await.expect("body");
+    serde_json::from_slice(&body).expect("JSON body")
+}
