@@ -42,8 +42,9 @@ pub fn generate_token() -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
 }
 
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+/// The stored form of a token: its SHA-256, as 64 hex digits.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Creates or rotates `client_id`'s token; returns the new token (shown once).
@@ -81,7 +82,9 @@ pub async fn verify_token(
     let presented = hash_token(token);
     Ok(match registry.token_hash(client_id).await? {
         None => Verdict::UnknownClient,
-        Some(stored) if bool::from(stored.as_slice().ct_eq(&presented)) => Verdict::Accepted,
+        Some(stored) if bool::from(stored.as_bytes().ct_eq(presented.as_bytes())) => {
+            Verdict::Accepted
+        }
         Some(_) => Verdict::BadToken,
     })
 }

@@ -146,8 +146,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Creates or replaces the token hash for `client_id`.
-    pub async fn set_token_hash(&self, client_id: &str, hash: &[u8]) -> Result<(), RegistryError> {
+    /// Creates or replaces the token hash (hex SHA-256) for `client_id`.
+    pub async fn set_token_hash(&self, client_id: &str, hash: &str) -> Result<(), RegistryError> {
         let sql = match self.backend {
             Backend::Sqlite => {
                 "INSERT INTO agents (client_id, token_hash, created_at, rotated_at)
@@ -165,7 +165,7 @@ impl Registry {
         let now = now_ms();
         sqlx::query(sql)
             .bind(client_id)
-            .bind(hash.to_vec())
+            .bind(hash)
             .bind(now)
             .bind(now)
             .execute(&self.pool)
@@ -173,13 +173,13 @@ impl Registry {
         Ok(())
     }
 
-    /// The stored token hash for `client_id`, if a token was ever issued.
-    pub async fn token_hash(&self, client_id: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+    /// The stored token hash (hex) for `client_id`, if a token was ever issued.
+    pub async fn token_hash(&self, client_id: &str) -> Result<Option<String>, RegistryError> {
         let row = sqlx::query("SELECT token_hash FROM agents WHERE client_id = ?")
             .bind(client_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.get::<Vec<u8>, _>(0)))
+        Ok(row.map(|r| r.get::<String, _>(0)))
     }
 
     /// Records a live connection (upsert on `tunnel_ws_id`).

@@ -207,13 +207,13 @@ impl Server {
             link.session
                 .close(warren_proto::CloseCode::Normal, "server shutting down");
         }
-        tunnel.close();
+        tunnel.close().await;
+        drop(tunnel);
         let removed = shared
             .registry
             .remove_node_connections(&shared.config.node_id)
             .await?;
         tracing::info!(rows = removed, "server stopped");
-        shared.registry.close().await;
         Ok(())
     }
 }

@@ -77,9 +77,12 @@ impl Listener {
         self.endpoint.accept().await
     }
 
-    pub fn close(&self) {
+    /// Closes every connection and waits (bounded) until they are gone, so the
+    /// port is free for a restart.
+    pub async fn close(&self) {
         self.endpoint
             .close(VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 

@@ -144,6 +144,7 @@ impl StackOptions {
 impl Stack {
     /// Server + sample upstream; no agent yet.
     pub async fn server_only(opts: StackOptions) -> Stack {
+        init_logging();
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = match opts.db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("warren.db").display()),
@@ -292,6 +293,16 @@ pub async fn wait_connected(status: &mut watch::Receiver<AgentStatus>) -> AgentS
     .expect("agent connects within 15 s")
     .expect("agent alive")
     .clone()
+}
+
+/// Logs to the test output when `WARREN_TEST_LOG` is set (e.g. `debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("WARREN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// Polls `check` every 20 ms until it holds or `limit` passes.

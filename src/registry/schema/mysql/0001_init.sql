@@ -4,7 +4,7 @@
 -- Agents allowed to connect: one row per client id, with the SHA-256 of its token.
 CREATE TABLE IF NOT EXISTS agents (
     client_id   VARCHAR(128)   NOT NULL PRIMARY KEY,
-    token_hash  VARBINARY(32)  NOT NULL,
+    token_hash  CHAR(64)       NOT NULL, -- hex SHA-256 of the token
     created_at  BIGINT         NOT NULL, -- unix milliseconds
     rotated_at  BIGINT         NOT NULL
 );

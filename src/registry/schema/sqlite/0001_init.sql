@@ -1,7 +1,7 @@
 -- Agents allowed to connect: one row per client id, with the SHA-256 of its token.
 CREATE TABLE IF NOT EXISTS agents (
     client_id   TEXT    NOT NULL PRIMARY KEY,
-    token_hash  BLOB    NOT NULL,
+    token_hash  TEXT    NOT NULL, -- hex SHA-256 of the token
     created_at  INTEGER NOT NULL, -- unix milliseconds
     rotated_at  INTEGER NOT NULL
 );

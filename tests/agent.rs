@@ -1,0 +1,314 @@
+//! Agent lifecycle end to end: refusals, death mid-response, the `connections`
+//! row, server restarts, certificate trust, and several agents per client id.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use warren::{agent::AgentStatus, server::ServerConfig, tls::Trust};
+
+over_transports!(
+    wrong_token_is_refused_and_agent_exits,
+    unknown_client_id_is_refused_and_agent_exits,
+    agent_killed_mid_response_aborts_the_client,
+    server_restart_agent_reconnects,
+    fingerprint_pinning,
+    two_agents_one_client_id_share_the_load,
+);
+
+async fn wait_exit(child: &mut tokio::process::Child) -> (i32, String) {
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("agent exits on its own")
+        .unwrap();
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+async fn wrong_token_is_refused_and_agent_exits(t: Transport) {
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let mut child = stack.spawn_agent_process("wrn_not-the-token", &[]);
+    let (code, stderr) = wait_exit(&mut child).await;
+    assert_eq!(code, 2, "refused agents exit with 2; stderr:\n{stderr}");
+    assert!(stderr.contains("wrong token"), "stderr:\n{stderr}");
+    assert!(stack
+        .registry
+        .connections_for(&stack.client_id)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn unknown_client_id_is_refused_and_agent_exits(t: Transport) {
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["agent", "--server", &stack.tunnel.to_string()])
+        .args(["--client-id", "never-issued", "--token", &stack.token])
+        .args(["--upstream", &stack.upstream.url()])
+        .arg("--ca")
+        .arg(stack.ca_path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_exit(&mut child).await;
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("no token was ever issued"),
+        "stderr:\n{stderr}"
+    );
+}
+
+async fn agent_killed_mid_response_aborts_the_client(t: Transport) {
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let mut child = stack.spawn_agent_process(&stack.token, &[]);
+    let registry = stack.registry.clone();
+    let client_id = stack.client_id.clone();
+    let up = eventually(Duration::from_secs(15), || async {
+        registry.connections_for(&client_id).await.unwrap().len() == 1
+    })
+    .await;
+    assert!(up, "agent process connected");
+
+    // A paced download (64 KiB every 20 ms), like a player streaming a track.
+    let resp = get(&stack.url("/bytes/104857600?chunk=65536&delay_ms=20")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut seen = 0usize;
+    while seen < 256 * 1024 {
+        seen += body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap()
+            .len();
+    }
+    child.start_kill().unwrap(); // SIGKILL: no goodbye on the wire
+    let _ = child.wait().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return Err(()),
+                None => return Ok(()),
+            }
+        }
+    })
+    .await
+    .expect("the client learns of the dead agent within the heartbeat window");
+    assert!(
+        outcome.is_err(),
+        "a body cut short by a dead agent must end in an error"
+    );
+
+    // The dead connection is forgotten: row gone, clients told it is offline.
+    let gone = eventually(Duration::from_secs(10), || async {
+        registry
+            .connections_for(&client_id)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(gone, "connection row removed after the agent died");
+    let resp = get(&stack.url("/")).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+async fn server_restart_agent_reconnects(t: Transport) {
+    let mut stack = Stack::start(StackOptions::new(t)).await;
+    let mut status = stack.take_agents().pop().unwrap();
+    let first = match status.status.borrow().clone() {
+        AgentStatus::Connected { tunnel_ws_id, .. } => tunnel_ws_id,
+        other => panic!("not connected: {other:?}"),
+    };
+    stack.stop_server().await;
+    // Shutdown is explicit and clean: the node's rows are gone.
+    assert!(stack
+        .registry
+        .connections_for(&stack.client_id)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status
+            .status
+            .wait_for(|s| !matches!(s, AgentStatus::Connected { .. })),
+    )
+    .await
+    .expect("agent notices the server left")
+    .unwrap();
+
+    // A new server on the same ports, certificate and database.
+    let config = ServerConfig {
+        api_listen: stack.api,
+        tunnel_listen: stack.tunnel,
+        database_url: format!("sqlite://{}", stack.dir.path().join("warren.db").display()),
+        certs_dir: stack.dir.path().join("certs"),
+        node_id: stack.node_id.clone(),
+        heartbeat: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    // The old socket is released by its driver task; allow it a moment.
+    let mut server = None;
+    for _ in 0..50 {
+        match warren::server::Server::bind(config.clone()).await {
+            Ok(s) => {
+                server = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let server = server.expect("the same ports can be bound again");
+    let (trigger, stop) = warren::shutdown::channel();
+    let task = tokio::spawn(server.run(stop));
+    let now = wait_connected(&mut status.status).await;
+    let AgentStatus::Connected { tunnel_ws_id, .. } = now else {
+        unreachable!()
+    };
+    assert_ne!(tunnel_ws_id, first, "a new connection, with a new id");
+    let resp = get(&stack.url("/bytes/10")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    status.stop().await;
+    trigger.fire();
+    let _ = task.await;
+}
+
+async fn fingerprint_pinning(t: Transport) {
+    let mut stack = Stack::server_only(StackOptions::new(t)).await;
+    let mut config = stack.agent_config();
+    // Colons and upper case are accepted, as fingerprints are often printed so.
+    let pretty: Vec<String> = stack
+        .fingerprint
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    config.trust = Trust::Fingerprint(pretty.join(":"));
+    stack.add_agent(config).await;
+    assert_eq!(get(&stack.url("/bytes/3")).await.status(), StatusCode::OK);
+
+    let mut config = stack.agent_config();
+    config.trust = Trust::Fingerprint("00".repeat(32));
+    let agent = warren::agent::Agent::new(config).unwrap();
+    let mut status = agent.status();
+    let (trigger, stop) = warren::shutdown::channel();
+    let task = tokio::spawn(agent.run(stop));
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            status.changed().await.unwrap();
+            if let AgentStatus::Disconnected { reason } = status.borrow().clone() {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("a wrong pin fails the handshake");
+    assert!(reason.contains("fingerprint"), "reason: {reason}");
+    trigger.fire();
+    let _ = task.await;
+}
+
+async fn two_agents_one_client_id_share_the_load(t: Transport) {
+    let mut stack = Stack::start(StackOptions::new(t)).await;
+    let config = stack.agent_config();
+    stack.add_agent(config).await;
+    let rows = stack
+        .registry
+        .connections_for(&stack.client_id)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "both connections are recorded");
+    assert_ne!(rows[0].tunnel_ws_id, rows[1].tunnel_ws_id);
+    for _ in 0..10 {
+        assert_eq!(get(&stack.url("/bytes/100")).await.status(), StatusCode::OK);
+    }
+    // Losing one leaves the client id reachable through the other.
+    let mut agents = stack.take_agents();
+    agents.pop().unwrap().stop().await;
+    for _ in 0..10 {
+        assert_eq!(get(&stack.url("/bytes/100")).await.status(), StatusCode::OK);
+    }
+    let one_left = eventually(Duration::from_secs(5), || async {
+        stack
+            .registry
+            .connections_for(&stack.client_id)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    assert!(one_left);
+}
+
+/// The `connections` row while connected and after, on each database.
+async fn connection_row_lifecycle(db: Db) {
+    let mut opts = StackOptions::new(Transport::Quic);
+    opts.db = db;
+    let mut stack = Stack::start(opts).await;
+    let agent = stack.take_agents().pop().unwrap();
+    let AgentStatus::Connected {
+        tunnel_ws_id,
+        node_id,
+        transport,
+    } = agent.status.borrow().clone()
+    else {
+        panic!("agent not connected")
+    };
+    let rows = stack
+        .registry
+        .connections_for(&stack.client_id)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.tunnel_ws_id, tunnel_ws_id);
+    assert_eq!(row.node_id, stack.node_id);
+    assert_eq!(node_id, stack.node_id);
+    assert_eq!(row.transport, transport);
+    assert!(
+        row.remote_addr.starts_with("127.0.0.1:"),
+        "{}",
+        row.remote_addr
+    );
+    agent.stop().await;
+    let gone = eventually(Duration::from_secs(5), || async {
+        stack
+            .registry
+            .connections_for(&stack.client_id)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(gone, "row removed when the agent leaves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_row_lifecycle_sqlite() {
+    connection_row_lifecycle(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_row_lifecycle_mysql() {
+    if mysql_url().is_some() {
+        connection_row_lifecycle(Db::MySql).await;
+    }
+}
