@@ -1,0 +1,237 @@
+//! The `warren` command as users drive it: real processes, real flags.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use warren::{auth, registry::Registry};
+
+fn warren() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.kill_on_drop(true).env("WARREN_LOG", "warn");
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads stdout lines until one contains `needle`; returns all lines so far.
+async fn read_until(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains(needle);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("stdout ended before {needle:?}: {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} on stdout in time"));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_issue_prints_the_token_last_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let out = warren()
+        .args(["token", "issue", "box-1", "--database-url", &url])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().unwrap().trim().to_string();
+    assert!(token.starts_with("wrn_"), "{stdout}");
+    let registry = Registry::open(&url).await.unwrap();
+    assert_eq!(
+        auth::verify_token(&registry, "box-1", &token)
+            .await
+            .unwrap(),
+        auth::Verdict::Accepted
+    );
+    assert_eq!(
+        registry.token_hash("box-1").await.unwrap().unwrap(),
+        auth::hash_token(&token)
+    );
+
+    let out = warren()
+        .args(["token", "issue", "not/valid", "--database-url", &url])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid client id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_are_generated_once_and_fingerprinted() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let run = || async {
+        let out = warren()
+            .arg("certs")
+            .arg("--certs")
+            .arg(&certs)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run().await;
+    assert!(first.starts_with("generated"), "{first}");
+    let second = run().await;
+    assert!(second.starts_with("found"), "{second}");
+    let fp = |s: &str| {
+        s.lines()
+            .last()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(fp(&first), fp(&second));
+    assert_eq!(fp(&first).len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the private key is readable by its owner only"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_sample_through_the_tunnel_and_stops_on_sigint() {
+    let port = free_port();
+    let mut child = warren()
+        .args(["demo", "--api-listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = read_until(&mut lines, "Ctrl-C").await;
+    let url = seen
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("curl '")
+                .map(|u| u.trim_end_matches('\'').to_string())
+        })
+        .expect("the demo prints a URL to curl");
+    let resp = get(&url).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = read_body(resp).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("sample upstream behind warren"));
+
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("demo stops on Ctrl-C")
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The README's "run it for real" path: server, token, agent as separate
+/// processes, trusting the server's self-signed certificate file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    let certs = dir.path().join("certs");
+    let api = format!("127.0.0.1:{}", free_port());
+    let tunnel = format!("127.0.0.1:{}", free_port());
+    let upstream = warren::sample::SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    let out = warren()
+        .args(["token", "issue", "home", "--database-url", &db])
+        .output()
+        .await
+        .unwrap();
+    let token = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+
+    let mut server = warren()
+        .args(["server", "--api-listen", &api, "--tunnel-listen", &tunnel])
+        .args(["--database-url", &db])
+        .arg("--certs")
+        .arg(&certs)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let seen = read_until(&mut lines, "tunnel (QUIC) on").await;
+    assert!(seen.iter().any(|l| l.contains("fingerprint")), "{seen:?}");
+
+    let mut agent = warren()
+        .args(["agent", "--server", &tunnel, "--client-id", "home"])
+        .args(["--upstream", &upstream.url()])
+        .arg("--ca")
+        .arg(certs.join("server.pem"))
+        .env("WARREN_TOKEN", &token) // secrets may come from the environment
+        .spawn()
+        .unwrap();
+    let url = format!("http://{api}/bytes/1000?clientId=home");
+    let served = eventually(Duration::from_secs(20), || async {
+        matches!(
+            client().request(http::Request::get(&url).body(empty()).unwrap()).await,
+            Ok(r) if r.status() == StatusCode::OK
+        )
+    })
+    .await;
+    assert!(
+        served,
+        "a request reaches the upstream through both processes"
+    );
+    let body = read_body(get(&url).await).await.unwrap();
+    assert_eq!(body, warren::sample::pattern().slice(0..1000));
+
+    for child in [&mut agent, &mut server] {
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "clean exit on SIGTERM");
+    }
+}
