@@ -95,12 +95,12 @@ mod tests {
     fn wire_round_trip_keeps_repeats_and_order() {
         let mut h = HeaderMap::new();
         h.append("set-cookie", HeaderValue::from_static("a=1"));
-        h.append("x-bin", HeaderValue::from_bytes(b"\xff\x01").unwrap());
+        h.append("x-bin", HeaderValue::from_bytes(b"\xff\x80").unwrap());
         h.append("set-cookie", HeaderValue::from_static("b=2"));
         let back = from_wire(to_wire(&h)).unwrap();
         let cookies: Vec<_> = back.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
-        assert_eq!(back.get("x-bin").unwrap().as_bytes(), b"\xff\x01");
+        assert_eq!(back.get("x-bin").unwrap().as_bytes(), b"\xff\x80");
     }
 
     #[test]
