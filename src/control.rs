@@ -1,16 +1,15 @@
 //! The control stream after the handshake, identical on both ends: each side
 //! pings at the agreed interval and answers the other's pings; a peer silent for
-//! [`MISSED_BEATS`] intervals is declared dead. Either side may send `GoAway`.
+//! [`MISSED_BEATS`] intervals is declared dead. Either side may announce
+//! `GoAway`; heartbeats continue while requests in flight drain, so liveness is
+//! checked for the whole life of a connection.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use tokio::{sync::mpsc, time::Instant};
 use warren_proto::{Control, MAX_CONTROL_FRAME};
 
-use crate::{
-    shutdown::Shutdown,
-    transport::{RecvStream, SendStream, TransportError},
-};
+use crate::transport::{RecvStream, SendStream, TransportError};
 
 /// Silence, in heartbeat intervals, after which the peer counts as dead. Three
 /// tolerates one lost ping and one delayed pong on a lossy path.
@@ -21,11 +20,7 @@ pub const MISSED_BEATS: u32 = 3;
 pub enum ControlEnd {
     /// No frame from the peer for `MISSED_BEATS` intervals.
     PeerSilent(Duration),
-    /// The peer announced it is going away.
-    GoAway(String),
-    /// We are shutting down (a `GoAway` was sent).
-    Shutdown,
-    /// The stream or session failed.
+    /// The stream or session ended (including an orderly close after GoAway).
     Lost(TransportError),
     /// The peer sent something that does not belong on the control stream.
     ProtocolError(String),
@@ -34,21 +29,22 @@ pub enum ControlEnd {
 impl std::fmt::Display for ControlEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ControlEnd::PeerSilent(d) => write!(f, "peer silent for {d:?}"),
-            ControlEnd::GoAway(reason) => write!(f, "peer going away: {reason}"),
-            ControlEnd::Shutdown => f.write_str("shutting down"),
-            ControlEnd::Lost(e) => write!(f, "control stream lost: {e}"),
+            ControlEnd::PeerSilent(d) => write!(f, "peer silent for {d:.1?}"),
+            ControlEnd::Lost(e) => write!(f, "{e}"),
             ControlEnd::ProtocolError(e) => write!(f, "protocol error: {e}"),
         }
     }
 }
 
-/// Runs the heartbeat until the peer dies, leaves, or `shutdown` fires.
+/// Runs the heartbeat until the peer dies or the connection ends. When `leave`
+/// resolves, sends `GoAway` once (and keeps beating); a `GoAway` from the peer
+/// is reported through `on_goaway`.
 pub async fn keepalive(
     mut send: SendStream,
     mut recv: RecvStream,
     interval: Duration,
-    mut shutdown: Shutdown,
+    leave: impl Future<Output = ()>,
+    mut on_goaway: impl FnMut(String),
 ) -> ControlEnd {
     // Reading a frame is not cancel-safe, so a dedicated task reads and hands
     // whole frames over; 8 slots is plenty for a few messages per interval.
@@ -63,6 +59,8 @@ pub async fn keepalive(
         }
     });
     let _reader = AbortOnDrop(reader);
+    tokio::pin!(leave);
+    let mut left = false;
 
     let dead_after = interval * MISSED_BEATS;
     let mut last_heard = Instant::now();
@@ -70,27 +68,23 @@ pub async fn keepalive(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     loop {
-        tokio::select! {
+        let outgoing = tokio::select! {
             _ = ticker.tick() => {
                 if last_heard.elapsed() >= dead_after {
                     return ControlEnd::PeerSilent(last_heard.elapsed());
                 }
                 seq += 1;
-                if let Err(e) = send.write_frame(&Control::Ping { seq }, MAX_CONTROL_FRAME).await {
-                    return ControlEnd::Lost(e);
-                }
+                Control::Ping { seq }
             }
             frame = rx.recv() => {
                 last_heard = Instant::now();
                 match frame {
-                    Some(Ok(Control::Ping { seq })) => {
-                        let pong = Control::Pong { seq };
-                        if let Err(e) = send.write_frame(&pong, MAX_CONTROL_FRAME).await {
-                            return ControlEnd::Lost(e);
-                        }
+                    Some(Ok(Control::Ping { seq })) => Control::Pong { seq },
+                    Some(Ok(Control::Pong { .. })) => continue,
+                    Some(Ok(Control::GoAway { reason })) => {
+                        on_goaway(reason);
+                        continue;
                     }
-                    Some(Ok(Control::Pong { .. })) => {}
-                    Some(Ok(Control::GoAway { reason })) => return ControlEnd::GoAway(reason),
                     Some(Ok(other)) => {
                         return ControlEnd::ProtocolError(format!("unexpected {other:?} after handshake"))
                     }
@@ -98,12 +92,13 @@ pub async fn keepalive(
                     None => return ControlEnd::Lost(TransportError::Closed("control reader ended".into())),
                 }
             }
-            _ = shutdown.wait() => {
-                let bye = Control::GoAway { reason: "shutting down".into() };
-                let _ = send.write_frame(&bye, MAX_CONTROL_FRAME).await;
-                let _ = send.finish();
-                return ControlEnd::Shutdown;
+            _ = &mut leave, if !left => {
+                left = true;
+                Control::GoAway { reason: "leaving".into() }
             }
+        };
+        if let Err(e) = send.write_frame(&outgoing, MAX_CONTROL_FRAME).await {
+            return ControlEnd::Lost(e);
         }
     }
 }

@@ -111,7 +111,7 @@ struct ServerArgs {
     /// Plain-HTTP client API address.
     #[arg(long, env = "WARREN_API_LISTEN", default_value = "127.0.0.1:8080")]
     api_listen: SocketAddr,
-    /// Tunnel address agents connect to (UDP for QUIC).
+    /// Tunnel address agents connect to: UDP for QUIC, TCP for WebSocket, same port.
     #[arg(long, env = "WARREN_TUNNEL_LISTEN", default_value = "0.0.0.0:7443")]
     tunnel_listen: SocketAddr,
     /// sqlite://PATH (created if missing) or mysql://USER:PASS@HOST/DB.
@@ -321,7 +321,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     println!("certificate sha256 fingerprint: {}", identity.fingerprint());
     println!("client API on http://{}", server.api_addr());
-    println!("tunnel (QUIC) on {}", server.tunnel_addr());
+    println!(
+        "tunnel on {} (QUIC on UDP, WebSocket on TCP)",
+        server.tunnel_addr()
+    );
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -196,7 +196,7 @@ async fn server_and_agent_processes() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let seen = read_until(&mut lines, "tunnel (QUIC) on").await;
+    let seen = read_until(&mut lines, "tunnel on").await;
     assert!(seen.iter().any(|l| l.contains("fingerprint")), "{seen:?}");
 
     let mut agent = warren()

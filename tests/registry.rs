@@ -78,6 +78,7 @@ async fn connections(db: common::Db) {
         transport: "quic".into(),
         remote_addr: "127.0.0.1:5000".into(),
         connected_at_ms: now_ms(),
+        transport_note: "QUIC handshake completed in 2ms".into(),
     };
     let a = unique("a");
     let b = unique("b");

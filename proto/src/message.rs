@@ -35,6 +35,9 @@ pub struct Hello {
     pub agent: String,
     /// Named optional features the agent supports; unknown names are ignored.
     pub capabilities: Vec<String>,
+    /// Why the agent is on this transport (e.g. "WebSocket won the race: QUIC
+    /// handshake not complete after 250ms"); recorded with the connection.
+    pub transport_note: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

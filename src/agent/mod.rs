@@ -16,7 +16,7 @@ use std::{
 };
 
 use tokio::{sync::watch, time::Instant};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 use warren_proto::{
     CloseCode, Control, Hello, RefusalCode, Welcome, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
@@ -25,7 +25,9 @@ use crate::{
     control::{self, ControlEnd},
     shutdown::Shutdown,
     tls::{self, TlsError, Trust},
-    transport::{quic, RecvStream, SendStream, Session, TransportError, TransportTuning},
+    transport::{
+        self, Dial, RecvStream, SendStream, Session, TransportError, TransportKind, TransportTuning,
+    },
 };
 pub use upstream::{Upstream, UpstreamConfig, UpstreamError};
 
@@ -55,6 +57,13 @@ pub struct AgentConfig {
     /// Reconnect delays: doubling from `backoff_min` up to `backoff_max`, jittered.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// In `auto`, how long QUIC runs alone before WebSocket joins the race.
+    pub ws_head_start: Duration,
+    /// While on WebSocket in `auto`: how often to try QUIC again (jittered ±20%).
+    pub quic_probe_interval: Duration,
+    /// After moving to QUIC, how long requests in flight on WebSocket may take
+    /// to finish before it closes (long downloads and streams keep going).
+    pub migrate_drain: Duration,
 }
 
 impl AgentConfig {
@@ -76,6 +85,13 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            // 250 ms: QUIC wins whenever UDP works (a handshake takes one RTT),
+            // and a UDP-blocked network costs only this much.
+            ws_head_start: Duration::from_millis(250),
+            // 60 s: cheap (one handshake), quick enough that a network that
+            // unblocks UDP is noticed within a minute.
+            quic_probe_interval: Duration::from_secs(60),
+            migrate_drain: Duration::from_secs(600),
         }
     }
 }
@@ -90,8 +106,6 @@ pub enum AgentError {
     Upstream(#[from] UpstreamError),
     #[error("--server {0:?} must be HOST:PORT")]
     BadServer(String),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// What the agent is doing, for callers that want to wait on it.
@@ -109,6 +123,10 @@ pub enum AgentStatus {
 }
 
 pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: AgentConfig,
     tls: rustls::ClientConfig,
     upstream: Arc<Upstream>,
@@ -121,109 +139,239 @@ enum Attempt {
     Fatal(AgentError),
 }
 
+/// A welcomed connection, ready to serve.
+struct Connection {
+    session: Session,
+    welcome: Welcome,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+/// Tells a session's serving task to leave: say GoAway, let requests in flight
+/// finish for at most the given time, then close.
+type Leave = watch::Receiver<Option<Duration>>;
+
 impl Agent {
     pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
-        if config.transport == TransportChoice::Ws {
-            return Err(AgentError::Unsupported(
-                "--transport ws is not available in this build yet; use quic or auto".into(),
-            ));
-        }
         server_host(&config.server)?;
         let tls = tls::client_config(&config.trust)?;
         let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
         Ok(Agent {
-            config,
-            tls,
-            upstream,
-            status: watch::channel(AgentStatus::Connecting).0,
+            inner: Arc::new(Inner {
+                config,
+                tls,
+                upstream,
+                status: watch::channel(AgentStatus::Connecting).0,
+            }),
         })
     }
 
     /// Watch the agent's connection status.
     pub fn status(&self) -> watch::Receiver<AgentStatus> {
-        self.status.subscribe()
+        self.inner.status.subscribe()
     }
 
     /// Connects and serves until `shutdown` fires (`Ok`) or the server refuses
     /// the agent for good (`Err`).
-    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), AgentError> {
-        let span = tracing::info_span!("agent", client_id = %self.config.client_id);
-        async move {
-            let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
-            loop {
-                self.status.send_replace(AgentStatus::Connecting);
-                let attempt = tokio::select! {
-                    attempt = self.connect() => attempt,
-                    _ = shutdown.wait() => return Ok(()),
-                };
-                let reason = match attempt {
-                    Ok((session, welcome, send, recv)) => {
-                        let started = Instant::now();
-                        let end = self
-                            .serve(session, welcome, send, recv, shutdown.clone())
-                            .await;
-                        if matches!(end, ControlEnd::Shutdown) {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), AgentError> {
+        let span = tracing::info_span!("agent", client_id = %self.inner.config.client_id);
+        self.inner.run(shutdown).instrument(span).await
+    }
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>, mut shutdown: Shutdown) -> Result<(), AgentError> {
+        let config = &self.config;
+        let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        loop {
+            self.status.send_replace(AgentStatus::Connecting);
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                _ = shutdown.wait() => return Ok(()),
+            };
+            let reason = match attempt {
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(reason)) => reason,
+                Ok(mut conn) => loop {
+                    let started = Instant::now();
+                    let probing = conn.session.kind() == TransportKind::Ws
+                        && config.transport == TransportChoice::Auto;
+                    let (leave, leave_rx) = watch::channel(None);
+                    let mut task =
+                        tokio::spawn(self.clone().serve(conn, leave_rx).in_current_span());
+                    let probe = async {
+                        if probing {
+                            self.probe_quic().await
+                        } else {
+                            std::future::pending().await
+                        }
+                    };
+                    tokio::select! {
+                        end = &mut task => {
+                            // A connection that held for a while resets the backoff;
+                            // one dropped at once keeps it growing (no tight loop).
+                            if started.elapsed() >= STABLE_AFTER {
+                                backoff.reset();
+                            }
+                            break end.unwrap_or_else(|e| format!("session task failed: {e}"));
+                        }
+                        upgraded = probe => {
+                            info!("QUIC works again: new requests move to it; requests in flight finish on WebSocket");
+                            leave.send_replace(Some(config.migrate_drain));
+                            // The old session's task drains and closes by itself.
+                            conn = upgraded;
+                        }
+                        _ = shutdown.wait() => {
+                            leave.send_replace(Some(DRAIN));
+                            let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), task).await;
                             return Ok(());
                         }
-                        // A connection that held for a while resets the backoff;
-                        // one dropped at once keeps it growing (no tight loop).
-                        if started.elapsed() >= STABLE_AFTER {
-                            backoff.reset();
-                        }
-                        format!("connection lost: {end}")
                     }
-                    Err(Attempt::Fatal(e)) => return Err(e),
-                    Err(Attempt::Retry(reason)) => reason,
-                };
-                let delay = backoff.next_delay();
-                warn!("{reason}; reconnecting in {delay:?}");
-                self.status
-                    .send_replace(AgentStatus::Disconnected { reason });
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait() => return Ok(()),
-                }
+                },
+            };
+            let delay = backoff.next_delay();
+            warn!("{reason}; reconnecting in {delay:?}");
+            self.status
+                .send_replace(AgentStatus::Disconnected { reason });
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait() => return Ok(()),
             }
         }
-        .instrument(span)
-        .await
     }
 
-    /// One attempt: resolve, handshake, Hello → Welcome.
-    async fn connect(&self) -> Result<(Session, Welcome, SendStream, RecvStream), Attempt> {
+    /// One attempt: resolve, handshake (racing transports in `auto`), Hello → Welcome.
+    async fn connect(&self) -> Result<Connection, Attempt> {
         let config = &self.config;
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&config.server)
             .await
             .map_err(|e| Attempt::Retry(format!("cannot resolve {}: {e}", config.server)))?
             .collect();
-        let host = server_host(&config.server).map_err(Attempt::Fatal)?;
-        let server_name = config.server_name.as_deref().unwrap_or(host);
         let mut last_error = format!("{} resolved to no address", config.server);
         for addr in addrs {
-            let session = match quic::connect(
-                addr,
-                server_name,
-                self.tls.clone(),
-                &config.tuning,
-                config.connect_timeout,
-            )
-            .await
-            {
-                Ok(session) => session,
-                Err(e) => {
-                    last_error = e.to_string();
-                    continue;
-                }
+            let dialled = match config.transport {
+                TransportChoice::Quic => self
+                    .dial(TransportKind::Quic, addr)
+                    .await
+                    .map(|s| (s, "forced by --transport quic".to_string()))
+                    .map_err(|e| e.to_string()),
+                TransportChoice::Ws => self
+                    .dial(TransportKind::Ws, addr)
+                    .await
+                    .map(|s| (s, "forced by --transport ws".to_string()))
+                    .map_err(|e| e.to_string()),
+                TransportChoice::Auto => self.race(addr).await,
             };
-            return self.hello(session).await;
+            match dialled {
+                Ok((session, note)) => {
+                    info!(transport = %session.kind(), "{note}");
+                    return self.hello(session, note).await;
+                }
+                Err(e) => last_error = e,
+            }
         }
         Err(Attempt::Retry(last_error))
     }
 
-    async fn hello(
-        &self,
-        session: Session,
-    ) -> Result<(Session, Welcome, SendStream, RecvStream), Attempt> {
+    async fn dial(&self, kind: TransportKind, addr: SocketAddr) -> Result<Session, TransportError> {
+        let config = &self.config;
+        let host = server_host(&config.server).expect("checked in Agent::new");
+        transport::connect(
+            kind,
+            Dial {
+                addr,
+                server_name: config.server_name.as_deref().unwrap_or(host),
+                host: &config.server,
+                client_id: &config.client_id,
+                tls: self.tls.clone(),
+                tuning: &config.tuning,
+                timeout: config.connect_timeout,
+            },
+        )
+        .await
+    }
+
+    /// Happy eyeballs: QUIC first; WebSocket after a head start (or at once if
+    /// QUIC fails sooner); the first handshake to complete wins, the other is
+    /// dropped. Returns the session and why it won.
+    async fn race(&self, addr: SocketAddr) -> Result<(Session, String), String> {
+        let started = Instant::now();
+        let head_start = self.config.ws_head_start;
+        let quic_failed = tokio::sync::Notify::new();
+        let quic = async {
+            let result = self.dial(TransportKind::Quic, addr).await;
+            if result.is_err() {
+                quic_failed.notify_one();
+            }
+            result
+        };
+        let ws = async {
+            tokio::select! {
+                _ = tokio::time::sleep(head_start) => {}
+                _ = quic_failed.notified() => {}
+            }
+            self.dial(TransportKind::Ws, addr).await
+        };
+        tokio::pin!(quic, ws);
+        let (mut quic_err, mut ws_err) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut quic, if quic_err.is_none() => match result {
+                    Ok(session) => {
+                        return Ok((session, format!("QUIC handshake completed in {:.0?}", started.elapsed())))
+                    }
+                    Err(e) => quic_err = Some(e),
+                },
+                result = &mut ws, if ws_err.is_none() => match result {
+                    Ok(session) => {
+                        let why = match &quic_err {
+                            Some(e) => format!("QUIC failed: {e}"),
+                            None => format!(
+                                "QUIC had no handshake after {:.0?} (UDP blocked?)",
+                                started.elapsed()
+                            ),
+                        };
+                        return Ok((session, format!("WebSocket won the race ({head_start:?} head start); {why}")));
+                    }
+                    Err(e) => ws_err = Some(e),
+                },
+            }
+            if let (Some(q), Some(w)) = (&quic_err, &ws_err) {
+                return Err(format!("QUIC: {q}; WebSocket: {w}"));
+            }
+        }
+    }
+
+    /// While on WebSocket: retries QUIC every `quic_probe_interval` (jittered)
+    /// until it is welcomed; never returns otherwise.
+    async fn probe_quic(&self) -> Connection {
+        let config = &self.config;
+        loop {
+            let jitter = 0.8 + 0.4 * rand::random::<f64>();
+            tokio::time::sleep(config.quic_probe_interval.mul_f64(jitter)).await;
+            let Ok(addrs) = tokio::net::lookup_host(&config.server).await else {
+                continue;
+            };
+            for addr in addrs {
+                match self.dial(TransportKind::Quic, addr).await {
+                    Ok(session) => {
+                        let note = "QUIC reachable again (background probe while on WebSocket)";
+                        match self.hello(session, note.into()).await {
+                            Ok(conn) => return conn,
+                            Err(Attempt::Retry(e))
+                            | Err(Attempt::Fatal(AgentError::Refused { message: e, .. })) => {
+                                debug!("QUIC probe refused: {e}")
+                            }
+                            Err(Attempt::Fatal(e)) => debug!("QUIC probe failed: {e}"),
+                        }
+                    }
+                    Err(e) => debug!("QUIC probe failed: {e}"),
+                }
+            }
+        }
+    }
+
+    async fn hello(&self, session: Session, transport_note: String) -> Result<Connection, Attempt> {
         let config = &self.config;
         let exchange = async {
             let (mut send, mut recv) = session.open().await?;
@@ -233,6 +381,7 @@ impl Agent {
                 token: config.token.clone(),
                 agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
                 capabilities: Vec::new(),
+                transport_note,
             });
             send.write_frame(&hello, MAX_CONTROL_FRAME).await?;
             let reply = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await?;
@@ -242,19 +391,26 @@ impl Agent {
         {
             Ok(Ok(parts)) => parts,
             Ok(Err(e)) => {
+                session.close(CloseCode::ProtocolError, "handshake failed");
                 return Err(Attempt::Retry(format!(
                     "handshake with the server failed: {e}"
-                )))
+                )));
             }
             Err(_) => {
+                session.close(CloseCode::Timeout, "no Welcome");
                 return Err(Attempt::Retry(format!(
                     "the server sent no Welcome within {:?}",
                     config.connect_timeout
-                )))
+                )));
             }
         };
         match reply {
-            Control::Welcome(welcome) => Ok((session, welcome, send, recv)),
+            Control::Welcome(welcome) => Ok(Connection {
+                session,
+                welcome,
+                send,
+                recv,
+            }),
             Control::Refused(refusal) => {
                 session.close(CloseCode::Refused, "refusal received");
                 if refusal.code.is_transient() {
@@ -275,17 +431,16 @@ impl Agent {
         }
     }
 
-    /// Serves one established session until it ends.
-    async fn serve(
-        &self,
-        session: Session,
-        welcome: Welcome,
-        send: SendStream,
-        recv: RecvStream,
-        shutdown: Shutdown,
-    ) -> ControlEnd {
+    /// Serves one session until it ends; returns why.
+    async fn serve(self: Arc<Self>, conn: Connection, mut leave: Leave) -> String {
+        let Connection {
+            session,
+            welcome,
+            send,
+            recv,
+        } = conn;
         let span = tracing::info_span!("conn", conn = %welcome.tunnel_ws_id);
-        async {
+        async move {
             info!(
                 transport = %session.kind(),
                 node = %welcome.node_id,
@@ -313,23 +468,39 @@ impl Agent {
                 }
             };
             let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(100)));
-            let end = tokio::select! {
-                end = control::keepalive(send, recv, heartbeat, shutdown) => end,
-                _ = accept => ControlEnd::Lost(TransportError::Closed(session.closed().await)),
+            let server_leaving = tokio::sync::Notify::new();
+            let mut leave_signal = leave.clone();
+            let leaving = async move {
+                let _ = leave_signal.wait_for(Option::is_some).await;
             };
-            if matches!(end, ControlEnd::Shutdown | ControlEnd::GoAway(_)) {
-                // Orderly parting: let requests in flight finish (bounded).
-                let deadline = Instant::now() + DRAIN;
+            let on_goaway = |reason: String| {
+                info!("server going away: {reason}");
+                server_leaving.notify_one();
+            };
+            // Leaving (ours or the server's): wait for requests in flight, bounded.
+            let drain = async {
+                let limit = tokio::select! {
+                    limit = leave.wait_for(Option::is_some) => limit.ok().and_then(|l| *l).unwrap_or(DRAIN),
+                    _ = server_leaving.notified() => DRAIN,
+                };
+                let deadline = Instant::now() + limit;
                 while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            }
-            let code = match end {
-                ControlEnd::PeerSilent(_) => CloseCode::Timeout,
-                ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,
-                _ => CloseCode::Normal,
             };
-            session.close(code, &end.to_string());
+            let (code, end) = tokio::select! {
+                end = control::keepalive(send, recv, heartbeat, leaving, on_goaway) => {
+                    let code = match end {
+                        ControlEnd::PeerSilent(_) => CloseCode::Timeout,
+                        ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,
+                        ControlEnd::Lost(_) => CloseCode::Normal,
+                    };
+                    (code, format!("connection lost: {end}"))
+                }
+                _ = accept => (CloseCode::Normal, format!("connection lost: {}", session.closed().await)),
+                _ = drain => (CloseCode::Normal, "left in order".to_string()),
+            };
+            session.close(code, &end);
             info!("disconnected: {end}");
             end
         }
@@ -342,7 +513,8 @@ impl Agent {
 /// the backoff from its minimum again.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// Time given to in-flight requests when the connection is closed in order.
+/// Time given to in-flight requests when the agent stops or the server goes
+/// away (the server waits 2 s for us).
 const DRAIN: Duration = Duration::from_millis(1500);
 
 struct InFlight(Arc<AtomicUsize>);

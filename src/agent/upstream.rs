@@ -82,7 +82,7 @@ impl Upstream {
             Ok(open) => open,
             Err(e) => {
                 warn!("unreadable stream head from the server: {e}");
-                send.reset(ResetCode::ProtocolError);
+                send.reset(ResetCode::ProtocolError).await;
                 return;
             }
         };
@@ -166,11 +166,11 @@ impl Upstream {
                 }
                 Some(Err(e)) => {
                     warn!("upstream response broke off: {e}");
-                    send.reset(ResetCode::UpstreamAborted);
+                    send.reset(ResetCode::UpstreamAborted).await;
                     return;
                 }
                 None => {
-                    let _ = send.finish();
+                    let _ = send.finish().await;
                     return;
                 }
             }
@@ -213,7 +213,7 @@ async fn reply_error(
 ) -> Result<(), crate::transport::TransportError> {
     send.write_frame(&Reply::Error(StreamError { kind, message }), max_head)
         .await?;
-    send.finish()
+    send.finish().await
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

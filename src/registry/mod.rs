@@ -28,8 +28,14 @@ pub enum Backend {
 }
 
 /// Ordered, append-only migrations per backend.
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema/sqlite/0001_init.sql"))];
-const MYSQL_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema/mysql/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema/sqlite/0001_init.sql")),
+    (2, include_str!("schema/sqlite/0002_transport_note.sql")),
+];
+const MYSQL_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema/mysql/0001_init.sql")),
+    (2, include_str!("schema/mysql/0002_transport_note.sql")),
+];
 
 /// One live agent connection, as recorded in `connections`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub struct ConnectionRecord {
     pub transport: String,
     pub remote_addr: String,
     pub connected_at_ms: i64,
+    /// Why this transport (see `Hello.transport_note`).
+    pub transport_note: String,
 }
 
 #[derive(Clone, Debug)]
@@ -126,12 +134,13 @@ impl Registry {
             if applied.contains(version) {
                 continue;
             }
-            // Statements are idempotent (IF NOT EXISTS), so two nodes migrating at
-            // once both succeed; the version row is inserted once.
-            sqlx::raw_sql(sql)
-                .execute(&self.pool)
-                .await
-                .map_err(mig_err(*version))?;
+            // Two nodes may migrate at once: CREATEs say IF NOT EXISTS, and an
+            // ADD COLUMN that the other node already applied is fine too.
+            if let Err(e) = sqlx::raw_sql(sql).execute(&self.pool).await {
+                if !is_duplicate_column(&e) {
+                    return Err(mig_err(*version)(e));
+                }
+            }
             let insert = match self.backend {
                 Backend::Sqlite => "INSERT OR IGNORE INTO warren_migrations VALUES (?, ?)",
                 Backend::MySql => "INSERT IGNORE INTO warren_migrations VALUES (?, ?)",
@@ -187,21 +196,23 @@ impl Registry {
         let sql = match self.backend {
             Backend::Sqlite => {
                 "INSERT INTO connections
-                   (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                   (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
+                    updated_at, transport_note)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (tunnel_ws_id) DO UPDATE SET
                    client_id = excluded.client_id, node_id = excluded.node_id,
                    transport = excluded.transport, remote_addr = excluded.remote_addr,
-                   updated_at = excluded.updated_at"
+                   updated_at = excluded.updated_at, transport_note = excluded.transport_note"
             }
             Backend::MySql => {
                 "INSERT INTO connections
-                   (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                   (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
+                    updated_at, transport_note)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                  ON DUPLICATE KEY UPDATE
                    client_id = VALUES(client_id), node_id = VALUES(node_id),
                    transport = VALUES(transport), remote_addr = VALUES(remote_addr),
-                   updated_at = VALUES(updated_at)"
+                   updated_at = VALUES(updated_at), transport_note = VALUES(transport_note)"
             }
         };
         sqlx::query(sql)
@@ -212,6 +223,7 @@ impl Registry {
             .bind(&rec.remote_addr)
             .bind(rec.connected_at_ms)
             .bind(now_ms())
+            .bind(truncate(&rec.transport_note, 255))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -239,7 +251,8 @@ impl Registry {
         client_id: &str,
     ) -> Result<Vec<ConnectionRecord>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at
+            "SELECT tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
+                    transport_note
              FROM connections WHERE client_id = ? ORDER BY connected_at",
         )
         .bind(client_id)
@@ -254,12 +267,34 @@ impl Registry {
                 transport: r.get(3),
                 remote_addr: r.get(4),
                 connected_at_ms: r.get(5),
+                transport_note: r.get(6),
             })
             .collect())
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// SQLite's "duplicate column name" / MySQL's ER_DUP_FIELDNAME (1060).
+fn is_duplicate_column(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("1060")
+                || db.message().contains("duplicate column")
+                || db.message().contains("Duplicate column")
+        }
+        _ => false,
     }
 }
 

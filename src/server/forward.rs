@@ -105,7 +105,7 @@ async fn exchange(
     {
         Ok(()) => {}
         Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
-            send.reset(ResetCode::Cancelled);
+            send.reset(ResetCode::Cancelled).await;
             return fail(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -123,7 +123,7 @@ async fn exchange(
     if has_body {
         tokio::spawn(pump_request_body(incoming, send).in_current_span());
     } else {
-        let _ = send.finish();
+        let _ = send.finish().await;
     }
 
     let reply = match tokio::time::timeout(
@@ -290,11 +290,11 @@ async fn pump_request_body(mut incoming: Incoming, mut send: SendStream) {
             }
             Some(Err(e)) => {
                 info!("client request body broke off: {e}");
-                send.reset(ResetCode::Cancelled);
+                send.reset(ResetCode::Cancelled).await;
                 return;
             }
             None => {
-                let _ = send.finish();
+                let _ = send.finish().await;
                 return;
             }
         }

@@ -20,7 +20,7 @@ use crate::{
     registry::{Registry, RegistryError},
     shutdown::Shutdown,
     tls::{ServerIdentity, TlsError},
-    transport::{quic, TransportError, TransportTuning},
+    transport::{Listener, TransportError, TransportTuning},
 };
 pub use agents::AgentTable;
 
@@ -28,7 +28,7 @@ pub use agents::AgentTable;
 pub struct ServerConfig {
     /// Plain-HTTP client API.
     pub api_listen: SocketAddr,
-    /// Agents connect here (UDP for QUIC).
+    /// Agents connect here: UDP for QUIC, TCP (TLS + WebSocket) on the same port.
     pub tunnel_listen: SocketAddr,
     pub database_url: String,
     pub certs_dir: PathBuf,
@@ -118,7 +118,7 @@ pub(crate) struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     api: TcpListener,
-    tunnel: quic::Listener,
+    tunnel: Listener,
     identity: ServerIdentity,
 }
 
@@ -131,11 +131,12 @@ impl Server {
             tracing::info!(node = %config.node_id, rows = stale, "removed connection rows left by an earlier run");
         }
         let identity = ServerIdentity::load_or_generate(&config.certs_dir, &config.cert_names)?;
-        let tunnel = quic::Listener::bind(
+        let tunnel = Listener::bind(
             config.tunnel_listen,
             identity.server_config()?,
             &config.tuning,
         )
+        .await
         .map_err(|source| ServerError::TunnelBind {
             addr: config.tunnel_listen,
             source,

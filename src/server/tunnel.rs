@@ -15,7 +15,7 @@ use crate::{
     control,
     registry::{now_ms, ConnectionRecord},
     shutdown::Shutdown,
-    transport::{quic, RecvStream, SendStream, Session},
+    transport::{Listener, RecvStream, SendStream, Session},
 };
 
 /// How long a refused agent gets to read the refusal before we close.
@@ -26,7 +26,7 @@ pub(super) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 pub(super) async fn accept_agents(
     shared: Arc<Shared>,
-    listener: Arc<quic::Listener>,
+    listener: Arc<Listener>,
     mut shutdown: Shutdown,
     done: tokio::sync::mpsc::Sender<()>,
 ) {
@@ -38,7 +38,7 @@ pub(super) async fn accept_agents(
             },
             _ = shutdown.wait() => break,
         };
-        let remote = incoming.remote_address();
+        let remote = incoming.remote_addr();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
@@ -46,7 +46,7 @@ pub(super) async fn accept_agents(
             async move {
                 let _done = done;
                 let timeout = shared.config.handshake_timeout;
-                match tokio::time::timeout(timeout, quic::establish(incoming)).await {
+                match tokio::time::timeout(timeout, incoming.establish()).await {
                     Ok(Ok(session)) => serve_agent(shared, session, shutdown).await,
                     Ok(Err(e)) => info!("agent handshake failed: {e}"),
                     Err(_) => info!("agent handshake timed out after {timeout:?}"),
@@ -97,7 +97,7 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) 
                 let _ = send
                     .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
                     .await;
-                let _ = send.finish();
+                let _ = send.finish().await;
                 let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
                 session.close(CloseCode::Refused, "refused");
                 return;
@@ -177,6 +177,7 @@ async fn admit(shared: &Shared, session: &Session, hello: &Hello) -> Result<Stri
         transport: session.kind().to_string(),
         remote_addr: session.remote_addr().to_string(),
         connected_at_ms: now_ms(),
+        transport_note: hello.transport_note.clone(),
     };
     if let Err(e) = shared.registry.upsert_connection(&record).await {
         warn!("registry unavailable while recording a connection: {e}");
@@ -219,7 +220,7 @@ async fn run_admitted(
         let _ = send
             .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
             .await;
-        let _ = send.finish();
+        let _ = send.finish().await;
         let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
         session.close(CloseCode::Refused, "refused");
         return;
@@ -234,29 +235,35 @@ async fn run_admitted(
             max_streams: config.tuning.max_streams,
         },
     };
-    let end = match send
+    if let Err(e) = send
         .write_frame(&Control::Welcome(welcome), MAX_CONTROL_FRAME)
         .await
     {
-        Ok(()) => {
-            info!(transport = %session.kind(), remote = %session.remote_addr(), "agent connected");
-            control::keepalive(send, recv, config.heartbeat, shutdown).await
-        }
-        Err(e) => control::ControlEnd::Lost(e),
+        info!("agent lost before Welcome: {e}");
+        shared.agents.remove(&client_id, &tunnel_ws_id);
+        session.close(CloseCode::Normal, "lost");
+        let _ = shared.registry.remove_connection(&tunnel_ws_id).await;
+        return;
+    }
+    info!(transport = %session.kind(), remote = %session.remote_addr(), "agent connected");
+    let mut stopping = shutdown.clone();
+    let leave = async move { stopping.wait().await };
+    let on_goaway = |reason: String| {
+        // The agent is moving away (new transport, or stopping): route no new
+        // requests here; those in flight finish before it closes.
+        info!("agent going away: {reason}");
+        shared.agents.remove(&client_id, &tunnel_ws_id);
     };
-    // Stop routing new requests here first; then let in-flight ones drain when
-    // the parting was orderly (the agent closes once it is done).
+    let mut drained = shutdown.clone();
+    let end = tokio::select! {
+        end = control::keepalive(send, recv, config.heartbeat, leave, on_goaway) => end.to_string(),
+        // Server shutdown: GoAway went out; give the agent a moment to finish.
+        _ = async move { drained.wait().await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => {
+            "server shutting down".to_string()
+        }
+    };
     shared.agents.remove(&client_id, &tunnel_ws_id);
-    let code = match &end {
-        control::ControlEnd::PeerSilent(_) => CloseCode::Timeout,
-        control::ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,
-        control::ControlEnd::Shutdown | control::ControlEnd::GoAway(_) => {
-            let _ = tokio::time::timeout(SHUTDOWN_DRAIN, session.closed()).await;
-            CloseCode::Normal
-        }
-        control::ControlEnd::Lost(_) => CloseCode::Normal,
-    };
-    session.close(code, &end.to_string());
+    session.close(CloseCode::Normal, &end);
     if let Err(e) = shared.registry.remove_connection(&tunnel_ws_id).await {
         warn!("could not remove the connection row: {e}");
     }

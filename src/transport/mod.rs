@@ -6,9 +6,11 @@
 //! Streams end with FIN (complete) or reset (truncated); readers can tell the two
 //! apart, which is how a truncated response becomes an error to the client.
 
+mod mux;
 pub mod quic;
+pub mod ws;
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
@@ -18,12 +20,15 @@ use warren_proto::{CloseCode, FrameError, ResetCode, LEN_PREFIX};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
     Quic,
+    /// WebSocket (over TLS/TCP) carrying a yamux session.
+    Ws,
 }
 
 impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Quic => "quic",
+            TransportKind::Ws => "ws",
         }
     }
 }
@@ -85,78 +90,129 @@ impl Default for TransportTuning {
 /// One agent↔server connection, whatever carries it.
 #[derive(Clone)]
 pub struct Session {
-    inner: quinn::Connection,
-    /// Client-side endpoint, kept alive as long as the session.
-    _endpoint: Option<quinn::Endpoint>,
+    inner: SessionInner,
+}
+
+#[derive(Clone)]
+enum SessionInner {
+    Quic {
+        conn: quinn::Connection,
+        /// Client-side endpoint, kept alive as long as the session.
+        _endpoint: Option<quinn::Endpoint>,
+    },
+    Mux(Arc<mux::MuxSession>),
 }
 
 impl Session {
     pub(crate) fn from_quic(conn: quinn::Connection, endpoint: Option<quinn::Endpoint>) -> Self {
         Session {
-            inner: conn,
-            _endpoint: endpoint,
+            inner: SessionInner::Quic {
+                conn,
+                _endpoint: endpoint,
+            },
+        }
+    }
+
+    pub(crate) fn from_mux(session: Arc<mux::MuxSession>) -> Self {
+        Session {
+            inner: SessionInner::Mux(session),
         }
     }
 
     pub fn kind(&self) -> TransportKind {
-        TransportKind::Quic
+        match &self.inner {
+            SessionInner::Quic { .. } => TransportKind::Quic,
+            SessionInner::Mux(_) => TransportKind::Ws,
+        }
     }
 
     pub fn remote_addr(&self) -> SocketAddr {
-        self.inner.remote_address()
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => conn.remote_address(),
+            SessionInner::Mux(m) => m.remote,
+        }
     }
 
     /// Opens a new bidirectional stream. Waits while the peer's stream limit is reached.
     pub async fn open(&self) -> Result<(SendStream, RecvStream), TransportError> {
-        let (send, recv) = self.inner.open_bi().await.map_err(quic::conn_error)?;
-        Ok((SendStream::Quic(send), RecvStream::new_quic(recv)))
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => {
+                let (send, recv) = conn.open_bi().await.map_err(quic::conn_error)?;
+                Ok((
+                    SendStream::Quic(send),
+                    RecvStream::new(RecvInner::Quic(recv)),
+                ))
+            }
+            SessionInner::Mux(m) => {
+                let (send, recv) = m.open().await?;
+                Ok((SendStream::Mux(send), RecvStream::new(RecvInner::Mux(recv))))
+            }
+        }
     }
 
     /// Accepts the next stream the peer opened; `None` once the session is closed.
     pub async fn accept(&self) -> Option<(SendStream, RecvStream)> {
-        match self.inner.accept_bi().await {
-            Ok((send, recv)) => Some((SendStream::Quic(send), RecvStream::new_quic(recv))),
-            Err(_) => None,
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => match conn.accept_bi().await {
+                Ok((send, recv)) => Some((
+                    SendStream::Quic(send),
+                    RecvStream::new(RecvInner::Quic(recv)),
+                )),
+                Err(_) => None,
+            },
+            SessionInner::Mux(m) => {
+                let (send, recv) = m.accept().await?;
+                Some((SendStream::Mux(send), RecvStream::new(RecvInner::Mux(recv))))
+            }
         }
     }
 
     pub fn close(&self, code: CloseCode, reason: &str) {
-        self.inner
-            .close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => {
+                conn.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes())
+            }
+            // yamux has no close codes; the control stream already said why.
+            SessionInner::Mux(m) => m.close(),
+        }
     }
 
     /// Resolves when the session is closed, with the reason.
     pub async fn closed(&self) -> String {
-        quic::conn_error(self.inner.closed().await).to_string()
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => quic::conn_error(conn.closed().await).to_string(),
+            SessionInner::Mux(m) => m.closed().await,
+        }
     }
 
     /// Whether the session is already closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.close_reason().is_some()
-    }
-
-    /// A stable id for logs, unique per session within this process.
-    pub fn id(&self) -> usize {
-        self.inner.stable_id()
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => conn.close_reason().is_some(),
+            SessionInner::Mux(m) => m.close_reason().is_some(),
+        }
     }
 }
 
 /// The sending half of a stream.
 pub enum SendStream {
     Quic(quinn::SendStream),
+    Mux(mux::MuxSend),
 }
 
 impl SendStream {
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError> {
         match self {
             SendStream::Quic(s) => s.write_all(buf).await.map_err(quic::write_error),
+            SendStream::Mux(s) => s.write(buf).await,
         }
     }
 
-    /// Writes an owned chunk without copying it.
+    /// Writes an owned chunk (without copying it, where the transport allows).
     pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
         match self {
             SendStream::Quic(s) => s.write_chunk(chunk).await.map_err(quic::write_error),
+            SendStream::Mux(s) => s.write(&chunk).await,
         }
     }
 
@@ -171,29 +227,22 @@ impl SendStream {
     }
 
     /// Ends the stream cleanly (FIN): the reader sees a complete body.
-    pub fn finish(&mut self) -> Result<(), TransportError> {
+    pub async fn finish(&mut self) -> Result<(), TransportError> {
         match self {
             SendStream::Quic(s) => s
                 .finish()
                 .map_err(|_| TransportError::Closed("stream already closed".into())),
+            SendStream::Mux(s) => s.finish().await,
         }
     }
 
     /// Aborts the stream: the reader sees an error, never a clean end.
-    pub fn reset(&mut self, code: ResetCode) {
+    pub async fn reset(&mut self, code: ResetCode) {
         match self {
             SendStream::Quic(s) => {
                 let _ = s.reset(quinn::VarInt::from_u32(code as u32));
             }
-        }
-    }
-
-    /// Resolves when the peer stops reading (STOP_SENDING) or the stream is gone.
-    pub async fn stopped(&mut self) {
-        match self {
-            SendStream::Quic(s) => {
-                let _ = s.stopped().await;
-            }
+            SendStream::Mux(s) => s.reset().await,
         }
     }
 }
@@ -209,12 +258,13 @@ pub struct RecvStream {
 
 enum RecvInner {
     Quic(quinn::RecvStream),
+    Mux(mux::MuxRecv),
 }
 
 impl RecvStream {
-    fn new_quic(s: quinn::RecvStream) -> Self {
+    fn new(inner: RecvInner) -> Self {
         RecvStream {
-            inner: RecvInner::Quic(s),
+            inner,
             buf: BytesMut::new(),
         }
     }
@@ -226,9 +276,12 @@ impl RecvStream {
         use bytes::BufMut;
         use tokio::io::AsyncReadExt;
         self.buf.reserve(max);
-        let limited = &mut (&mut self.buf).limit(max);
         let n = match &mut self.inner {
-            RecvInner::Quic(s) => s.read_buf(limited).await.map_err(quic::io_read_error)?,
+            RecvInner::Quic(s) => s
+                .read_buf(&mut (&mut self.buf).limit(max))
+                .await
+                .map_err(quic::io_read_error)?,
+            RecvInner::Mux(s) => return s.read_chunk(&mut self.buf, max).await,
         };
         if n == 0 {
             return Ok(None);
@@ -243,6 +296,7 @@ impl RecvStream {
                 quinn::ReadExactError::FinishedEarly(_) => TransportError::UnexpectedEnd,
                 quinn::ReadExactError::ReadError(e) => quic::read_error(e),
             }),
+            RecvInner::Mux(s) => s.read_exact(buf).await,
         }
     }
 
@@ -259,12 +313,153 @@ impl RecvStream {
         Ok(warren_proto::decode_payload(&payload)?)
     }
 
-    /// Tells the writer we will read no more.
+    /// Tells the writer we will read no more. (On yamux the writer learns it
+    /// when the whole stream is dropped.)
     pub fn stop(&mut self, code: ResetCode) {
         match &mut self.inner {
             RecvInner::Quic(s) => {
                 let _ = s.stop(quinn::VarInt::from_u32(code as u32));
             }
+            RecvInner::Mux(_) => {}
+        }
+    }
+}
+
+/// The server's tunnel port: QUIC on UDP and WebSocket on TCP, same number.
+pub struct Listener {
+    quic: quic::Listener,
+    tcp: tokio::net::TcpListener,
+    ws: Arc<ws::Acceptor>,
+}
+
+/// An agent connection attempt, not yet through its handshake.
+pub enum Accepting {
+    Quic(quinn::Incoming),
+    Ws {
+        tcp: tokio::net::TcpStream,
+        remote: SocketAddr,
+        acceptor: Arc<ws::Acceptor>,
+    },
+}
+
+impl Accepting {
+    pub fn remote_addr(&self) -> SocketAddr {
+        match self {
+            Accepting::Quic(incoming) => incoming.remote_address(),
+            Accepting::Ws { remote, .. } => *remote,
+        }
+    }
+
+    /// Completes the transport handshake (TLS, and the upgrade for WS).
+    pub async fn establish(self) -> Result<Session, TransportError> {
+        match self {
+            Accepting::Quic(incoming) => quic::establish(incoming).await,
+            Accepting::Ws {
+                tcp,
+                remote,
+                acceptor,
+            } => acceptor.establish(tcp, remote).await,
+        }
+    }
+}
+
+impl Listener {
+    /// Binds UDP and TCP on `addr`. With port 0, both get the same free port.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        tuning: &TransportTuning,
+    ) -> Result<Self, TransportError> {
+        // With port 0 the UDP port is picked first; if its TCP twin is taken,
+        // try again (a handful of times) with another.
+        let attempts = if addr.port() == 0 { 8 } else { 1 };
+        let mut last = None;
+        for _ in 0..attempts {
+            let quic = quic::Listener::bind(addr, tls.clone(), tuning)?;
+            let port = quic.local_addr()?.port();
+            match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                Ok(tcp) => {
+                    let mut ws_tls = tls.clone();
+                    ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    return Ok(Listener {
+                        quic,
+                        tcp,
+                        ws: Arc::new(ws::Acceptor::new(ws_tls, tuning)),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TransportError::Io(last.expect("at least one attempt")))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.quic.local_addr()
+    }
+
+    /// The next connection attempt on either transport; `None` once closed.
+    pub async fn accept(&self) -> Option<Accepting> {
+        loop {
+            tokio::select! {
+                incoming = self.quic.accept() => return incoming.map(Accepting::Quic),
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((tcp, remote)) => {
+                        return Some(Accepting::Ws { tcp, remote, acceptor: self.ws.clone() })
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: pause instead of spinning.
+                        tracing::warn!("accepting a TCP tunnel connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        self.quic.close().await;
+    }
+}
+
+/// Where and how an agent dials.
+pub struct Dial<'a> {
+    pub addr: SocketAddr,
+    /// TLS name to verify.
+    pub server_name: &'a str,
+    /// `host:port` for the WebSocket request.
+    pub host: &'a str,
+    pub client_id: &'a str,
+    pub tls: rustls::ClientConfig,
+    pub tuning: &'a TransportTuning,
+    pub timeout: Duration,
+}
+
+/// Dials the server over one transport.
+pub async fn connect(kind: TransportKind, dial: Dial<'_>) -> Result<Session, TransportError> {
+    match kind {
+        TransportKind::Quic => {
+            quic::connect(
+                dial.addr,
+                dial.server_name,
+                dial.tls,
+                dial.tuning,
+                dial.timeout,
+            )
+            .await
+        }
+        TransportKind::Ws => {
+            let mut tls = dial.tls;
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            ws::connect(
+                dial.addr,
+                dial.server_name,
+                dial.host,
+                dial.client_id,
+                tls,
+                dial.tuning,
+                dial.timeout,
+            )
+            .await
         }
     }
 }

@@ -28,12 +28,21 @@ use warren::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Quic,
+    Ws,
 }
 
 impl Transport {
     pub fn choice(self) -> warren::agent::TransportChoice {
         match self {
             Transport::Quic => warren::agent::TransportChoice::Quic,
+            Transport::Ws => warren::agent::TransportChoice::Ws,
+        }
+    }
+
+    pub fn flag(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Ws => "ws",
         }
     }
 }
@@ -48,6 +57,14 @@ macro_rules! over_transports {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Transport::Quic).await
+                }
+            )*
+        }
+        mod ws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Transport::Ws).await
                 }
             )*
         }
@@ -266,12 +283,7 @@ impl Stack {
             .args(["--client-id", &self.client_id])
             .args(["--token", token])
             .args(["--upstream", &self.upstream.url()])
-            .args([
-                "--transport",
-                match self.transport {
-                    Transport::Quic => "quic",
-                },
-            ])
+            .args(["--transport", self.transport.flag()])
             .arg("--ca")
             .arg(self.ca_path())
             .args(extra)

@@ -1,0 +1,303 @@
+//! yamux sessions (over a WebSocket, see `ws`) and their streams.
+//!
+//! A yamux `Connection` must be polled continuously; a driver task owns it and
+//! serves open/close requests from [`Session`] handles through a bounded channel.
+//!
+//! yamux reports a reset stream as a plain end of file, so on these streams
+//! every write is a *segment* (4-byte big-endian length, then the bytes) and a
+//! clean end is a zero-length segment before FIN. A stream that ends without it
+//! was reset or lost: the reader gets an error, never a clean short body.
+//! Dropping a stream before its end resets it (yamux RST), which makes the
+//! peer's writes fail: the equivalent of QUIC's STOP_SENDING.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
+    sync::{mpsc, oneshot, watch, Mutex},
+};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use super::{TransportError, TransportTuning};
+
+pub enum Role {
+    Client,
+    Server,
+}
+
+type YStream = Compat<yamux::Stream>;
+
+/// Largest payload per yamux data frame. Each frame becomes (part of) one
+/// WebSocket message; ~256 KiB messages halve the receiver's CPU per byte
+/// compared with yamux's default 16 KiB.
+const SPLIT_SEND: usize = 256 * 1024;
+
+/// The minimum window yamux guarantees every stream (its protocol default).
+const YAMUX_MIN_WINDOW: usize = 256 * 1024;
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, TransportError>>),
+    Close,
+}
+
+/// Handle to a yamux session run by a driver task.
+pub struct MuxSession {
+    commands: mpsc::Sender<Command>,
+    inbound: Mutex<mpsc::Receiver<yamux::Stream>>,
+    closed: watch::Receiver<Option<String>>,
+    pub remote: SocketAddr,
+}
+
+/// Starts the driver for a yamux session over `io`.
+pub fn session<T>(io: T, role: Role, remote: SocketAddr, tuning: &TransportTuning) -> super::Session
+where
+    T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut config = yamux::Config::default();
+    let streams = tuning.max_streams.max(1) as usize;
+    config.set_max_num_streams(streams);
+    // Every stream is guaranteed yamux's minimum window; on top of that,
+    // auto-tuned windows (for high bandwidth-delay links) may share
+    // `connection_window` bytes. That sum bounds what a session can buffer.
+    config.set_max_connection_receive_window(Some(
+        streams * YAMUX_MIN_WINDOW + tuning.connection_window as usize,
+    ));
+    config.set_split_send_size(SPLIT_SEND);
+    let mode = match role {
+        Role::Client => yamux::Mode::Client,
+        Role::Server => yamux::Mode::Server,
+    };
+    let conn = yamux::Connection::new(io, config, mode);
+    // Open requests are few and brief; 64 queued is plenty.
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    // The peer can have at most `streams` open, so this never fills up.
+    let (in_tx, in_rx) = mpsc::channel(streams);
+    let (closed_tx, closed_rx) = watch::channel(None);
+    tokio::spawn(drive(conn, cmd_rx, in_tx, closed_tx));
+    super::Session::from_mux(Arc::new(MuxSession {
+        commands: cmd_tx,
+        inbound: Mutex::new(in_rx),
+        closed: closed_rx,
+        remote,
+    }))
+}
+
+async fn drive<T>(
+    mut conn: yamux::Connection<T>,
+    mut commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<yamux::Stream>,
+    closed: watch::Sender<Option<String>>,
+) where
+    T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin,
+{
+    use std::task::Poll;
+    let mut opening: Option<oneshot::Sender<Result<yamux::Stream, TransportError>>> = None;
+    let mut closing = false;
+    let reason = std::future::poll_fn(|cx| {
+        if !closing {
+            loop {
+                if opening.is_none() {
+                    match commands.poll_recv(cx) {
+                        Poll::Ready(Some(Command::Open(reply))) => opening = Some(reply),
+                        // Every handle is gone, or one asked: close.
+                        Poll::Ready(Some(Command::Close)) | Poll::Ready(None) => {
+                            closing = true;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                if opening.is_some() {
+                    match conn.poll_new_outbound(cx) {
+                        Poll::Ready(result) => {
+                            let reply = opening.take().expect("checked");
+                            let _ = reply
+                                .send(result.map_err(|e| TransportError::Closed(e.to_string())));
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
+        }
+        if closing {
+            return match conn.poll_close(cx) {
+                Poll::Ready(_) => Poll::Ready("closed locally".to_string()),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        loop {
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    // Cannot fill (see the channel's size); if it somehow did,
+                    // dropping the stream resets it.
+                    let _ = inbound.try_send(stream);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
+                Poll::Ready(None) => return Poll::Ready("closed by peer".to_string()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    if let Some(reply) = opening {
+        let _ = reply.send(Err(TransportError::Closed(reason.clone())));
+    }
+    let _ = closed.send(Some(reason));
+}
+
+impl MuxSession {
+    pub async fn open(&self) -> Result<(MuxSend, MuxRecv), TransportError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            TransportError::Closed(
+                self.close_reason()
+                    .unwrap_or_else(|| "session closed".into()),
+            )
+        };
+        self.commands
+            .send(Command::Open(tx))
+            .await
+            .map_err(|_| gone())?;
+        let stream = rx.await.map_err(|_| gone())??;
+        Ok(split(stream))
+    }
+
+    pub async fn accept(&self) -> Option<(MuxSend, MuxRecv)> {
+        let stream = self.inbound.lock().await.recv().await?;
+        Some(split(stream))
+    }
+
+    pub fn close(&self) {
+        let _ = self.commands.try_send(Command::Close);
+    }
+
+    pub fn close_reason(&self) -> Option<String> {
+        self.closed.borrow().clone()
+    }
+
+    pub async fn closed(&self) -> String {
+        let mut closed = self.closed.clone();
+        let reason = match closed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "session driver gone".into(),
+        };
+        reason
+    }
+}
+
+fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
+    let (read, write) = tokio::io::split(stream.compat());
+    (
+        MuxSend { write },
+        MuxRecv {
+            read,
+            remaining: 0,
+            ended: false,
+        },
+    )
+}
+
+/// Writing half: every write is one segment.
+pub struct MuxSend {
+    write: WriteHalf<YStream>,
+}
+
+impl MuxSend {
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        if data.is_empty() {
+            return Ok(()); // a zero-length segment would mean "end"
+        }
+        let len = u32::try_from(data.len())
+            .map_err(|_| TransportError::Io(std::io::Error::other("segment larger than 4 GiB")))?;
+        self.write.write_all(&len.to_be_bytes()).await?;
+        self.write.write_all(data).await?;
+        Ok(())
+    }
+
+    /// Clean end: the end marker. No yamux FIN follows: a stream whose write
+    /// side is still open is *reset* (RST) when dropped, which is how the peer
+    /// learns promptly that we stopped reading (yamux has no STOP_SENDING, and
+    /// a FIN'd stream is dropped silently, leaving a writer blocked on credit).
+    pub async fn finish(&mut self) -> Result<(), TransportError> {
+        self.write.write_all(&[0; 4]).await?;
+        self.write.flush().await?;
+        Ok(())
+    }
+
+    /// Abort: FIN without the end marker, which the reader reports as an error.
+    pub async fn reset(&mut self) {
+        let _ = self.write.shutdown().await;
+    }
+}
+
+/// Reading half: undoes the segmenting.
+pub struct MuxRecv {
+    read: ReadHalf<YStream>,
+    /// Bytes left in the current segment.
+    remaining: usize,
+    /// The end marker was seen.
+    ended: bool,
+}
+
+fn truncated() -> TransportError {
+    TransportError::Reset(0)
+}
+
+impl MuxRecv {
+    /// Makes sure a segment is in progress; `false` at the clean end.
+    async fn next_segment(&mut self) -> Result<bool, TransportError> {
+        if self.ended {
+            return Ok(false);
+        }
+        if self.remaining == 0 {
+            let mut header = [0u8; 4];
+            self.read
+                .read_exact(&mut header)
+                .await
+                .map_err(|_| truncated())?;
+            let len = u32::from_be_bytes(header) as usize;
+            if len == 0 {
+                self.ended = true;
+                return Ok(false);
+            }
+            self.remaining = len;
+        }
+        Ok(true)
+    }
+
+    pub async fn read_chunk(
+        &mut self,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Result<Option<Bytes>, TransportError> {
+        if !self.next_segment().await? {
+            return Ok(None);
+        }
+        let want = max.min(self.remaining);
+        buf.reserve(want);
+        let n = self.read.read_buf(&mut (&mut *buf).limit(want)).await?;
+        if n == 0 {
+            return Err(truncated());
+        }
+        self.remaining -= n;
+        Ok(Some(buf.split().freeze()))
+    }
+
+    pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), TransportError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            if !self.next_segment().await? {
+                return Err(TransportError::UnexpectedEnd);
+            }
+            let want = (out.len() - filled).min(self.remaining);
+            let n = self.read.read(&mut out[filled..filled + want]).await?;
+            if n == 0 {
+                return Err(truncated());
+            }
+            filled += n;
+            self.remaining -= n;
+        }
+        Ok(())
+    }
+}
