@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod control;
 pub mod headers;
+pub mod lab;
 pub mod registry;
 pub mod sample;
 pub mod server;

@@ -200,6 +200,12 @@ struct AgentArgs {
     /// Send the client's Host header to the local service instead of its own.
     #[arg(long, env = "WARREN_PRESERVE_HOST")]
     preserve_host: bool,
+    /// In auto mode, how long QUIC runs alone before WebSocket joins the race.
+    #[arg(long, env = "WARREN_WS_HEAD_START", value_parser = parse_duration, default_value = "250ms")]
+    ws_head_start: Duration,
+    /// While on WebSocket in auto mode, how often QUIC is tried again.
+    #[arg(long, env = "WARREN_QUIC_PROBE_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    quic_probe_interval: Duration,
     /// Longest wait between reconnection attempts.
     #[arg(long, env = "WARREN_BACKOFF_MAX", value_parser = parse_duration, default_value = "30s")]
     backoff_max: Duration,
@@ -357,6 +363,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         tuning: args.tuning.tuning(),
         connect_timeout: args.connect_timeout,
         backoff_max: args.backoff_max,
+        ws_head_start: args.ws_head_start,
+        quic_probe_interval: args.quic_probe_interval,
         ..AgentConfig::new(
             &args.server,
             &args.client_id,

@@ -334,7 +334,7 @@ pub struct Listener {
 
 /// An agent connection attempt, not yet through its handshake.
 pub enum Accepting {
-    Quic(quinn::Incoming),
+    Quic(Box<quinn::Incoming>),
     Ws {
         tcp: tokio::net::TcpStream,
         remote: SocketAddr,
@@ -353,7 +353,7 @@ impl Accepting {
     /// Completes the transport handshake (TLS, and the upgrade for WS).
     pub async fn establish(self) -> Result<Session, TransportError> {
         match self {
-            Accepting::Quic(incoming) => quic::establish(incoming).await,
+            Accepting::Quic(incoming) => quic::establish(*incoming).await,
             Accepting::Ws {
                 tcp,
                 remote,
@@ -401,7 +401,7 @@ impl Listener {
     pub async fn accept(&self) -> Option<Accepting> {
         loop {
             tokio::select! {
-                incoming = self.quic.accept() => return incoming.map(Accepting::Quic),
+                incoming = self.quic.accept() => return incoming.map(|i| Accepting::Quic(Box::new(i))),
                 accepted = self.tcp.accept() => match accepted {
                     Ok((tcp, remote)) => {
                         return Some(Accepting::Ws { tcp, remote, acceptor: self.ws.clone() })
