@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bench;
 pub mod body;
 pub mod control;
 pub mod headers;

@@ -42,6 +42,44 @@ enum Command {
     },
     /// Create a self-signed server certificate (if absent) and print its fingerprint.
     Certs(CertsArgs),
+    /// Run the sample service that the demo and the benchmark put behind an agent.
+    Upstream {
+        #[arg(long, env = "WARREN_UPSTREAM_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
+    /// Measure direct vs QUIC vs WebSocket on loopback, side by side in one run.
+    Bench {
+        /// Every scenario small (seconds instead of minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Where tunnel.json, tunnel.md, tunnel.svg and logs are written.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+    /// Benchmark helper: a raw transport peer (no HTTP, no tunnel).
+    #[command(hide = true)]
+    BenchRaw {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        certs: PathBuf,
+    },
+    /// Benchmark helper: many idle agents in one process.
+    #[command(hide = true)]
+    BenchIdleAgents {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        fingerprint: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_enum)]
+        transport: TransportArg,
+        #[arg(long)]
+        count: usize,
+    },
     /// Run server, agent and a sample service on loopback, and print URLs to try.
     Demo {
         /// Where the demo's client API listens.
@@ -278,6 +316,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("sha256 fingerprint: {}", identity.fingerprint());
             Ok(())
         }
+        Command::Upstream { listen } => {
+            let upstream = warren::sample::SampleUpstream::spawn(listen).await?;
+            println!("listening on {}", upstream.addr());
+            wait_for_signal().await;
+            Ok(())
+        }
+        Command::Bench { quick, out } => {
+            let warren = std::env::current_exe().context("locating the warren binary")?;
+            warren::bench::run(warren::bench::BenchOptions { quick, out, warren }).await?;
+            Ok(())
+        }
+        Command::BenchRaw { listen, certs } => Ok(warren::bench::raw_server(listen, &certs).await?),
+        Command::BenchIdleAgents {
+            server,
+            fingerprint,
+            client_id,
+            token,
+            transport,
+            count,
+        } => {
+            let mut config = AgentConfig::new(
+                &server,
+                &client_id,
+                &token,
+                "http://127.0.0.1:9",
+                Trust::Fingerprint(fingerprint),
+            );
+            config.transport = transport_choice(transport);
+            Ok(warren::bench::idle_agents(config, count).await?)
+        }
         Command::Demo { api_listen } => {
             let (trigger, stop) = shutdown::channel();
             tokio::spawn(async move {
@@ -349,11 +417,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     let config = AgentConfig {
         server_name: args.server_name,
-        transport: match args.transport {
-            TransportArg::Auto => TransportChoice::Auto,
-            TransportArg::Quic => TransportChoice::Quic,
-            TransportArg::Ws => TransportChoice::Ws,
-        },
+        transport: transport_choice(args.transport),
         upstream: UpstreamConfig {
             url: args.upstream.clone(),
             connect_timeout: args.upstream_connect_timeout,
@@ -382,6 +446,14 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     });
     agent.run(stop).await?;
     Ok(())
+}
+
+fn transport_choice(arg: TransportArg) -> TransportChoice {
+    match arg {
+        TransportArg::Auto => TransportChoice::Auto,
+        TransportArg::Quic => TransportChoice::Quic,
+        TransportArg::Ws => TransportChoice::Ws,
+    }
 }
 
 /// Ctrl-C or SIGTERM (what systemd and docker send).

@@ -1,0 +1,28 @@
+//! `cargo bench --bench tunnel [-- --quick] [-- --out DIR]`: the end-to-end
+//! harness (see `warren::bench`), using the `warren` binary cargo built.
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-results")
+        });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let options = warren::bench::BenchOptions {
+        quick,
+        out,
+        warren: env!("CARGO_BIN_EXE_warren").into(),
+    };
+    if let Err(e) = runtime.block_on(warren::bench::run(options)) {
+        eprintln!("\n{e}");
+        std::process::exit(1);
+    }
+}

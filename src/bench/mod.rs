@@ -1,0 +1,863 @@
+//! The benchmark harness (`cargo bench --bench tunnel`, or `warren bench`):
+//! starts a sample upstream, a server and an agent as separate processes on
+//! loopback and runs every scenario direct, through QUIC and through WebSocket
+//! in the same run, next to the raw transport ceiling. Figures are ratios to
+//! their baseline from the same run, since timing on shared machines is noisy.
+//! Prints a Markdown table, writes `tunnel.json` and `tunnel.svg`.
+
+mod load;
+mod procs;
+mod raw;
+mod report;
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::{auth, lab::UdpGate, registry::Registry, transport::TransportKind};
+use load::Target;
+use procs::{PeakRss, Proc};
+pub use report::{Better, Row};
+
+#[derive(Debug, thiserror::Error)]
+#[error("benchmark: {0}")]
+pub struct BenchError(String);
+
+impl BenchError {
+    pub fn new(message: impl Into<String>) -> Self {
+        BenchError(message.into())
+    }
+
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
+        move |e| BenchError(format!("{what}: {e}"))
+    }
+
+    fn http(what: &'static str) -> impl Fn(hyper::Error) -> BenchError {
+        move |e| BenchError(format!("{what}: {e}"))
+    }
+}
+
+pub struct BenchOptions {
+    /// Every scenario small: seconds instead of minutes (CI runs this).
+    pub quick: bool,
+    /// Where `tunnel.json`, `tunnel.svg` and the logs go.
+    pub out: PathBuf,
+    /// The `warren` binary to run as upstream, server, agent and raw peer.
+    pub warren: PathBuf,
+}
+
+/// Scenario sizes, full and quick.
+struct Sizes {
+    bulk: u64,
+    parallel: usize,
+    parallel_each: u64,
+    small_clients: usize,
+    small_time: Duration,
+    sequential: usize,
+    listeners: usize,
+    track: Duration,
+    stalled: usize,
+    idle_agents: usize,
+}
+
+const MIB: u64 = 1024 * 1024;
+const GIB: f64 = (1u64 << 30) as f64;
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                bulk: 64 * MIB,
+                parallel: 8,
+                parallel_each: 8 * MIB,
+                small_clients: 64,
+                small_time: Duration::from_secs(1),
+                sequential: 200,
+                listeners: 50,
+                track: Duration::from_secs(4),
+                stalled: 20,
+                idle_agents: 50,
+            }
+        } else {
+            Sizes {
+                bulk: 1024 * MIB,
+                parallel: 8,
+                parallel_each: 256 * MIB,
+                small_clients: 64,
+                small_time: Duration::from_secs(10),
+                sequential: 2000,
+                listeners: 500,
+                track: Duration::from_secs(30),
+                stalled: 20,
+                idle_agents: 1000,
+            }
+        }
+    }
+}
+
+/// A 320 kbit/s stream: 2000 bytes every 50 ms.
+const AUDIO_CHUNK: u64 = 2000;
+const AUDIO_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Everything measured against one target (direct, or one transport).
+#[derive(Default, Serialize, Clone)]
+struct HttpFigures {
+    bulk_mbps: f64,
+    bulk_cpu_per_gib: Option<f64>,
+    bulk_peak_rss: Option<(u64, u64)>,
+    parallel_mbps: f64,
+    fairness: f64,
+    small_rps: f64,
+    small_p50_ms: f64,
+    small_p99_ms: f64,
+    small_p999_ms: f64,
+    small_peak_rss: Option<(u64, u64)>,
+    sequential_p50_ms: f64,
+    audio_kept_rate: usize,
+    audio_listeners: usize,
+    audio_worst_gap_ms: f64,
+    isolation_mbps: f64,
+}
+
+/// A one-line progress bar on standard error.
+struct Progress {
+    done: usize,
+    total: usize,
+    started: Instant,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let width = 30;
+        let filled = width * self.done.min(self.total) / self.total;
+        eprint!(
+            "\r\x1b[2K[{}{}] {}/{} {:>5.0}s  {what}",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            self.done,
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+/// Runs everything and writes the report; returns the rows.
+pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let sizes = Sizes::new(opts.quick);
+    std::fs::create_dir_all(&opts.out).map_err(BenchError::io("output directory"))?;
+    let dir = procs::scratch_dir(&opts.out)?;
+    let bin = opts.warren.clone();
+    // 7 steps per target (3 targets), 2 raw, 2 idle, 2 fallback.
+    let mut progress = Progress {
+        done: 0,
+        total: 7 * 3 + 6,
+        started: Instant::now(),
+    };
+
+    let upstream = Proc::spawn(
+        &bin,
+        &["upstream".into(), "--listen".into(), "127.0.0.1:0".into()],
+        &dir.join("logs/upstream.log"),
+        &["listening on"],
+    )
+    .await?;
+    let upstream_addr: SocketAddr =
+        parse_addr(&upstream.value_after("listening on ").unwrap_or_default())?;
+
+    // Raw transport ceilings.
+    let raw = Proc::spawn(
+        &bin,
+        &[
+            "bench-raw".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--certs".into(),
+            dir.join("raw-certs").display().to_string(),
+        ],
+        &dir.join("logs/raw.log"),
+        &["fingerprint"],
+    )
+    .await?;
+    let raw_addr = parse_addr(&raw.value_after("listening on ").unwrap_or_default())?;
+    let raw_fp = raw.value_after("fingerprint ").unwrap_or_default();
+    let mut raw_figures = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        progress.step(&format!("raw {kind} stream"));
+        let (cpu0, me0) = (raw.cpu_seconds(), procs::cpu_seconds(std::process::id()));
+        let secs = raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk).await?;
+        let cpu = raw.cpu_seconds() - cpu0 + procs::cpu_seconds(std::process::id()) - me0;
+        raw_figures.push((mbps(sizes.bulk, secs), cpu / (sizes.bulk as f64 / GIB)));
+    }
+    raw.stop().await;
+
+    let direct = Target {
+        addr: upstream_addr,
+        client_id: None,
+    };
+    let direct_figures = http_scenarios(&direct, &[], &sizes, &mut progress, "direct").await?;
+
+    let mut tunnel_figures = Vec::new();
+    let mut agent_idle_rss = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        let server = Server::start(&bin, &dir, &format!("main-{kind}"), &[]).await?;
+        let token = server.issue("bench").await?;
+        let agent = server
+            .agent(&bin, &dir, "bench", &token, upstream_addr, Some(kind))
+            .await?;
+        server.wait_agents(1).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        agent_idle_rss.push(agent.rss());
+        let target = Target {
+            addr: server.api,
+            client_id: Some("bench".into()),
+        };
+        let procs = [&server.proc, &agent];
+        let figures = http_scenarios(&target, &procs, &sizes, &mut progress, kind.as_str()).await?;
+        tunnel_figures.push(figures);
+        agent.stop().await;
+        server.proc.stop().await;
+    }
+
+    // Idle agents: server memory per connected idle agent.
+    let mut idle_per_agent = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        progress.step(&format!("{} idle agents over {kind}", sizes.idle_agents));
+        let server = Server::start(
+            &bin,
+            &dir,
+            &format!("idle-{kind}"),
+            &[
+                "--max-connections-per-client".into(),
+                (sizes.idle_agents + 10).to_string(),
+            ],
+        )
+        .await?;
+        let token = server.issue("idle").await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = server.proc.rss();
+        let agents = Proc::spawn(
+            &bin,
+            &[
+                "bench-idle-agents".into(),
+                "--server".into(),
+                server.tunnel.to_string(),
+                "--fingerprint".into(),
+                server.fingerprint.clone(),
+                "--client-id".into(),
+                "idle".into(),
+                "--token".into(),
+                token,
+                "--transport".into(),
+                kind.as_str().into(),
+                "--count".into(),
+                sizes.idle_agents.to_string(),
+            ],
+            &dir.join(format!("logs/idle-agents-{kind}.log")),
+            &["started"],
+        )
+        .await?;
+        server.wait_agents(sizes.idle_agents).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = server.proc.rss();
+        idle_per_agent
+            .push(after.saturating_sub(before) as f64 / sizes.idle_agents as f64 / 1024.0);
+        agents.stop().await;
+        server.proc.stop().await;
+    }
+
+    // Fallback: agent start to first served request, UDP silently dropped.
+    let mut fallback = Vec::new();
+    for udp_open in [true, false] {
+        progress.step(if udp_open {
+            "first request, UDP open"
+        } else {
+            "first request, UDP dropped"
+        });
+        let server = Server::start(&bin, &dir, &format!("fallback-{udp_open}"), &[]).await?;
+        let token = server.issue("fallback").await?;
+        let gate = UdpGate::spawn(server.tunnel, udp_open)
+            .await
+            .map_err(BenchError::io("gate"))?;
+        let started = Instant::now();
+        let agent = server
+            .agent_via(
+                &bin,
+                &dir,
+                "fallback",
+                &token,
+                upstream_addr,
+                None,
+                gate.addr(),
+            )
+            .await?;
+        let target = Target {
+            addr: server.api,
+            client_id: Some("fallback".into()),
+        };
+        let first = load::first_success(&target, "/bytes/100", Duration::from_secs(20))
+            .await
+            .ok_or_else(|| BenchError::new("no request served within 20 s"))?;
+        fallback.push((first - started).as_secs_f64() * 1000.0);
+        agent.stop().await;
+        server.proc.stop().await;
+    }
+    upstream.stop().await;
+    eprintln!();
+
+    let rows = rows(
+        &direct_figures,
+        &tunnel_figures,
+        &raw_figures,
+        &idle_per_agent,
+        &agent_idle_rss,
+        &fallback,
+        &sizes,
+    );
+    write_report(
+        &opts.out,
+        &rows,
+        opts.quick,
+        &direct_figures,
+        &tunnel_figures,
+    )?;
+    Ok(rows)
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, BenchError> {
+    text.trim_start_matches("http://")
+        .parse()
+        .map_err(|_| BenchError::new(format!("unparsable address {text:?}")))
+}
+
+/// A `warren server` process with its own SQLite registry and certificate.
+struct Server {
+    proc: Proc,
+    api: SocketAddr,
+    tunnel: SocketAddr,
+    fingerprint: String,
+    database: String,
+}
+
+impl Server {
+    async fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        extra: &[String],
+    ) -> Result<Server, BenchError> {
+        let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        // Create the registry before the server so tokens can be issued at once.
+        Registry::open(&database)
+            .await
+            .map_err(|e| BenchError::new(e.to_string()))?;
+        let mut args: Vec<String> = [
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--database-url".into(), database.clone()]);
+        args.extend(["--certs".into(), dir.join("certs").display().to_string()]);
+        args.extend(extra.iter().cloned());
+        let proc = Proc::spawn(
+            bin,
+            &args,
+            &dir.join(format!("logs/server-{name}.log")),
+            &["client API on", "tunnel on"],
+        )
+        .await?;
+        let api = parse_addr(&proc.value_after("client API on ").unwrap_or_default())?;
+        let tunnel = parse_addr(&proc.value_after("tunnel on ").unwrap_or_default())?;
+        let fingerprint = proc.value_after("fingerprint: ").unwrap_or_default();
+        Ok(Server {
+            proc,
+            api,
+            tunnel,
+            fingerprint,
+            database,
+        })
+    }
+
+    async fn issue(&self, client_id: &str) -> Result<String, BenchError> {
+        let registry = Registry::open(&self.database)
+            .await
+            .map_err(|e| BenchError::new(e.to_string()))?;
+        let token = auth::issue_token(&registry, client_id)
+            .await
+            .map_err(|e| BenchError::new(e.to_string()))?;
+        registry.close().await;
+        Ok(token)
+    }
+
+    async fn agent(
+        &self,
+        bin: &Path,
+        dir: &Path,
+        client_id: &str,
+        token: &str,
+        upstream: SocketAddr,
+        kind: Option<TransportKind>,
+    ) -> Result<Proc, BenchError> {
+        self.agent_via(bin, dir, client_id, token, upstream, kind, self.tunnel)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn agent_via(
+        &self,
+        bin: &Path,
+        dir: &Path,
+        client_id: &str,
+        token: &str,
+        upstream: SocketAddr,
+        kind: Option<TransportKind>,
+        server: SocketAddr,
+    ) -> Result<Proc, BenchError> {
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--server".into(),
+            server.to_string(),
+            "--client-id".into(),
+            client_id.into(),
+            "--token".into(),
+            token.into(),
+            "--upstream".into(),
+            format!("http://{upstream}"),
+            "--fingerprint".into(),
+            self.fingerprint.clone(),
+        ];
+        if let Some(kind) = kind {
+            args.extend(["--transport".into(), kind.as_str().into()]);
+        }
+        let log = dir.join(format!(
+            "logs/agent-{client_id}-{}.log",
+            kind.map(|k| k.as_str()).unwrap_or("auto")
+        ));
+        Proc::spawn(bin, &args, &log, &[]).await
+    }
+
+    /// Waits until the server reports `n` connected agents.
+    async fn wait_agents(&self, n: usize) -> Result<(), BenchError> {
+        let target = Target {
+            addr: self.api,
+            client_id: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(mut sender) = load::connect(&target).await {
+                if let Ok(resp) = load::send(&mut sender, &target, "/_warren/health", None).await {
+                    use http_body_util::BodyExt;
+                    if let Ok(body) = resp.into_body().collect().await {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
+                        if v["agents"].as_u64() == Some(n as u64) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BenchError::new(format!(
+            "{n} agents did not connect within 60 s"
+        )))
+    }
+}
+
+/// The HTTP scenarios against one target; `procs` = [server, agent] when tunnelled.
+async fn http_scenarios(
+    target: &Target,
+    procs: &[&Proc],
+    sizes: &Sizes,
+    progress: &mut Progress,
+    label: &str,
+) -> Result<HttpFigures, BenchError> {
+    let mut f = HttpFigures::default();
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
+    let pair = |v: Vec<u64>| (v.len() == 2).then(|| (v[0], v[1]));
+
+    progress.step(&format!("bulk via {label}"));
+    let peak = PeakRss::start(&pids);
+    let cpu0 = cpu();
+    let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
+    let used = cpu() - cpu0;
+    f.bulk_peak_rss = pair(peak.finish().await);
+    f.bulk_mbps = mbps(bytes, secs);
+    if !procs.is_empty() {
+        f.bulk_cpu_per_gib = Some(used / (bytes as f64 / GIB));
+    }
+
+    progress.step(&format!("parallel bulk via {label}"));
+    let started = Instant::now();
+    let path = format!("/bytes/{}", sizes.parallel_each);
+    let runs: Vec<_> = (0..sizes.parallel)
+        .map(|_| {
+            let (target, path) = (target.clone(), path.clone());
+            tokio::spawn(async move { load::download(&target, &path).await })
+        })
+        .collect();
+    let mut rates = Vec::new();
+    let mut total = 0u64;
+    for run in runs {
+        let (bytes, secs) = run.await.map_err(|e| BenchError::new(e.to_string()))??;
+        total += bytes;
+        rates.push(mbps(bytes, secs));
+    }
+    f.parallel_mbps = mbps(total, started.elapsed().as_secs_f64());
+    f.fairness =
+        rates.iter().cloned().fold(f64::MAX, f64::min) / rates.iter().cloned().fold(0.0, f64::max);
+
+    progress.step(&format!("small requests via {label}"));
+    let peak = PeakRss::start(&pids);
+    let mut lat =
+        load::closed_loop(target, "/bytes/1024", sizes.small_clients, sizes.small_time).await?;
+    f.small_peak_rss = pair(peak.finish().await);
+    lat.sort();
+    f.small_rps = lat.len() as f64 / sizes.small_time.as_secs_f64();
+    f.small_p50_ms = load::percentile_ms(&lat, 50.0);
+    f.small_p99_ms = load::percentile_ms(&lat, 99.0);
+    f.small_p999_ms = load::percentile_ms(&lat, 99.9);
+
+    progress.step(&format!("sequential requests via {label}"));
+    let mut lat = load::sequential(target, "/bytes/1024", sizes.sequential).await?;
+    lat.sort();
+    f.sequential_p50_ms = load::percentile_ms(&lat, 50.0);
+
+    progress.step(&format!("{} audio listeners via {label}", sizes.listeners));
+    let track = (sizes.track.as_secs_f64() / AUDIO_INTERVAL.as_secs_f64()) as u64 * AUDIO_CHUNK;
+    let listeners: Vec<_> = (0..sizes.listeners)
+        .map(|i| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                // Spread the starts over one chunk interval, like real listeners.
+                tokio::time::sleep(AUDIO_INTERVAL.mul_f64(i as f64 / 500.0)).await;
+                load::listen(&target, track, AUDIO_CHUNK, AUDIO_INTERVAL).await
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for l in listeners {
+        let l = l.await.map_err(|e| BenchError::new(e.to_string()))??;
+        f.audio_listeners += 1;
+        if l.bytes == l.expected && l.rate >= 0.95 {
+            f.audio_kept_rate += 1;
+        }
+        worst = worst.max(l.worst_gap);
+    }
+    f.audio_worst_gap_ms = worst.as_secs_f64() * 1000.0;
+
+    progress.step(&format!("isolation via {label}"));
+    let held = load::stall(target, &format!("/bytes/{}", 1024 * MIB), sizes.stalled).await?;
+    let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
+    f.isolation_mbps = mbps(bytes, secs);
+    drop(held);
+
+    progress.step(&format!("done with {label}"));
+    Ok(f)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rows(
+    direct: &HttpFigures,
+    tunnel: &[HttpFigures],
+    raw: &[(f64, f64)],
+    idle_kib: &[f64],
+    agent_idle_rss: &[u64],
+    fallback_ms: &[f64],
+    sizes: &Sizes,
+) -> Vec<Row> {
+    let q = &tunnel[0];
+    let w = &tunnel[1];
+    let both = |f: fn(&HttpFigures) -> f64| (Some(f(q)), Some(f(w)));
+    let mib = |b: u64| b as f64 / MIB as f64;
+    let bulk = format!("bulk {} MiB", sizes.bulk / MIB);
+    let mut rows = vec![];
+    let (bq, bw) = both(|f| f.bulk_mbps);
+    rows.push(
+        Row::new(&bulk, "throughput", "MB/s", Better::Higher)
+            .direct(direct.bulk_mbps)
+            .tunnel(bq, bw),
+    );
+    rows.push(
+        Row::new(&bulk, "throughput vs raw transport", "MB/s", Better::Higher)
+            .baselines(Some(raw[0].0), Some(raw[1].0))
+            .tunnel(bq, bw)
+            .target("≥ 0.75× raw", 0.75, false),
+    );
+    rows.push(
+        Row::new(&bulk, "CPU server+agent vs raw", "s/GiB", Better::Lower)
+            .baselines(Some(raw[0].1), Some(raw[1].1))
+            .tunnel(q.bulk_cpu_per_gib, w.bulk_cpu_per_gib)
+            .target("≤ 1.3× raw", 1.3, false),
+    );
+    let (pq, pw) = both(|f| f.parallel_mbps);
+    rows.push(
+        Row::new(
+            &format!(
+                "parallel {}×{} MiB",
+                sizes.parallel,
+                sizes.parallel_each / MIB
+            ),
+            "aggregate",
+            "MB/s",
+            Better::Higher,
+        )
+        .direct(direct.parallel_mbps)
+        .tunnel(pq, pw),
+    );
+    let (fq, fw) = both(|f| f.fairness);
+    rows.push(
+        Row::new(
+            "parallel",
+            "fairness slowest/fastest",
+            "ratio",
+            Better::Higher,
+        )
+        .direct(direct.fairness)
+        .tunnel(fq, fw),
+    );
+    let small = format!("small 1 KiB, {} clients", sizes.small_clients);
+    let (rq, rw) = both(|f| f.small_rps);
+    rows.push(
+        Row::new(&small, "requests", "req/s", Better::Higher)
+            .direct(direct.small_rps)
+            .tunnel(rq, rw)
+            .target("≥ 0.45× direct", 0.45, false),
+    );
+    for (name, get) in [
+        (
+            "p50",
+            (|f: &HttpFigures| f.small_p50_ms) as fn(&HttpFigures) -> f64,
+        ),
+        ("p99", |f| f.small_p99_ms),
+        ("p99.9", |f| f.small_p999_ms),
+    ] {
+        let (a, b) = both(get);
+        rows.push(
+            Row::new(&small, &format!("latency {name}"), "ms", Better::Lower)
+                .direct(get(direct))
+                .tunnel(a, b),
+        );
+    }
+    let (sq, sw) = both(|f| f.sequential_p50_ms);
+    rows.push(
+        Row::new("sequential 1 client", "latency p50", "ms", Better::Lower)
+            .direct(direct.sequential_p50_ms)
+            .tunnel(sq, sw),
+    );
+    rows.push(
+        Row::new(
+            "sequential 1 client",
+            "added latency p50",
+            "ms",
+            Better::Lower,
+        )
+        .tunnel(
+            sq.map(|v| v - direct.sequential_p50_ms),
+            sw.map(|v| v - direct.sequential_p50_ms),
+        )
+        .target("≤ 0.08 ms", 0.08, true),
+    );
+    let audio = format!(
+        "audio {}×320 kbit/s, {} s, seek",
+        sizes.listeners,
+        sizes.track.as_secs()
+    );
+    rows.push(
+        Row::new(&audio, "listeners keeping rate", "count", Better::Higher)
+            .direct(direct.audio_kept_rate as f64)
+            .tunnel(
+                Some(q.audio_kept_rate as f64),
+                Some(w.audio_kept_rate as f64),
+            )
+            .target("all", 1.0, false),
+    );
+    let (gq, gw) = both(|f| f.audio_worst_gap_ms);
+    rows.push(
+        Row::new(&audio, "worst gap between chunks", "ms", Better::Lower)
+            .direct(direct.audio_worst_gap_ms)
+            .tunnel(gq, gw)
+            .target("≤ 100 ms", 100.0, true),
+    );
+    let (iq, iw) = both(|f| f.isolation_mbps);
+    rows.push(
+        Row::new(
+            &format!("isolation, {} stalled readers", sizes.stalled),
+            "bulk vs bulk alone",
+            "MB/s",
+            Better::Higher,
+        )
+        .baselines(bq, bw)
+        .tunnel(iq, iw)
+        .target("≥ 0.9×", 0.9, false),
+    );
+    rows.push(
+        Row::new(
+            &format!("idle, {} agents", sizes.idle_agents),
+            "server memory per agent",
+            "KiB",
+            Better::Lower,
+        )
+        .tunnel(idle_kib.first().copied(), idle_kib.get(1).copied())
+        .target("≤ 64 KiB", 64.0, true),
+    );
+    rows.push(
+        Row::new("idle", "agent process RSS", "MiB", Better::Lower).tunnel(
+            agent_idle_rss.first().map(|b| mib(*b)),
+            agent_idle_rss.get(1).map(|b| mib(*b)),
+        ),
+    );
+    for (what, get) in [
+        (
+            "bulk",
+            (|f: &HttpFigures| f.bulk_peak_rss) as fn(&HttpFigures) -> Option<(u64, u64)>,
+        ),
+        ("small requests", |f| f.small_peak_rss),
+    ] {
+        rows.push(
+            Row::new(
+                &format!("memory, {what}"),
+                "server peak RSS",
+                "MiB",
+                Better::Lower,
+            )
+            .tunnel(get(q).map(|p| mib(p.0)), get(w).map(|p| mib(p.0)))
+            .target("≤ 32 MiB", 32.0, true),
+        );
+        rows.push(
+            Row::new(
+                &format!("memory, {what}"),
+                "agent peak RSS",
+                "MiB",
+                Better::Lower,
+            )
+            .tunnel(get(q).map(|p| mib(p.1)), get(w).map(|p| mib(p.1)))
+            .target("≤ 32 MiB", 32.0, true),
+        );
+    }
+    rows.push(
+        Row::new(
+            "first request after agent start",
+            "UDP open (auto → QUIC)",
+            "ms",
+            Better::Lower,
+        )
+        .tunnel(fallback_ms.first().copied(), None),
+    );
+    rows.push(
+        Row::new(
+            "first request after agent start",
+            "UDP silently dropped (auto → WS)",
+            "ms",
+            Better::Lower,
+        )
+        .tunnel(None, fallback_ms.get(1).copied())
+        .target("≤ 1000 ms", 1000.0, true),
+    );
+    rows
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    quick: bool,
+    machine: String,
+    rows: &'a [Row],
+    direct: &'a HttpFigures,
+    quic: &'a HttpFigures,
+    ws: &'a HttpFigures,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn write_report(
+    out: &Path,
+    rows: &[Row],
+    quick: bool,
+    direct: &HttpFigures,
+    tunnel: &[HttpFigures],
+) -> Result<(), BenchError> {
+    let kind = if quick { "quick run" } else { "full run" };
+    let table = report::table(rows);
+    println!("\nwarren tunnel benchmark ({kind}; {})\n", machine());
+    println!("{table}");
+    let json = Json {
+        quick,
+        machine: machine(),
+        rows,
+        direct,
+        quic: &tunnel[0],
+        ws: &tunnel[1],
+    };
+    let write = |name: &str, text: String| {
+        std::fs::write(out.join(name), text).map_err(BenchError::io("writing the report"))
+    };
+    write(
+        "tunnel.json",
+        serde_json::to_string_pretty(&json).map_err(|e| BenchError::new(e.to_string()))?,
+    )?;
+    write("tunnel.md", table)?;
+    write(
+        "tunnel.svg",
+        report::svg(rows, &format!("warren: tunnel ÷ baseline ({kind})")),
+    )?;
+    println!(
+        "wrote {0}/tunnel.json, {0}/tunnel.md, {0}/tunnel.svg",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `warren bench-idle-agents`: many agents in one process, all idle.
+pub async fn idle_agents(
+    config: crate::agent::AgentConfig,
+    count: usize,
+) -> Result<(), BenchError> {
+    let (trigger, stop) = crate::shutdown::channel();
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let agent =
+            crate::agent::Agent::new(config.clone()).map_err(|e| BenchError::new(e.to_string()))?;
+        tasks.push(tokio::spawn(agent.run(stop.clone())));
+    }
+    println!("started {count} agents");
+    let _ = tokio::signal::ctrl_c().await;
+    trigger.fire();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+pub use raw::serve as raw_server;

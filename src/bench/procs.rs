@@ -1,0 +1,191 @@
+//! Child processes of the harness (upstream, server, agent, raw transport
+//! peers) and what /proc says about them: CPU seconds and resident memory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::BenchError;
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    child: tokio::process::Child,
+    pub pid: u32,
+    /// Its first stdout lines, up to the ones waited for.
+    pub lines: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `bin args…` and waits until stdout has shown every `ready` text.
+    /// Standard error goes to `log`.
+    pub async fn spawn(
+        bin: &Path,
+        args: &[String],
+        log: &Path,
+        ready: &[&str],
+    ) -> Result<Proc, BenchError> {
+        let stderr = std::fs::File::create(log)
+            .map_err(|e| BenchError::new(format!("{}: {e}", log.display())))?;
+        let mut child = tokio::process::Command::new(bin)
+            .args(args)
+            .env("WARREN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::new(format!("starting {}: {e}", bin.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut lines = Vec::new();
+        let mut pending: Vec<&str> = ready.to_vec();
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            while !pending.is_empty() {
+                match out.next_line().await {
+                    Ok(Some(line)) => {
+                        pending.retain(|needle| !line.contains(needle));
+                        lines.push(line);
+                    }
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await;
+        if !matches!(waited, Ok(true)) {
+            return Err(BenchError::new(format!(
+                "{} {} did not become ready (see {})",
+                bin.display(),
+                args.join(" "),
+                log.display()
+            )));
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        Ok(Proc { child, pid, lines })
+    }
+
+    /// The text after `prefix` on the first stdout line containing it.
+    pub fn value_after(&self, prefix: &str) -> Option<String> {
+        self.lines.iter().find_map(|l| {
+            l.find(prefix).map(|i| {
+                l[i + prefix.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+        })
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid)
+    }
+
+    pub fn rss(&self) -> u64 {
+        rss_bytes(self.pid)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User + system CPU seconds of a process so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, i.e. the 12th and 13th after it.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// Resident set size in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Samples the RSS of some processes every 20 ms and keeps each one's peak.
+pub struct PeakRss {
+    stop: Arc<AtomicBool>,
+    peaks: Vec<Arc<AtomicU64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    pub fn start(pids: &[u32]) -> PeakRss {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks: Vec<Arc<AtomicU64>> = pids.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let (pids, task_peaks, task_stop) = (pids.to_vec(), peaks.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !task_stop.load(Ordering::Relaxed) {
+                for (pid, peak) in pids.iter().zip(&task_peaks) {
+                    peak.fetch_max(rss_bytes(*pid), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        PeakRss { stop, peaks, task }
+    }
+
+    /// Peak RSS per process, in the order given to `start`.
+    pub async fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peaks
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// A scratch directory for one run's databases, certificates and logs.
+pub fn scratch_dir(out: &Path) -> Result<PathBuf, BenchError> {
+    let dir = out.join("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs"))
+        .map_err(|e| BenchError::new(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,223 @@
+//! The results: a table for the terminal (and the README), JSON for tools, and
+//! an SVG chart of every figure as a ratio to its baseline.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Which way is better for a metric.
+#[derive(Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// A goal for the tunnelled figures.
+#[derive(Clone, Serialize)]
+pub struct Target {
+    pub text: String,
+    /// The tunnelled value divided by the baseline must reach this (Higher) or
+    /// stay under it (Lower); or, with `absolute`, the value itself.
+    pub bound: f64,
+    pub absolute: bool,
+}
+
+#[derive(Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: Better,
+    /// Direct (or, for "vs raw" rows, the raw transport) value per column.
+    pub baseline: [Option<f64>; 2],
+    /// Through QUIC, through WebSocket.
+    pub tunnel: [Option<f64>; 2],
+    pub target: Option<Target>,
+}
+
+impl Row {
+    pub fn new(scenario: &str, metric: &str, unit: &str, better: Better) -> Row {
+        Row {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            better,
+            baseline: [None, None],
+            tunnel: [None, None],
+            target: None,
+        }
+    }
+
+    pub fn direct(mut self, v: f64) -> Row {
+        self.baseline = [Some(v), Some(v)];
+        self
+    }
+
+    pub fn baselines(mut self, quic: Option<f64>, ws: Option<f64>) -> Row {
+        self.baseline = [quic, ws];
+        self
+    }
+
+    pub fn tunnel(mut self, quic: Option<f64>, ws: Option<f64>) -> Row {
+        self.tunnel = [quic, ws];
+        self
+    }
+
+    pub fn target(mut self, text: &str, bound: f64, absolute: bool) -> Row {
+        self.target = Some(Target {
+            text: text.into(),
+            bound,
+            absolute,
+        });
+        self
+    }
+
+    pub fn ratio(&self, i: usize) -> Option<f64> {
+        match (self.tunnel[i], self.baseline[i]) {
+            (Some(t), Some(b)) if b != 0.0 && b.is_finite() && t.is_finite() => Some(t / b),
+            _ => None,
+        }
+    }
+
+    pub fn met(&self, i: usize) -> Option<bool> {
+        let target = self.target.as_ref()?;
+        let value = if target.absolute {
+            self.tunnel[i]?
+        } else {
+            self.ratio(i)?
+        };
+        Some(match self.better {
+            Better::Higher => value >= target.bound,
+            Better::Lower => value <= target.bound,
+        })
+    }
+}
+
+fn num(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if !v.is_finite() => "–".into(),
+        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.3}"),
+    }
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "–".into())
+}
+
+fn verdict(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "",
+    }
+}
+
+/// A Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str("| scenario | metric | baseline | QUIC | WS | QUIC ÷ base | WS ÷ base | target | met (QUIC / WS) |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---|---|\n");
+    for r in rows {
+        let base = if r.baseline[0] == r.baseline[1] {
+            num(r.baseline[0])
+        } else {
+            format!("{} / {}", num(r.baseline[0]), num(r.baseline[1]))
+        };
+        let met = match (r.met(0), r.met(1)) {
+            (None, None) => String::new(),
+            (q, w) => format!("{} / {}", verdict(q), verdict(w)),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.metric,
+            r.unit,
+            base,
+            num(r.tunnel[0]),
+            num(r.tunnel[1]),
+            ratio(r.ratio(0)),
+            ratio(r.ratio(1)),
+            r.target.as_ref().map(|t| t.text.as_str()).unwrap_or(""),
+            met
+        );
+    }
+    out
+}
+
+/// A horizontal bar chart of the ratios (QUIC and WS) of every row with a baseline.
+pub fn svg(rows: &[Row], title: &str) -> String {
+    let charted: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.ratio(0).is_some() || r.ratio(1).is_some())
+        .collect();
+    let max = charted
+        .iter()
+        .flat_map(|r| [r.ratio(0), r.ratio(1)])
+        .flatten()
+        .fold(1.0f64, f64::max)
+        .min(4.0);
+    let (label_w, bar_w, row_h) = (330.0, 420.0, 34.0);
+    let height = 60.0 + row_h * charted.len() as f64 + 30.0;
+    let width = label_w + bar_w + 90.0;
+    let x = |r: f64| label_w + bar_w * (r.min(max) / max);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{label_w}" y="32" width="12" height="10" fill="#2b6cb0"/><text x="{}" y="41">QUIC</text><rect x="{}" y="32" width="12" height="10" fill="#dd6b20"/><text x="{}" y="41">WebSocket</text><text x="{}" y="41">ratio to baseline (1.0 = baseline)</text>"##,
+        label_w + 16.0,
+        label_w + 70.0,
+        label_w + 86.0,
+        label_w + 170.0
+    );
+    let one = x(1.0);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{one}" y1="50" x2="{one}" y2="{}" stroke="#555" stroke-dasharray="4 3"/>"##,
+        height - 25.0
+    );
+    for (i, r) in charted.iter().enumerate() {
+        let y = 55.0 + row_h * i as f64;
+        let label = format!("{}: {}", r.scenario, r.metric);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{}">{}</text>"#,
+            y + 17.0,
+            escape(&label)
+        );
+        for (j, color) in [(0usize, "#2b6cb0"), (1, "#dd6b20")] {
+            if let Some(v) = r.ratio(j) {
+                let yy = y + 4.0 + 13.0 * j as f64;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{label_w}" y="{yy}" width="{:.1}" height="11" fill="{color}"/><text x="{:.1}" y="{}">{v:.2}×</text>"#,
+                    (x(v) - label_w).max(1.0),
+                    x(v) + 4.0,
+                    yy + 10.0
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
