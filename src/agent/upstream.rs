@@ -6,6 +6,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 use hyper_util::{
@@ -20,6 +22,10 @@ use crate::{
     headers,
     transport::{RecvStream, SendStream},
 };
+
+/// Body bytes up to this size that are ready with the response head are sent
+/// in the same write (one copy of a small buffer beats an extra packet).
+const COALESCE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -147,12 +153,38 @@ impl Upstream {
             status: parts.status.as_u16(),
             headers: headers::to_wire(&resp_headers),
         });
-        if let Err(e) = send.write_frame(&head, max_head).await {
+        let mut first = match warren_proto::encode_frame(&head, max_head) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let message = format!("upstream response head unusable: {e}");
+                warn!("{message}");
+                let _ = reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head).await;
+                return;
+            }
+        };
+        // Body bytes already here (typical of small responses) travel in the
+        // same write as the head, and the end with them: one packet, not three.
+        let mut next = body.frame().now_or_never();
+        if let Some(Some(Ok(frame))) = &next {
+            if frame.data_ref().is_some_and(|d| d.len() <= COALESCE) {
+                let Some(Ok(frame)) = next.take().flatten() else { unreachable!() };
+                first.extend_from_slice(frame.data_ref().expect("checked"));
+            }
+        }
+        if let Err(e) = send.write_chunk(Bytes::from(first)).await {
             debug!("server went away before the response head: {e}");
             return;
         }
+        if next.is_none() && http_body::Body::is_end_stream(&body) {
+            let _ = send.finish().await;
+            return;
+        }
         loop {
-            match body.frame().await {
+            let frame = match next.take() {
+                Some(frame) => frame,
+                None => body.frame().await,
+            };
+            match frame {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else {
                         continue;

@@ -567,6 +567,9 @@ async fn http_scenarios(
 
     progress.step(&format!("isolation via {label}"));
     let held = load::stall(target, &format!("/bytes/{}", 1024 * MIB), sizes.stalled).await?;
+    // Let the stalled streams fill their windows first: the steady state (all
+    // of them blocked, holding buffers) is what this scenario is about.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
     f.isolation_mbps = mbps(bytes, secs);
     drop(held);

@@ -254,7 +254,16 @@ pub struct RecvStream {
     /// Reused read buffer: chunks are split off it, and its allocation is
     /// reclaimed once downstream has dropped them.
     buf: BytesMut,
+    /// How much to read at once: starts small (most responses are small, and a
+    /// 128 KiB allocation per stream would cost more than the response) and
+    /// doubles whenever a read fills it, up to the caller's maximum.
+    read_size: usize,
+    /// Bytes received past the end of a frame, returned before reading more.
+    pending: Bytes,
 }
+
+/// First read size on a stream; see `RecvStream::read_size`.
+const FIRST_READ: usize = 16 * 1024;
 
 enum RecvInner {
     Quic(quinn::RecvStream),
@@ -266,6 +275,8 @@ impl RecvStream {
         RecvStream {
             inner,
             buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            pending: Bytes::new(),
         }
     }
 
@@ -275,42 +286,67 @@ impl RecvStream {
     pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, TransportError> {
         use bytes::BufMut;
         use tokio::io::AsyncReadExt;
-        self.buf.reserve(max);
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(max);
+            return Ok(Some(self.pending.split_to(n)));
+        }
+        let want = self.read_size.min(max).max(1);
+        self.buf.reserve(want);
         let n = match &mut self.inner {
             RecvInner::Quic(s) => s
-                .read_buf(&mut (&mut self.buf).limit(max))
+                .read_buf(&mut (&mut self.buf).limit(want))
                 .await
                 .map_err(quic::io_read_error)?,
-            RecvInner::Mux(s) => return s.read_chunk(&mut self.buf, max).await,
+            RecvInner::Mux(s) => s.read_into(&mut self.buf, want).await?,
         };
         if n == 0 {
             return Ok(None);
         }
+        if n == want {
+            self.read_size = (self.read_size * 2).min(max.max(FIRST_READ));
+        }
         Ok(Some(self.buf.split().freeze()))
     }
 
-    /// Fills `buf` completely, or fails (a clean end before that is `UnexpectedEnd`).
-    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
-        match &mut self.inner {
-            RecvInner::Quic(s) => s.read_exact(buf).await.map_err(|e| match e {
-                quinn::ReadExactError::FinishedEarly(_) => TransportError::UnexpectedEnd,
-                quinn::ReadExactError::ReadError(e) => quic::read_error(e),
-            }),
-            RecvInner::Mux(s) => s.read_exact(buf).await,
+    /// Fills `out` completely, or fails (a clean end before that is `UnexpectedEnd`).
+    pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), TransportError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let Some(chunk) = self.read_chunk(out.len() - filled).await? else {
+                return Err(TransportError::UnexpectedEnd);
+            };
+            out[filled..filled + chunk.len()].copy_from_slice(&chunk);
+            filled += chunk.len();
         }
+        Ok(())
     }
 
-    /// Reads one frame, never allocating more than `limit` bytes for it.
+    /// Reads one frame, never holding more than `limit` bytes for it. Bytes
+    /// that arrived after it (typically the start of a body) are kept for the
+    /// next read, so a head and its body can share one network read.
     pub async fn read_frame<T: DeserializeOwned>(
         &mut self,
         limit: usize,
     ) -> Result<T, TransportError> {
-        let mut prefix = [0u8; LEN_PREFIX];
-        self.read_exact(&mut prefix).await?;
-        let len = warren_proto::frame_len(prefix, limit)?;
-        let mut payload = vec![0u8; len];
-        self.read_exact(&mut payload).await?;
-        Ok(warren_proto::decode_payload(&payload)?)
+        let room = limit + LEN_PREFIX;
+        let mut staged = match self.read_chunk(room).await? {
+            Some(chunk) => chunk,
+            None => return Err(TransportError::UnexpectedEnd),
+        };
+        loop {
+            if let Some((msg, used)) = warren_proto::decode_frame::<T>(&staged, limit)? {
+                self.pending = staged.slice(used..);
+                return Ok(msg);
+            }
+            // The frame spans reads: gather it (bounded by the frame limit).
+            let Some(more) = self.read_chunk(room.saturating_sub(staged.len()).max(1)).await? else {
+                return Err(TransportError::UnexpectedEnd);
+            };
+            let mut joined = BytesMut::with_capacity(staged.len() + more.len());
+            joined.extend_from_slice(&staged);
+            joined.extend_from_slice(&more);
+            staged = joined.freeze();
+        }
     }
 
     /// Tells the writer we will read no more. (On yamux the writer learns it

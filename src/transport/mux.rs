@@ -12,7 +12,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
     sync::{mpsc, oneshot, watch, Mutex},
@@ -266,13 +266,11 @@ impl MuxRecv {
         Ok(true)
     }
 
-    pub async fn read_chunk(
-        &mut self,
-        buf: &mut BytesMut,
-        max: usize,
-    ) -> Result<Option<Bytes>, TransportError> {
+    /// Reads at most `max` bytes of the current segment into `buf`; 0 at the
+    /// clean end.
+    pub async fn read_into(&mut self, buf: &mut BytesMut, max: usize) -> Result<usize, TransportError> {
         if !self.next_segment().await? {
-            return Ok(None);
+            return Ok(0);
         }
         let want = max.min(self.remaining);
         buf.reserve(want);
@@ -281,23 +279,6 @@ impl MuxRecv {
             return Err(truncated());
         }
         self.remaining -= n;
-        Ok(Some(buf.split().freeze()))
-    }
-
-    pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), TransportError> {
-        let mut filled = 0;
-        while filled < out.len() {
-            if !self.next_segment().await? {
-                return Err(TransportError::UnexpectedEnd);
-            }
-            let want = (out.len() - filled).min(self.remaining);
-            let n = self.read.read(&mut out[filled..filled + want]).await?;
-            if n == 0 {
-                return Err(truncated());
-            }
-            filled += n;
-            self.remaining -= n;
-        }
-        Ok(())
+        Ok(n)
     }
 }
