@@ -31,10 +31,12 @@ pub enum Backend {
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/sqlite/0001_init.sql")),
     (2, include_str!("schema/sqlite/0002_transport_note.sql")),
+    (3, include_str!("schema/sqlite/0003_nodes.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/mysql/0001_init.sql")),
     (2, include_str!("schema/mysql/0002_transport_note.sql")),
+    (3, include_str!("schema/mysql/0003_nodes.sql")),
 ];
 
 /// One live agent connection, as recorded in `connections`.
@@ -227,6 +229,136 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Records `rec` and, in the same transaction, removes the row of the
+    /// connection it replaces (an agent reconnecting, possibly to another node).
+    pub async fn replace_connection(
+        &self,
+        old_tunnel_ws_id: &str,
+        rec: &ConnectionRecord,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM connections WHERE tunnel_ws_id = ? AND client_id = ?")
+            .bind(old_tunnel_ws_id)
+            .bind(&rec.client_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO connections
+               (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
+                updated_at, transport_note)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&rec.tunnel_ws_id)
+        .bind(&rec.client_id)
+        .bind(&rec.node_id)
+        .bind(&rec.transport)
+        .bind(&rec.remote_addr)
+        .bind(rec.connected_at_ms)
+        .bind(now_ms())
+        .bind(truncate(&rec.transport_note, 255))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Registers this node (or refreshes its address) with a lease until `lease_expires_ms`.
+    pub async fn upsert_node(
+        &self,
+        node_id: &str,
+        cluster_addr: &str,
+        lease_expires_ms: i64,
+    ) -> Result<(), RegistryError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "INSERT INTO nodes (node_id, cluster_addr, started_at, lease_expires_at)
+                 VALUES (?, ?, ?, ?)
+                 ON CONFLICT (node_id) DO UPDATE SET
+                   cluster_addr = excluded.cluster_addr, started_at = excluded.started_at,
+                   lease_expires_at = excluded.lease_expires_at"
+            }
+            Backend::MySql => {
+                "INSERT INTO nodes (node_id, cluster_addr, started_at, lease_expires_at)
+                 VALUES (?, ?, ?, ?)
+                 ON DUPLICATE KEY UPDATE
+                   cluster_addr = VALUES(cluster_addr), started_at = VALUES(started_at),
+                   lease_expires_at = VALUES(lease_expires_at)"
+            }
+        };
+        sqlx::query(sql)
+            .bind(node_id)
+            .bind(cluster_addr)
+            .bind(now_ms())
+            .bind(lease_expires_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends this node's lease; `false` if its row is gone (another node
+    /// declared it dead), in which case the caller must re-register.
+    pub async fn renew_lease(&self, node_id: &str, lease_expires_ms: i64) -> Result<bool, RegistryError> {
+        let done = sqlx::query("UPDATE nodes SET lease_expires_at = ? WHERE node_id = ?")
+            .bind(lease_expires_ms)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes nodes whose lease expired before `now_ms`, and their connection
+    /// rows; returns the ids removed.
+    pub async fn reap_expired_nodes(&self, now_ms: i64) -> Result<Vec<String>, RegistryError> {
+        let expired: Vec<String> = sqlx::query("SELECT node_id FROM nodes WHERE lease_expires_at < ?")
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for node in &expired {
+            self.remove_node_connections(node).await?;
+            // Only if it did not come back meanwhile.
+            sqlx::query("DELETE FROM nodes WHERE node_id = ? AND lease_expires_at < ?")
+                .bind(node)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(expired)
+    }
+
+    pub async fn remove_node(&self, node_id: &str) -> Result<(), RegistryError> {
+        sqlx::query("DELETE FROM nodes WHERE node_id = ?")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Live nodes (lease not expired at `now_ms`) holding a connection for
+    /// `client_id`: `(node_id, cluster_addr)`, newest connection first.
+    pub async fn routes_for(&self, client_id: &str, now_ms: i64) -> Result<Vec<(String, String)>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT c.node_id, n.cluster_addr FROM connections c
+             JOIN nodes n ON n.node_id = c.node_id
+             WHERE c.client_id = ? AND n.lease_expires_at >= ?
+             ORDER BY c.connected_at DESC",
+        )
+        .bind(client_id)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut routes: Vec<(String, String)> = Vec::new();
+        for r in &rows {
+            let route = (r.get::<String, _>(0), r.get::<String, _>(1));
+            if !routes.contains(&route) {
+                routes.push(route);
+            }
+        }
+        Ok(routes)
     }
 
     pub async fn remove_connection(&self, tunnel_ws_id: &str) -> Result<(), RegistryError> {
