@@ -12,7 +12,7 @@ use warren::{
     agent::{Agent, AgentConfig, AgentError, TransportChoice, UpstreamConfig},
     auth,
     registry::Registry,
-    server::{Server, ServerConfig},
+    server::{ClusterConfig, Server, ServerConfig},
     shutdown,
     tls::{ServerIdentity, Trust},
     transport::TransportTuning,
@@ -192,6 +192,22 @@ struct ServerArgs {
     /// Time a client has to send its request headers.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     header_read_timeout: Duration,
+    /// Run as a cluster node: other nodes forward requests for agents held here
+    /// to this address. Needs --node-id, --cluster-secret and a shared MySQL.
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// HOST:PORT other nodes use to reach --cluster-listen (default: that address).
+    #[arg(long, env = "WARREN_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// Secret shared by all nodes (16+ characters); guards the internal link.
+    #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// A node silent for this long is dead: others stop routing to it and remove its rows.
+    #[arg(long, env = "WARREN_NODE_LEASE", value_parser = parse_duration, default_value = "30s")]
+    node_lease: Duration,
+    /// How long a client-id → node lookup is cached.
+    #[arg(long, env = "WARREN_ROUTE_CACHE_TTL", value_parser = parse_duration, default_value = "2s")]
+    route_cache_ttl: Duration,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -205,9 +221,13 @@ enum TransportArg {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// The server's tunnel address, HOST:PORT.
-    #[arg(long, env = "WARREN_SERVER")]
-    server: String,
+    /// The server's tunnel address, HOST:PORT. Repeat (or separate with commas)
+    /// for the nodes of a cluster.
+    #[arg(long, env = "WARREN_SERVER", value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    /// Connections to keep at once, each to a different node where possible.
+    #[arg(long, env = "WARREN_CONNECTIONS", default_value_t = 1)]
+    connections: usize,
     #[arg(long, env = "WARREN_CLIENT_ID")]
     client_id: String,
     #[arg(long, env = "WARREN_TOKEN", hide_env_values = true)]
@@ -370,7 +390,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let cluster = match args.cluster_listen {
+        None => None,
+        Some(listen) => {
+            if args.node_id == "local" {
+                anyhow::bail!("a cluster node needs a unique --node-id");
+            }
+            if args.database_url.starts_with("sqlite:") {
+                anyhow::bail!(
+                    "cluster nodes must share a MySQL/MariaDB registry (--database-url mysql://…)"
+                );
+            }
+            Some(ClusterConfig {
+                advertise: args.cluster_advertise.clone(),
+                lease: args.node_lease,
+                route_ttl: args.route_cache_ttl,
+                ..ClusterConfig::new(listen, args.cluster_secret.as_deref().unwrap_or(""))
+            })
+        }
+    };
     let config = ServerConfig {
+        cluster,
         api_listen: args.api_listen,
         tunnel_listen: args.tunnel_listen,
         database_url: args.database_url,
@@ -416,6 +456,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         (None, None) => Trust::System,
     };
     let config = AgentConfig {
+        servers: args.server.clone(),
+        connections: args.connections,
         server_name: args.server_name,
         transport: transport_choice(args.transport),
         upstream: UpstreamConfig {
@@ -430,7 +472,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         ws_head_start: args.ws_head_start,
         quic_probe_interval: args.quic_probe_interval,
         ..AgentConfig::new(
-            &args.server,
+            &args.server[0],
             &args.client_id,
             &args.token,
             &args.upstream,

@@ -28,7 +28,7 @@ async fn auto_falls_back_to_ws_when_udp_is_dropped() {
     let mut stack = Stack::server_only(StackOptions::new(Transport::Quic)).await;
     let gate = UdpGate::spawn(stack.tunnel, false).await.unwrap();
     let mut config = stack.agent_config();
-    config.server = gate.addr().to_string();
+    config.servers = vec![gate.addr().to_string()];
     config.transport = TransportChoice::Auto;
     let status = stack.add_agent(config).await;
     assert_eq!(transport_of(&status.borrow()).as_deref(), Some("ws"));
@@ -55,7 +55,7 @@ async fn auto_prefers_quic_when_udp_works() {
     let mut stack = Stack::server_only(StackOptions::new(Transport::Quic)).await;
     let gate = UdpGate::spawn(stack.tunnel, true).await.unwrap();
     let mut config = stack.agent_config();
-    config.server = gate.addr().to_string();
+    config.servers = vec![gate.addr().to_string()];
     config.transport = TransportChoice::Auto;
     let status = stack.add_agent(config).await;
     assert_eq!(transport_of(&status.borrow()).as_deref(), Some("quic"));
@@ -75,7 +75,7 @@ async fn auto_moves_back_to_quic_without_failing_a_request() {
     let mut stack = Stack::server_only(StackOptions::new(Transport::Quic)).await;
     let gate = UdpGate::spawn(stack.tunnel, false).await.unwrap();
     let mut config = stack.agent_config();
-    config.server = gate.addr().to_string();
+    config.servers = vec![gate.addr().to_string()];
     config.transport = TransportChoice::Auto;
     config.quic_probe_interval = Duration::from_millis(300);
     let mut status = stack.add_agent(config).await;
@@ -146,7 +146,7 @@ async fn quic_only_with_udp_dropped_fails_clearly() {
     let stack = Stack::server_only(StackOptions::new(Transport::Quic)).await;
     let gate = UdpGate::spawn(stack.tunnel, false).await.unwrap();
     let mut config = stack.agent_config();
-    config.server = gate.addr().to_string();
+    config.servers = vec![gate.addr().to_string()];
     config.transport = TransportChoice::Quic;
     config.connect_timeout = Duration::from_millis(500);
     let agent = Agent::new(config).unwrap();

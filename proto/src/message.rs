@@ -38,6 +38,9 @@ pub struct Hello {
     /// Why the agent is on this transport (e.g. "WebSocket won the race: QUIC
     /// handshake not complete after 250ms"); recorded with the connection.
     pub transport_note: String,
+    /// The `tunnel_ws_id` of this agent's previous connection, when it is
+    /// reconnecting: the server replaces that registry row atomically.
+    pub replaces: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ fn hello() -> Control {
         agent: "warren/0.1.0".into(),
         capabilities: vec!["rooms".into()],
         transport_note: "q".into(),
+        replaces: Some("t-0".into()),
     })
 }
 
@@ -58,7 +59,7 @@ where
 fn control_messages() {
     check(
         &hello(),
-        "000000250001056d757369630677726e5f61620c77617272656e2f302e312e300105726f6f6d730171",
+        "0000002a0001056d757369630677726e5f61620c77617272656e2f302e312e300105726f6f6d7301710103742d30",
     );
     // Variant 1; heartbeat 10000 = varint 90 4e; limits 80 80 10 and 80 08.
     check(&welcome(), "0000000f0103742d31026e31904e8080108008");

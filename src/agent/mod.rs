@@ -42,8 +42,11 @@ pub enum TransportChoice {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `HOST:PORT` of the server's tunnel port.
-    pub server: String,
+    /// `HOST:PORT` of the server's tunnel port; several for a cluster (every
+    /// address each resolves to counts as a node to try).
+    pub servers: Vec<String>,
+    /// Connections to keep at once, each preferring a different node.
+    pub connections: usize,
     /// TLS server name to verify; defaults to the host part of `server`.
     pub server_name: Option<String>,
     pub client_id: String,
@@ -69,7 +72,8 @@ pub struct AgentConfig {
 impl AgentConfig {
     pub fn new(server: &str, client_id: &str, token: &str, upstream: &str, trust: Trust) -> Self {
         AgentConfig {
-            server: server.into(),
+            servers: vec![server.into()],
+            connections: 1,
             server_name: None,
             client_id: client_id.into(),
             token: token.into(),
@@ -104,7 +108,7 @@ pub enum AgentError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("--server {0:?} must be HOST:PORT")]
+    #[error("--server {0:?} must be HOST:PORT (one or more)")]
     BadServer(String),
 }
 
@@ -130,7 +134,8 @@ struct Inner {
     config: AgentConfig,
     tls: rustls::ClientConfig,
     upstream: Arc<Upstream>,
-    status: watch::Sender<AgentStatus>,
+    /// One status per connection slot (`--connections`).
+    status: Vec<watch::Sender<AgentStatus>>,
 }
 
 /// A failed connection attempt: retry, or give up.
@@ -147,61 +152,118 @@ struct Connection {
     recv: RecvStream,
 }
 
+/// One address to dial, and the `--server` it came from (for TLS name and Host).
+#[derive(Clone)]
+struct Endpoint {
+    server: String,
+    addr: SocketAddr,
+}
+
 /// Tells a session's serving task to leave: say GoAway, let requests in flight
 /// finish for at most the given time, then close.
 type Leave = watch::Receiver<Option<Duration>>;
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
-        server_host(&config.server)?;
+        if config.servers.is_empty() {
+            return Err(AgentError::BadServer(String::new()));
+        }
+        for server in &config.servers {
+            server_host(server)?;
+        }
         let tls = tls::client_config(&config.trust)?;
         let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
+        let slots = config.connections.max(1);
         Ok(Agent {
             inner: Arc::new(Inner {
                 config,
                 tls,
                 upstream,
-                status: watch::channel(AgentStatus::Connecting).0,
+                status: (0..slots)
+                    .map(|_| watch::channel(AgentStatus::Connecting).0)
+                    .collect(),
             }),
         })
     }
 
-    /// Watch the agent's connection status.
+    /// Watch the status of the first connection.
     pub fn status(&self) -> watch::Receiver<AgentStatus> {
-        self.inner.status.subscribe()
+        self.inner.status[0].subscribe()
+    }
+
+    /// Watch the status of connection `slot` (0-based, below `connections`).
+    pub fn slot_status(&self, slot: usize) -> Option<watch::Receiver<AgentStatus>> {
+        self.inner.status.get(slot).map(|s| s.subscribe())
     }
 
     /// Connects and serves until `shutdown` fires (`Ok`) or the server refuses
     /// the agent for good (`Err`).
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AgentError> {
         let span = tracing::info_span!("agent", client_id = %self.inner.config.client_id);
-        self.inner.run(shutdown).instrument(span).await
+        async move {
+            let mut slots = tokio::task::JoinSet::new();
+            for slot in 0..self.inner.status.len() {
+                let inner = self.inner.clone();
+                let shutdown = shutdown.clone();
+                slots.spawn(
+                    async move {
+                        // Staggered starts: the connections of one agent (and
+                        // agents restarted together) do not dial in lockstep.
+                        if slot > 0 {
+                            let stagger =
+                                STAGGER.mul_f64(slot as f64 * (0.5 + rand::random::<f64>()));
+                            tokio::time::sleep(stagger).await;
+                        }
+                        inner.run_slot(slot, shutdown).await
+                    }
+                    .in_current_span(),
+                );
+            }
+            while let Some(done) = slots.join_next().await {
+                if let Ok(Err(e)) = done {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 }
 
+/// Delay between the starts of an agent's connection slots (jittered).
+const STAGGER: Duration = Duration::from_millis(300);
+
 impl Inner {
-    async fn run(self: Arc<Self>, mut shutdown: Shutdown) -> Result<(), AgentError> {
+    async fn run_slot(
+        self: Arc<Self>,
+        slot: usize,
+        mut shutdown: Shutdown,
+    ) -> Result<(), AgentError> {
         let config = &self.config;
+        let status = &self.status[slot];
         let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        let mut previous: Option<String> = None;
         loop {
-            self.status.send_replace(AgentStatus::Connecting);
+            status.send_replace(AgentStatus::Connecting);
             let attempt = tokio::select! {
-                attempt = self.connect() => attempt,
+                attempt = self.connect(slot, previous.clone()) => attempt,
                 _ = shutdown.wait() => return Ok(()),
             };
             let reason = match attempt {
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(reason)) => reason,
                 Ok(mut conn) => loop {
+                    previous = Some(conn.welcome.tunnel_ws_id.clone());
                     let started = Instant::now();
                     let probing = conn.session.kind() == TransportKind::Ws
                         && config.transport == TransportChoice::Auto;
                     let (leave, leave_rx) = watch::channel(None);
                     let mut task =
-                        tokio::spawn(self.clone().serve(conn, leave_rx).in_current_span());
+                        tokio::spawn(self.clone().serve(slot, conn, leave_rx).in_current_span());
                     let probe = async {
                         if probing {
-                            self.probe_quic().await
+                            self.probe_quic(slot).await
                         } else {
                             std::future::pending().await
                         }
@@ -230,9 +292,8 @@ impl Inner {
                 },
             };
             let delay = backoff.next_delay();
-            warn!("{reason}; reconnecting in {delay:?}");
-            self.status
-                .send_replace(AgentStatus::Disconnected { reason });
+            warn!(slot, "{reason}; reconnecting in {delay:?}");
+            status.send_replace(AgentStatus::Disconnected { reason });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait() => return Ok(()),
@@ -240,32 +301,60 @@ impl Inner {
         }
     }
 
+    /// Every address of every `--server`, rotated so that slot `i` prefers the
+    /// `i`-th: with several nodes, an agent's connections land on different ones.
+    async fn endpoints(&self, slot: usize) -> Result<Vec<Endpoint>, String> {
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let mut errors = Vec::new();
+        for server in &self.config.servers {
+            match tokio::net::lookup_host(server).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        if !endpoints.iter().any(|e| e.addr == addr) {
+                            endpoints.push(Endpoint {
+                                server: server.clone(),
+                                addr,
+                            });
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("cannot resolve {server}: {e}")),
+            }
+        }
+        if endpoints.is_empty() {
+            return Err(if errors.is_empty() {
+                "the servers resolved to no address".into()
+            } else {
+                errors.join("; ")
+            });
+        }
+        let n = endpoints.len();
+        endpoints.rotate_left(slot % n);
+        Ok(endpoints)
+    }
+
     /// One attempt: resolve, handshake (racing transports in `auto`), Hello → Welcome.
-    async fn connect(&self) -> Result<Connection, Attempt> {
+    async fn connect(&self, slot: usize, replaces: Option<String>) -> Result<Connection, Attempt> {
         let config = &self.config;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&config.server)
-            .await
-            .map_err(|e| Attempt::Retry(format!("cannot resolve {}: {e}", config.server)))?
-            .collect();
-        let mut last_error = format!("{} resolved to no address", config.server);
-        for addr in addrs {
+        let mut last_error = String::new();
+        for endpoint in self.endpoints(slot).await.map_err(Attempt::Retry)? {
             let dialled = match config.transport {
                 TransportChoice::Quic => self
-                    .dial(TransportKind::Quic, addr)
+                    .dial(TransportKind::Quic, &endpoint)
                     .await
                     .map(|s| (s, "forced by --transport quic".to_string()))
                     .map_err(|e| e.to_string()),
                 TransportChoice::Ws => self
-                    .dial(TransportKind::Ws, addr)
+                    .dial(TransportKind::Ws, &endpoint)
                     .await
                     .map(|s| (s, "forced by --transport ws".to_string()))
                     .map_err(|e| e.to_string()),
-                TransportChoice::Auto => self.race(addr).await,
+                TransportChoice::Auto => self.race(&endpoint).await,
             };
             match dialled {
                 Ok((session, note)) => {
-                    info!(transport = %session.kind(), "{note}");
-                    return self.hello(session, note).await;
+                    info!(transport = %session.kind(), server = %endpoint.addr, "{note}");
+                    return self.hello(session, note, replaces).await;
                 }
                 Err(e) => last_error = e,
             }
@@ -273,15 +362,19 @@ impl Inner {
         Err(Attempt::Retry(last_error))
     }
 
-    async fn dial(&self, kind: TransportKind, addr: SocketAddr) -> Result<Session, TransportError> {
+    async fn dial(
+        &self,
+        kind: TransportKind,
+        endpoint: &Endpoint,
+    ) -> Result<Session, TransportError> {
         let config = &self.config;
-        let host = server_host(&config.server).expect("checked in Agent::new");
+        let host = server_host(&endpoint.server).expect("checked in Agent::new");
         transport::connect(
             kind,
             Dial {
-                addr,
+                addr: endpoint.addr,
                 server_name: config.server_name.as_deref().unwrap_or(host),
-                host: &config.server,
+                host: &endpoint.server,
                 client_id: &config.client_id,
                 tls: self.tls.clone(),
                 tuning: &config.tuning,
@@ -294,12 +387,12 @@ impl Inner {
     /// Happy eyeballs: QUIC first; WebSocket after a head start (or at once if
     /// QUIC fails sooner); the first handshake to complete wins, the other is
     /// dropped. Returns the session and why it won.
-    async fn race(&self, addr: SocketAddr) -> Result<(Session, String), String> {
+    async fn race(&self, endpoint: &Endpoint) -> Result<(Session, String), String> {
         let started = Instant::now();
         let head_start = self.config.ws_head_start;
         let quic_failed = tokio::sync::Notify::new();
         let quic = async {
-            let result = self.dial(TransportKind::Quic, addr).await;
+            let result = self.dial(TransportKind::Quic, endpoint).await;
             if result.is_err() {
                 quic_failed.notify_one();
             }
@@ -310,7 +403,7 @@ impl Inner {
                 _ = tokio::time::sleep(head_start) => {}
                 _ = quic_failed.notified() => {}
             }
-            self.dial(TransportKind::Ws, addr).await
+            self.dial(TransportKind::Ws, endpoint).await
         };
         tokio::pin!(quic, ws);
         let (mut quic_err, mut ws_err) = (None, None);
@@ -344,19 +437,19 @@ impl Inner {
 
     /// While on WebSocket: retries QUIC every `quic_probe_interval` (jittered)
     /// until it is welcomed; never returns otherwise.
-    async fn probe_quic(&self) -> Connection {
+    async fn probe_quic(&self, slot: usize) -> Connection {
         let config = &self.config;
         loop {
             let jitter = 0.8 + 0.4 * rand::random::<f64>();
             tokio::time::sleep(config.quic_probe_interval.mul_f64(jitter)).await;
-            let Ok(addrs) = tokio::net::lookup_host(&config.server).await else {
+            let Ok(endpoints) = self.endpoints(slot).await else {
                 continue;
             };
-            for addr in addrs {
-                match self.dial(TransportKind::Quic, addr).await {
+            for endpoint in endpoints {
+                match self.dial(TransportKind::Quic, &endpoint).await {
                     Ok(session) => {
                         let note = "QUIC reachable again (background probe while on WebSocket)";
-                        match self.hello(session, note.into()).await {
+                        match self.hello(session, note.into(), None).await {
                             Ok(conn) => return conn,
                             Err(Attempt::Retry(e))
                             | Err(Attempt::Fatal(AgentError::Refused { message: e, .. })) => {
@@ -367,11 +460,17 @@ impl Inner {
                     }
                     Err(e) => debug!("QUIC probe failed: {e}"),
                 }
+                break; // one probe per interval
             }
         }
     }
 
-    async fn hello(&self, session: Session, transport_note: String) -> Result<Connection, Attempt> {
+    async fn hello(
+        &self,
+        session: Session,
+        transport_note: String,
+        replaces: Option<String>,
+    ) -> Result<Connection, Attempt> {
         let config = &self.config;
         let exchange = async {
             let (mut send, mut recv) = session.open().await?;
@@ -382,6 +481,7 @@ impl Inner {
                 agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
                 capabilities: Vec::new(),
                 transport_note,
+                replaces,
             });
             send.write_frame(&hello, MAX_CONTROL_FRAME).await?;
             let reply = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await?;
@@ -432,7 +532,7 @@ impl Inner {
     }
 
     /// Serves one session until it ends; returns why.
-    async fn serve(self: Arc<Self>, conn: Connection, mut leave: Leave) -> String {
+    async fn serve(self: Arc<Self>, slot: usize, conn: Connection, mut leave: Leave) -> String {
         let Connection {
             session,
             welcome,
@@ -447,7 +547,7 @@ impl Inner {
                 server = %session.remote_addr(),
                 "connected"
             );
-            self.status.send_replace(AgentStatus::Connected {
+            self.status[slot].send_replace(AgentStatus::Connected {
                 tunnel_ws_id: welcome.tunnel_ws_id.clone(),
                 node_id: welcome.node_id.clone(),
                 transport: session.kind().to_string(),

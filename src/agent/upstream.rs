@@ -158,7 +158,8 @@ impl Upstream {
             Err(e) => {
                 let message = format!("upstream response head unusable: {e}");
                 warn!("{message}");
-                let _ = reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head).await;
+                let _ =
+                    reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head).await;
                 return;
             }
         };
@@ -167,7 +168,9 @@ impl Upstream {
         let mut next = body.frame().now_or_never();
         if let Some(Some(Ok(frame))) = &next {
             if frame.data_ref().is_some_and(|d| d.len() <= COALESCE) {
-                let Some(Ok(frame)) = next.take().flatten() else { unreachable!() };
+                let Some(Ok(frame)) = next.take().flatten() else {
+                    unreachable!()
+                };
                 first.extend_from_slice(frame.data_ref().expect("checked"));
             }
         }

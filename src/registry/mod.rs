@@ -299,7 +299,11 @@ impl Registry {
 
     /// Extends this node's lease; `false` if its row is gone (another node
     /// declared it dead), in which case the caller must re-register.
-    pub async fn renew_lease(&self, node_id: &str, lease_expires_ms: i64) -> Result<bool, RegistryError> {
+    pub async fn renew_lease(
+        &self,
+        node_id: &str,
+        lease_expires_ms: i64,
+    ) -> Result<bool, RegistryError> {
         let done = sqlx::query("UPDATE nodes SET lease_expires_at = ? WHERE node_id = ?")
             .bind(lease_expires_ms)
             .bind(node_id)
@@ -311,13 +315,14 @@ impl Registry {
     /// Removes nodes whose lease expired before `now_ms`, and their connection
     /// rows; returns the ids removed.
     pub async fn reap_expired_nodes(&self, now_ms: i64) -> Result<Vec<String>, RegistryError> {
-        let expired: Vec<String> = sqlx::query("SELECT node_id FROM nodes WHERE lease_expires_at < ?")
-            .bind(now_ms)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let expired: Vec<String> =
+            sqlx::query("SELECT node_id FROM nodes WHERE lease_expires_at < ?")
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
         for node in &expired {
             self.remove_node_connections(node).await?;
             // Only if it did not come back meanwhile.
@@ -340,7 +345,11 @@ impl Registry {
 
     /// Live nodes (lease not expired at `now_ms`) holding a connection for
     /// `client_id`: `(node_id, cluster_addr)`, newest connection first.
-    pub async fn routes_for(&self, client_id: &str, now_ms: i64) -> Result<Vec<(String, String)>, RegistryError> {
+    pub async fn routes_for(
+        &self,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
         let rows = sqlx::query(
             "SELECT c.node_id, n.cluster_addr FROM connections c
              JOIN nodes n ON n.node_id = c.node_id

@@ -11,13 +11,15 @@ use std::{
     },
 };
 
-use crate::transport::Session;
+use crate::{registry::ConnectionRecord, transport::Session};
 
 /// One authenticated agent connection.
 pub struct AgentLink {
     pub client_id: String,
     pub tunnel_ws_id: String,
     pub session: Session,
+    /// Its registry row (re-recorded if this node must register again).
+    pub record: ConnectionRecord,
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 use warren_proto::Mode;
 
-use super::{forward, Shared};
+use super::{cluster, forward, Shared};
 use crate::{
     auth,
     body::{self, TunnelBody},
@@ -91,14 +91,18 @@ async fn handle(
         Ok(t) => t,
         Err(resp) => return Ok(*resp),
     };
-    let Some(link) = shared.agents.pick(&target.client_id) else {
-        return Ok(not_connected(&shared, &target.client_id).await);
-    };
-    Ok(forward::forward(&shared, link, req, target, peer).await)
+    if let Some(link) = shared.agents.pick(&target.client_id) {
+        return Ok(forward::forward(&shared, link, req, target, peer).await);
+    }
+    // Not here: another node of the cluster may hold it.
+    if let Some(cluster) = &shared.cluster {
+        return Ok(cluster::forward_remote(&shared, cluster, req, &target.client_id, peer).await);
+    }
+    Ok(not_connected(&shared, &target.client_id).await)
 }
 
 /// Resolves the agent and the mode from the request.
-fn target(
+pub(super) fn target(
     req: &Request<Incoming>,
     base_domain: Option<&str>,
 ) -> Result<Target, Box<Response<TunnelBody>>> {
@@ -194,7 +198,7 @@ fn subdomain_of(host: &str, base: &str) -> Option<String> {
 }
 
 /// Answer for a client id with no live connection on this node.
-async fn not_connected(shared: &Shared, client_id: &str) -> Response<TunnelBody> {
+pub(super) async fn not_connected(shared: &Shared, client_id: &str) -> Response<TunnelBody> {
     match shared.registry.token_hash(client_id).await {
         Ok(None) => error_response(
             StatusCode::NOT_FOUND,

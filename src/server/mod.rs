@@ -4,6 +4,7 @@
 
 mod agents;
 mod api;
+mod cluster;
 mod forward;
 mod tunnel;
 
@@ -23,6 +24,7 @@ use crate::{
     transport::{Listener, TransportError, TransportTuning},
 };
 pub use agents::AgentTable;
+pub use cluster::ClusterConfig;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -59,6 +61,8 @@ pub struct ServerConfig {
     /// Time a client has to send its request headers (slow-loris guard).
     pub header_read_timeout: Duration,
     pub tuning: TransportTuning,
+    /// Run as one node of a cluster (shared MySQL registry).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             response_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
             tuning: TransportTuning::default(),
+            cluster: None,
         }
     }
 }
@@ -99,6 +104,15 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for other nodes on {addr}: {source}")]
+    ClusterBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--cluster-listen {0} is a wildcard address: set --cluster-advertise to the address other nodes should use")]
+    NoAdvertise(SocketAddr),
+    #[error("--cluster-secret is required with --cluster-listen (at least 16 characters)")]
+    WeakSecret,
     #[error("cannot listen for agents on {addr}: {source}")]
     TunnelBind {
         addr: SocketAddr,
@@ -112,6 +126,7 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub agents: AgentTable,
     pub next_request_id: AtomicU64,
+    pub cluster: Option<cluster::Cluster>,
 }
 
 /// A bound, not yet running server.
@@ -119,6 +134,7 @@ pub struct Server {
     shared: Arc<Shared>,
     api: TcpListener,
     tunnel: Listener,
+    cluster_listener: Option<TcpListener>,
     identity: ServerIdentity,
 }
 
@@ -147,16 +163,53 @@ impl Server {
                 addr: config.api_listen,
                 source,
             })?;
+        let (cluster, cluster_listener) = match &config.cluster {
+            None => (None, None),
+            Some(cc) => {
+                if cc.secret.len() < 16 {
+                    return Err(ServerError::WeakSecret);
+                }
+                let listener = TcpListener::bind(cc.listen).await.map_err(|source| {
+                    ServerError::ClusterBind {
+                        addr: cc.listen,
+                        source,
+                    }
+                })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::ClusterBind {
+                        addr: cc.listen,
+                        source,
+                    })?;
+                let advertise = match &cc.advertise {
+                    Some(a) => a.clone(),
+                    None if bound.ip().is_unspecified() => {
+                        return Err(ServerError::NoAdvertise(bound))
+                    }
+                    None => bound.to_string(),
+                };
+                (
+                    Some(cluster::Cluster::new(cc.clone(), advertise)),
+                    Some(listener),
+                )
+            }
+        };
         let agents = AgentTable::new(config.max_agents, config.max_connections_per_client);
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            agents,
+            next_request_id: AtomicU64::new(1),
+            cluster,
+        });
+        if let Some(cluster) = &shared.cluster {
+            cluster::register(&shared, cluster).await?;
+        }
         Ok(Server {
-            shared: Arc::new(Shared {
-                config,
-                registry,
-                agents,
-                next_request_id: AtomicU64::new(1),
-            }),
+            shared,
             api,
             tunnel,
+            cluster_listener,
             identity,
         })
     }
@@ -169,6 +222,13 @@ impl Server {
         self.tunnel
             .local_addr()
             .expect("bound socket has an address")
+    }
+
+    /// Where other nodes reach this one, when clustered.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn identity(&self) -> &ServerIdentity {
@@ -186,8 +246,15 @@ impl Server {
             shared,
             api,
             tunnel,
+            cluster_listener,
             ..
         } = self;
+        let cluster_tasks = cluster_listener.map(|listener| {
+            (
+                tokio::spawn(cluster::serve(shared.clone(), listener, shutdown.clone())),
+                tokio::spawn(cluster::heartbeat(shared.clone(), shutdown.clone())),
+            )
+        });
         let tunnel = Arc::new(tunnel);
         // Every agent task holds a clone of `done_tx`; when all are dropped,
         // `done_rx` reports that the last agent connection has wound down.
@@ -210,10 +277,16 @@ impl Server {
         }
         tunnel.close().await;
         drop(tunnel);
+        if let Some((serve, heartbeat)) = cluster_tasks {
+            let _ = tokio::join!(serve, heartbeat);
+        }
         let removed = shared
             .registry
             .remove_node_connections(&shared.config.node_id)
             .await?;
+        if shared.cluster.is_some() {
+            shared.registry.remove_node(&shared.config.node_id).await?;
+        }
         tracing::info!(rows = removed, "server stopped");
         Ok(())
     }

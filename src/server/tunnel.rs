@@ -90,8 +90,8 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) 
     let client_id = hello.client_id.clone();
     let span = tracing::info_span!("client", client_id = %client_id);
     async move {
-        let tunnel_ws_id = match admit(&shared, &session, &hello).await {
-            Ok(id) => id,
+        let record = match admit(&shared, &session, &hello).await {
+            Ok(record) => record,
             Err(refusal) => {
                 info!(code = ?refusal.code, "agent refused: {}", refusal.message);
                 let _ = send
@@ -103,18 +103,10 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) 
                 return;
             }
         };
-        let span = tracing::info_span!("conn", conn = %tunnel_ws_id);
-        run_admitted(
-            shared,
-            session,
-            send,
-            recv,
-            client_id,
-            tunnel_ws_id,
-            shutdown,
-        )
-        .instrument(span)
-        .await
+        let span = tracing::info_span!("conn", conn = %record.tunnel_ws_id);
+        run_admitted(shared, session, send, recv, record, shutdown)
+            .instrument(span)
+            .await
     }
     .instrument(span)
     .await
@@ -128,7 +120,11 @@ async fn read_hello(session: &Session) -> Result<(SendStream, RecvStream), Strin
 }
 
 /// Checks the Hello and records the connection; returns its `tunnel_ws_id`.
-async fn admit(shared: &Shared, session: &Session, hello: &Hello) -> Result<String, Refusal> {
+async fn admit(
+    shared: &Shared,
+    session: &Session,
+    hello: &Hello,
+) -> Result<ConnectionRecord, Refusal> {
     let refuse = |code, message: String| Refusal { code, message };
     if hello.version != PROTOCOL_VERSION {
         return Err(refuse(
@@ -179,14 +175,20 @@ async fn admit(shared: &Shared, session: &Session, hello: &Hello) -> Result<Stri
         connected_at_ms: now_ms(),
         transport_note: hello.transport_note.clone(),
     };
-    if let Err(e) = shared.registry.upsert_connection(&record).await {
+    // A reconnecting agent names its previous connection: swap the rows in one
+    // transaction, wherever the old one was recorded.
+    let recorded = match &hello.replaces {
+        Some(old) => shared.registry.replace_connection(old, &record).await,
+        None => shared.registry.upsert_connection(&record).await,
+    };
+    if let Err(e) = recorded {
         warn!("registry unavailable while recording a connection: {e}");
         return Err(refuse(
             RefusalCode::Internal,
             "server cannot reach its registry; retry later".into(),
         ));
     }
-    Ok(record.tunnel_ws_id)
+    Ok(record)
 }
 
 async fn run_admitted(
@@ -194,14 +196,16 @@ async fn run_admitted(
     session: Session,
     mut send: SendStream,
     recv: RecvStream,
-    client_id: String,
-    tunnel_ws_id: String,
+    record: ConnectionRecord,
     shutdown: Shutdown,
 ) {
+    let client_id = record.client_id.clone();
+    let tunnel_ws_id = record.tunnel_ws_id.clone();
     let link = Arc::new(AgentLink {
         client_id: client_id.clone(),
         tunnel_ws_id: tunnel_ws_id.clone(),
         session: session.clone(),
+        record,
     });
     let refusal = match shared.agents.insert(link) {
         Ok(()) => None,

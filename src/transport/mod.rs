@@ -339,7 +339,10 @@ impl RecvStream {
                 return Ok(msg);
             }
             // The frame spans reads: gather it (bounded by the frame limit).
-            let Some(more) = self.read_chunk(room.saturating_sub(staged.len()).max(1)).await? else {
+            let Some(more) = self
+                .read_chunk(room.saturating_sub(staged.len()).max(1))
+                .await?
+            else {
                 return Err(TransportError::UnexpectedEnd);
             };
             let mut joined = BytesMut::with_capacity(staged.len() + more.len());

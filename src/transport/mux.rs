@@ -268,7 +268,11 @@ impl MuxRecv {
 
     /// Reads at most `max` bytes of the current segment into `buf`; 0 at the
     /// clean end.
-    pub async fn read_into(&mut self, buf: &mut BytesMut, max: usize) -> Result<usize, TransportError> {
+    pub async fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Result<usize, TransportError> {
         if !self.next_segment().await? {
             return Ok(0);
         }

@@ -1,0 +1,409 @@
+//! Running several server nodes as one: each node registers itself in the
+//! `nodes` table with a lease it renews by heartbeat, and a client request for
+//! an agent held by another node is forwarded to that node over the internal
+//! cluster link (HTTP/1.1 between nodes, authenticated by a shared secret).
+//!
+//! Lookups are cached briefly, invalidated when a forward fails, and resolved
+//! afresh once before a client hears "agent offline". Nodes whose lease ran out
+//! (killed, partitioned) are reaped by the others, rows and all.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::{
+    body::Incoming, client::conn::http1 as client_http1, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::{net::TcpListener, time::Instant};
+use tracing::{debug, info, warn};
+
+use super::{api, forward, Shared};
+use crate::{
+    body::TunnelBody,
+    headers::{self, CLIENT_HEADER},
+    registry::now_ms,
+    shutdown::Shutdown,
+    transport::TransportError,
+};
+
+/// Header carrying the cluster secret on the internal link.
+const SECRET_HEADER: &str = "x-warren-cluster-secret";
+/// Header carrying the original client's address across the internal link.
+const PEER_HEADER: &str = "x-warren-peer";
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where this node accepts forwarded requests from other nodes.
+    pub listen: SocketAddr,
+    /// How other nodes reach `listen` (required when it is a wildcard address).
+    pub advertise: Option<String>,
+    /// Shared by all nodes; only holders may use the internal link.
+    pub secret: String,
+    /// A node that has not renewed its lease for this long is dead.
+    pub lease: Duration,
+    /// How long a client-id → node lookup is reused without asking the database.
+    pub route_ttl: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(listen: SocketAddr, secret: &str) -> Self {
+        ClusterConfig {
+            listen,
+            advertise: None,
+            secret: secret.into(),
+            // 30 s: a few missed heartbeats (every 10 s) before a node is
+            // written off, short enough that clients are not stranded long.
+            lease: Duration::from_secs(30),
+            // 2 s: fresh enough to follow agents moving between nodes, long
+            // enough to take the database off the per-request path.
+            route_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Cached lookups: client id → live `(node_id, cluster_addr)` routes.
+struct RouteCache {
+    entries: Mutex<HashMap<String, (Instant, Vec<(String, String)>)>>,
+    ttl: Duration,
+}
+
+/// Bound on cached client ids; past it the cache starts over (cheap, and a
+/// flood of made-up ids cannot grow memory).
+const ROUTE_CACHE_MAX: usize = 10_000;
+/// Idle connections kept per peer node.
+const IDLE_LINKS_PER_NODE: usize = 64;
+
+impl RouteCache {
+    fn get(&self, client_id: &str) -> Option<Vec<(String, String)>> {
+        let entries = self.entries.lock().expect("route cache poisoned");
+        let (at, routes) = entries.get(client_id)?;
+        (at.elapsed() < self.ttl).then(|| routes.clone())
+    }
+
+    fn put(&self, client_id: &str, routes: Vec<(String, String)>) {
+        let mut entries = self.entries.lock().expect("route cache poisoned");
+        if entries.len() >= ROUTE_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(client_id.to_string(), (Instant::now(), routes));
+    }
+
+    fn invalidate(&self, client_id: &str) {
+        self.entries
+            .lock()
+            .expect("route cache poisoned")
+            .remove(client_id);
+    }
+
+    fn clear(&self) {
+        self.entries.lock().expect("route cache poisoned").clear();
+    }
+}
+
+/// Pooled HTTP/1.1 connections to peer nodes.
+struct NodeLinks {
+    idle: Mutex<HashMap<String, Vec<client_http1::SendRequest<Incoming>>>>,
+}
+
+impl NodeLinks {
+    async fn get(&self, addr: &str) -> Result<client_http1::SendRequest<Incoming>, String> {
+        {
+            let mut idle = self.idle.lock().expect("link pool poisoned");
+            if let Some(list) = idle.get_mut(addr) {
+                list.retain(|s| !s.is_closed());
+                if let Some(i) = list.iter().position(|s| s.is_ready()) {
+                    return Ok(list.swap_remove(i));
+                }
+            }
+        }
+        let connect = tokio::net::TcpStream::connect(addr);
+        let tcp = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| format!("connecting to node {addr} timed out"))?
+            .map_err(|e| format!("connecting to node {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = client_http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("handshake with node {addr}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn put(&self, addr: &str, sender: client_http1::SendRequest<Incoming>) {
+        let mut idle = self.idle.lock().expect("link pool poisoned");
+        let list = idle.entry(addr.to_string()).or_default();
+        if list.len() < IDLE_LINKS_PER_NODE {
+            list.push(sender);
+        }
+    }
+}
+
+/// A node's cluster state.
+pub(crate) struct Cluster {
+    pub config: ClusterConfig,
+    /// The address other nodes use for us.
+    pub advertise: String,
+    routes: RouteCache,
+    links: NodeLinks,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, advertise: String) -> Self {
+        let ttl = config.route_ttl;
+        Cluster {
+            config,
+            advertise,
+            routes: RouteCache {
+                entries: Mutex::new(HashMap::new()),
+                ttl,
+            },
+            links: NodeLinks {
+                idle: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    fn lease_expiry(&self) -> i64 {
+        now_ms() + self.config.lease.as_millis() as i64
+    }
+}
+
+/// Registers this node before it serves.
+pub(super) async fn register(
+    shared: &Shared,
+    cluster: &Cluster,
+) -> Result<(), crate::registry::RegistryError> {
+    shared
+        .registry
+        .upsert_node(
+            &shared.config.node_id,
+            &cluster.advertise,
+            cluster.lease_expiry(),
+        )
+        .await
+}
+
+/// Renews our lease and reaps dead nodes, every third of a lease.
+pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let Some(cluster) = &shared.cluster else {
+        return;
+    };
+    let every = cluster.config.lease / 3;
+    let node = &shared.config.node_id;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+        match shared
+            .registry
+            .renew_lease(node, cluster.lease_expiry())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                // Others declared us dead (a long pause, a partition): come
+                // back, with the connections we still hold.
+                warn!("this node's registration was reaped; registering again");
+                if let Err(e) = register(&shared, cluster).await {
+                    warn!("re-registering failed: {e}");
+                    continue;
+                }
+                for link in shared.agents.all() {
+                    if let Err(e) = shared.registry.upsert_connection(&link.record).await {
+                        warn!("re-recording connection {}: {e}", link.tunnel_ws_id);
+                    }
+                }
+            }
+            Err(e) => warn!("renewing the node lease failed: {e}"),
+        }
+        match shared.registry.reap_expired_nodes(now_ms()).await {
+            Ok(reaped) if !reaped.is_empty() => {
+                info!(nodes = ?reaped, "removed nodes whose lease expired, with their connections");
+                cluster.routes.clear();
+            }
+            Ok(_) => {}
+            Err(e) => warn!("reaping expired nodes failed: {e}"),
+        }
+    }
+}
+
+/// Serves forwarded requests from other nodes, for agents held here.
+pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!("accepting a cluster connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| from_node(shared.clone(), peer, req));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A request another node forwarded to us.
+async fn from_node(
+    shared: Arc<Shared>,
+    link_peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<TunnelBody>, Infallible> {
+    let Some(cluster) = &shared.cluster else {
+        return Ok(api::error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+            "clustering is off",
+        ));
+    };
+    let presented = req
+        .headers_mut()
+        .remove(SECRET_HEADER)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    if !bool::from(presented.ct_eq(cluster.config.secret.as_bytes())) {
+        warn!(%link_peer, "cluster request with a wrong or missing secret refused");
+        return Ok(api::error_response(
+            StatusCode::UNAUTHORIZED,
+            "bad_cluster_secret",
+            None,
+            "this is a node-to-node endpoint; the cluster secret does not match",
+        ));
+    }
+    let peer = req
+        .headers_mut()
+        .remove(PEER_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(link_peer);
+    let target = match api::target(&req, None) {
+        Ok(t) => t,
+        Err(resp) => return Ok(*resp),
+    };
+    Ok(match shared.agents.pick(&target.client_id) {
+        Some(link) => forward::forward(&shared, link, req, target, peer).await,
+        None => api::not_connected(&shared, &target.client_id).await,
+    })
+}
+
+/// Forwards a client request to the node holding its agent, or answers that
+/// the agent is not connected anywhere.
+pub(super) async fn forward_remote(
+    shared: &Shared,
+    cluster: &Cluster,
+    req: Request<Incoming>,
+    client_id: &str,
+    peer: SocketAddr,
+) -> Response<TunnelBody> {
+    let lookup = || async {
+        match shared.registry.routes_for(client_id, now_ms()).await {
+            Ok(routes) => {
+                let routes: Vec<_> = routes
+                    .into_iter()
+                    .filter(|(node, _)| *node != shared.config.node_id)
+                    .collect();
+                cluster.routes.put(client_id, routes.clone());
+                routes
+            }
+            Err(e) => {
+                warn!("route lookup failed: {e}");
+                Vec::new()
+            }
+        }
+    };
+    let (mut routes, mut fresh) = match cluster.routes.get(client_id) {
+        Some(cached) => (cached, false),
+        None => (lookup().await, true),
+    };
+    loop {
+        for (node, addr) in &routes {
+            match cluster.links.get(addr).await {
+                Ok(sender) => return send(cluster, addr, sender, req, client_id, peer).await,
+                Err(e) => info!(%node, "cannot reach node: {e}"),
+            }
+        }
+        if fresh {
+            break;
+        }
+        // The cached routes failed: resolve afresh, once, before giving up.
+        cluster.routes.invalidate(client_id);
+        routes = lookup().await;
+        fresh = true;
+    }
+    api::not_connected(shared, client_id).await
+}
+
+async fn send(
+    cluster: &Cluster,
+    addr: &str,
+    mut sender: client_http1::SendRequest<Incoming>,
+    req: Request<Incoming>,
+    client_id: &str,
+    peer: SocketAddr,
+) -> Response<TunnelBody> {
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let h = &mut parts.headers;
+    h.remove(PEER_HEADER);
+    h.insert(
+        SECRET_HEADER,
+        HeaderValue::from_str(&cluster.config.secret).unwrap_or(HeaderValue::from_static("")),
+    );
+    h.insert(
+        PEER_HEADER,
+        HeaderValue::from_str(&peer.to_string()).expect("ascii"),
+    );
+    h.insert(
+        CLIENT_HEADER,
+        HeaderValue::from_str(client_id).expect("validated id"),
+    );
+    if !h.contains_key(header::HOST) {
+        h.insert(header::HOST, HeaderValue::from_str(addr).expect("ascii"));
+    }
+    // Origin-form on the internal link.
+    if let Some(pq) = parts.uri.path_and_query() {
+        parts.uri = pq.as_str().parse().expect("path and query");
+    }
+    let result = sender.send_request(Request::from_parts(parts, body)).await;
+    cluster.links.put(addr, sender);
+    match result {
+        Ok(resp) => {
+            debug!(node = %addr, status = %resp.status(), "forwarded to node");
+            resp.map(|body| {
+                body.map_err(|e| TransportError::Io(std::io::Error::other(e)))
+                    .boxed_unsync()
+            })
+        }
+        Err(e) => {
+            cluster.routes.invalidate(client_id);
+            api::error_response(
+                StatusCode::BAD_GATEWAY,
+                "node_unreachable",
+                Some(client_id),
+                &format!("the node holding this agent failed: {e}"),
+            )
+        }
+    }
+}
