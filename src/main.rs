@@ -439,6 +439,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         "tunnel on {} (QUIC on UDP, WebSocket on TCP)",
         server.tunnel_addr()
     );
+    if let Some(addr) = server.cluster_addr() {
+        println!("cluster link on {addr}");
+    }
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -335,6 +335,16 @@ impl Registry {
         Ok(expired)
     }
 
+    /// Registered node ids (live or not yet reaped).
+    pub async fn node_ids(&self) -> Result<Vec<String>, RegistryError> {
+        Ok(sqlx::query("SELECT node_id FROM nodes ORDER BY node_id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     pub async fn remove_node(&self, node_id: &str) -> Result<(), RegistryError> {
         sqlx::query("DELETE FROM nodes WHERE node_id = ?")
             .bind(node_id)

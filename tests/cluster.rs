@@ -1,0 +1,381 @@
+//! Several server nodes sharing one MariaDB registry (runs when
+//! `WARREN_TEST_MYSQL_URL` is set): any node serves any agent's clients, dead
+//! nodes are reaped, agents move and keep several connections.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use warren::{
+    agent::{Agent, AgentConfig, AgentStatus},
+    auth,
+    registry::Registry,
+    sample::{pattern_sha256, SampleUpstream},
+    server::{ClusterConfig, Server, ServerConfig},
+    shutdown::{self, ShutdownTrigger},
+    tls::Trust,
+};
+
+const SECRET: &str = "test-cluster-secret-0123456789";
+const MIB: u64 = 1024 * 1024;
+
+/// A node running in this process.
+struct Node {
+    id: String,
+    api: std::net::SocketAddr,
+    cluster: std::net::SocketAddr,
+    tunnel: std::net::SocketAddr,
+    trigger: Option<ShutdownTrigger>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    async fn start(url: &str, certs: &std::path::Path, id: &str) -> Node {
+        let mut cluster = ClusterConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
+        cluster.lease = Duration::from_secs(2);
+        let config = ServerConfig {
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            tunnel_listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: url.into(),
+            certs_dir: certs.into(),
+            node_id: id.into(),
+            heartbeat: Duration::from_millis(500),
+            cluster: Some(cluster),
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(config).await.expect("node binds");
+        let (api, tunnel) = (server.api_addr(), server.tunnel_addr());
+        let cluster = server.cluster_addr().expect("clustered");
+        let (trigger, stop) = shutdown::channel();
+        let task = tokio::spawn(async move { server.run(stop).await.expect("node runs") });
+        Node {
+            id: id.into(),
+            api,
+            cluster,
+            tunnel,
+            trigger: Some(trigger),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let (Some(trigger), Some(task)) = (self.trigger.take(), self.task.take()) {
+            trigger.fire();
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+/// A node as a real process, so it can be killed with SIGKILL.
+struct NodeProcess {
+    child: tokio::process::Child,
+    tunnel: String,
+}
+
+async fn node_process(url: &str, certs: &std::path::Path, id: &str) -> NodeProcess {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", url, "--node-id", id])
+        .args([
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--cluster-secret",
+            SECRET,
+        ])
+        .args(["--node-lease", "2s", "--heartbeat", "500ms"])
+        .arg("--certs")
+        .arg(certs)
+        .env("WARREN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut tunnel = None;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("node process starts")
+        .unwrap()
+    {
+        if let Some(rest) = line.strip_prefix("tunnel on ") {
+            tunnel = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.starts_with("cluster link on") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    NodeProcess {
+        child,
+        tunnel: tunnel.expect("tunnel address printed"),
+    }
+}
+
+struct Fixture {
+    url: String,
+    dir: tempfile::TempDir,
+    registry: Registry,
+    upstream: SampleUpstream,
+    client_id: String,
+    token: String,
+}
+
+async fn fixture() -> Option<Fixture> {
+    let url = mysql_url()?;
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(&url).await.expect("MariaDB reachable");
+    let client_id = unique("ha");
+    let token = auth::issue_token(&registry, &client_id).await.unwrap();
+    let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    Some(Fixture {
+        url,
+        dir,
+        registry,
+        upstream,
+        client_id,
+        token,
+    })
+}
+
+impl Fixture {
+    fn certs(&self) -> std::path::PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn agent(
+        &self,
+        servers: Vec<String>,
+        connections: usize,
+    ) -> (Agent, ShutdownTrigger, shutdown::Shutdown) {
+        let mut config = AgentConfig::new(
+            &servers[0],
+            &self.client_id,
+            &self.token,
+            &self.upstream.url(),
+            Trust::CaFile(self.certs().join("server.pem")),
+        );
+        config.servers = servers;
+        config.connections = connections;
+        config.backoff_min = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(500);
+        let agent = Agent::new(config).unwrap();
+        let (trigger, stop) = shutdown::channel();
+        (agent, trigger, stop)
+    }
+
+    fn url(&self, api: std::net::SocketAddr, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("http://{api}{path}{sep}clientId={}", self.client_id)
+    }
+
+    async fn nodes_of_rows(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .registry
+            .connections_for(&self.client_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.node_id)
+            .collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_any_agent() {
+    let Some(fx) = fixture().await else { return };
+    let mut a = Node::start(&fx.url, &fx.certs(), &unique("node-a")).await;
+    let mut b = Node::start(&fx.url, &fx.certs(), &unique("node-b")).await;
+    // The agent is on B only; clients come to A.
+    let (agent, trigger, stop) = fx.agent(vec![b.tunnel.to_string()], 1);
+    let mut status = agent.status();
+    let task = tokio::spawn(agent.run(stop));
+    wait_connected(&mut status).await;
+    assert_eq!(fx.nodes_of_rows().await, vec![b.id.clone()]);
+
+    for mode in ["stream", "blocking"] {
+        let resp = get(&fx.url(a.api, &format!("/bytes/{}?mode={mode}", 16 * MIB))).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{mode}");
+        if mode == "blocking" {
+            assert_eq!(
+                resp.headers()["content-length"],
+                (16 * MIB).to_string().as_str()
+            );
+        }
+        let body = read_body(resp).await.expect("complete body");
+        assert_eq!(
+            sha256_hex(&body),
+            pattern_sha256(0, 16 * MIB),
+            "{mode}: byte-identical via A"
+        );
+    }
+    // An upload crosses both hops too.
+    let data = bytes::Bytes::from(vec![42u8; 3 * MIB as usize]);
+    let req = Request::post(fx.url(a.api, "/sha256"))
+        .body(full(data.clone()))
+        .unwrap();
+    let v = json(send(req).await).await;
+    assert_eq!(v["sha256"], sha256_hex(&data));
+
+    // Backpressure holds across the extra hop: stalled readers via A do not
+    // stop another download via A.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(get(&fx.url(a.api, &format!("/bytes/{}", 1024 * MIB))).await);
+    }
+    let resp = get(&fx.url(a.api, &format!("/bytes/{}", 8 * MIB))).await;
+    let body = tokio::time::timeout(Duration::from_secs(60), read_body(resp))
+        .await
+        .expect("progress")
+        .unwrap();
+    assert_eq!(body.len() as u64, 8 * MIB);
+    drop(stalled);
+
+    // The internal link refuses strangers: no secret, or a wrong one.
+    let resp = get(&fx.url(b.cluster, "/bytes/10")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let req = Request::get(fx.url(b.cluster, "/bytes/10"))
+        .header("x-warren-cluster-secret", "guess-guess-guess-guess")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(req).await.status(), StatusCode::UNAUTHORIZED);
+
+    trigger.fire();
+    let _ = task.await;
+    a.stop().await;
+    b.stop().await;
+    assert!(
+        !fx.registry.node_ids().await.unwrap().contains(&a.id),
+        "a stopped node deregisters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_is_reaped_and_its_agent_moves() {
+    let Some(fx) = fixture().await else { return };
+    let a = Node::start(&fx.url, &fx.certs(), &unique("node-a")).await;
+    let b_id = unique("node-b");
+    let mut b = node_process(&fx.url, &fx.certs(), &b_id).await;
+
+    // Agent 1 prefers B but knows A; agent 2 (another client id) knows only B.
+    let (agent, trigger, stop) = fx.agent(vec![b.tunnel.clone(), a.tunnel.to_string()], 1);
+    let mut status = agent.status();
+    let task = tokio::spawn(agent.run(stop));
+    wait_connected(&mut status).await;
+    assert_eq!(fx.nodes_of_rows().await, vec![b_id.clone()]);
+    let other_id = unique("only-b");
+    let other_token = auth::issue_token(&fx.registry, &other_id).await.unwrap();
+    let mut config = AgentConfig::new(
+        &b.tunnel,
+        &other_id,
+        &other_token,
+        &fx.upstream.url(),
+        Trust::CaFile(fx.certs().join("server.pem")),
+    );
+    config.backoff_max = Duration::from_millis(500);
+    let other = Agent::new(config).unwrap();
+    let mut other_status = other.status();
+    let (other_trigger, other_stop) = shutdown::channel();
+    let other_task = tokio::spawn(other.run(other_stop));
+    wait_connected(&mut other_status).await;
+
+    let resp = get(&fx.url(a.api, "/bytes/1000")).await;
+    assert_eq!(resp.status(), StatusCode::OK, "served via A from B");
+
+    // SIGKILL: B leaves its rows and its node entry behind.
+    b.child.start_kill().unwrap();
+    let _ = b.child.wait().await;
+
+    // The agent notices (heartbeats) and reconnects to A, replacing its row.
+    let moved = eventually(Duration::from_secs(20), || async {
+        fx.nodes_of_rows().await == vec![a.id.clone()]
+    })
+    .await;
+    assert!(
+        moved,
+        "the agent's row moved to A: {:?}",
+        fx.nodes_of_rows().await
+    );
+    let served = eventually(Duration::from_secs(10), || async {
+        matches!(client().request(Request::get(fx.url(a.api, "/bytes/1000")).body(empty()).unwrap()).await,
+            Ok(r) if r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(served, "reachable again through A");
+
+    // B's lease (2 s) expires: A reaps B and the rows of agents that had only B.
+    let reaped = eventually(Duration::from_secs(15), || async {
+        !fx.registry.node_ids().await.unwrap().contains(&b_id)
+            && fx
+                .registry
+                .connections_for(&other_id)
+                .await
+                .unwrap()
+                .is_empty()
+    })
+    .await;
+    assert!(reaped, "the dead node and its rows are gone");
+    let resp = get(&format!("http://{}/?clientId={other_id}", a.api)).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no route to a dead node"
+    );
+
+    trigger.fire();
+    other_trigger.fire();
+    let _ = task.await;
+    let _ = other_task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_keeps_connections_on_several_nodes() {
+    let Some(fx) = fixture().await else { return };
+    let mut a = Node::start(&fx.url, &fx.certs(), &unique("node-a")).await;
+    let mut b = Node::start(&fx.url, &fx.certs(), &unique("node-b")).await;
+    let (agent, trigger, stop) = fx.agent(vec![a.tunnel.to_string(), b.tunnel.to_string()], 2);
+    let (mut s0, mut s1) = (agent.slot_status(0).unwrap(), agent.slot_status(1).unwrap());
+    let task = tokio::spawn(agent.run(stop));
+    wait_connected(&mut s0).await;
+    wait_connected(&mut s1).await;
+    let mut both = vec![a.id.clone(), b.id.clone()];
+    both.sort();
+    assert_eq!(
+        fx.nodes_of_rows().await,
+        both,
+        "one connection on each node"
+    );
+    for api in [a.api, b.api] {
+        for _ in 0..5 {
+            assert_eq!(
+                get(&fx.url(api, "/bytes/100")).await.status(),
+                StatusCode::OK
+            );
+        }
+    }
+    // Losing a node leaves the agent reachable through the other.
+    b.stop().await;
+    for _ in 0..10 {
+        let resp = get(&fx.url(a.api, "/bytes/100")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = resp.into_body().collect().await;
+    }
+    trigger.fire();
+    let _ = task.await;
+    a.stop().await;
+    let _ = AgentStatus::Connecting;
+}
