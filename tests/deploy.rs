@@ -1,0 +1,112 @@
+//! The deployment files stay consistent with the CLI: every `warren` command
+//! line in `deploy/` parses (flags exist, values are valid), and every
+//! `WARREN_*` variable they set is one the CLI reads. Docker does not run here,
+//! so this is the check that can run.
+
+use std::process::Command;
+
+fn warren(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The `warren …` argument lists in the compose file.
+fn compose_commands(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("command:") else {
+            continue;
+        };
+        let list: Vec<String> =
+            serde_json::from_str(rest.trim()).expect("commands are JSON-style lists");
+        if list.len() == 1 && list[0].contains("warren ") {
+            // A shell line: take the words from `warren` on.
+            let shell = &list[0];
+            let from = &shell[shell.find("warren ").unwrap() + "warren ".len()..];
+            let words: Vec<String> = from
+                .split_whitespace()
+                .take_while(|w| *w != "|")
+                .map(str::to_owned)
+                .collect();
+            out.push(words);
+        } else if list.first().map(String::as_str) != Some("CMD") {
+            out.push(list);
+        }
+    }
+    out
+}
+
+#[test]
+fn compose_commands_parse_with_the_real_cli() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/docker-compose.yml"
+    ))
+    .unwrap();
+    for service in ["mariadb:", "node-a:", "node-b:", "agent:", "upstream:"] {
+        assert!(
+            text.contains(&format!("  {service}")),
+            "compose defines {service}"
+        );
+    }
+    let commands = compose_commands(&text);
+    assert!(commands.len() >= 5, "{commands:?}");
+    for args in &commands {
+        // `--help` after the real arguments: clap still rejects unknown flags
+        // and malformed values that come before it.
+        let mut with_help: Vec<&str> = args.iter().map(String::as_str).collect();
+        if args[0] == "token" {
+            with_help.truncate(3);
+        }
+        with_help.push("--help");
+        let out = warren(&with_help);
+        assert!(
+            out.status.success(),
+            "`warren {}` is rejected: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Both nodes are cluster nodes with distinct ids and advertised addresses.
+    let nodes: Vec<_> = commands.iter().filter(|c| c[0] == "server").collect();
+    assert_eq!(nodes.len(), 2);
+    for node in &nodes {
+        assert!(node.contains(&"--cluster-listen".to_string()));
+        assert!(node.contains(&"--cluster-advertise".to_string()));
+    }
+    assert_ne!(nodes[0][2], nodes[1][2], "distinct --node-id");
+}
+
+#[test]
+fn deploy_files_only_set_variables_the_cli_reads() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let mut texts = String::new();
+    for path in [
+        "docker-compose.yml",
+        "systemd/warren-server.service",
+        "systemd/warren-agent.service",
+    ] {
+        texts.push_str(&std::fs::read_to_string(format!("{dir}/{path}")).unwrap());
+    }
+    let help: String = ["server", "agent", "token issue x"]
+        .iter()
+        .map(|sub| {
+            let mut args: Vec<&str> = sub.split(' ').collect();
+            args.push("--help");
+            String::from_utf8(warren(&args).stdout).unwrap()
+        })
+        .collect();
+    let mut checked = 0;
+    for word in texts.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("WARREN_") && word.len() > "WARREN_".len() {
+            assert!(
+                help.contains(&format!("env: {word}")),
+                "{word} is not read by the CLI"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "checked {checked} variables");
+}
