@@ -19,3 +19,4 @@ pub mod server;
 pub mod shutdown;
 pub mod tls;
 pub mod transport;
+pub mod websocket;

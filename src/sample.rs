@@ -13,6 +13,9 @@
 //! - `GET /status/CODE`: an empty response with that status.
 //! - `GET /truncate/N`: declares 2N bytes, sends N, then breaks the connection.
 //! - `GET /hang`: never answers.
+//! - `GET /ws/echo` (WebSocket): echoes text and binary messages; the text
+//!   `close:CODE` makes it close with that code; picks the first subprotocol
+//!   offered.
 
 use std::{
     convert::Infallible,
@@ -100,6 +103,8 @@ pub struct Stats {
     pub open_bodies: AtomicUsize,
     /// Requests received.
     pub requests: AtomicUsize,
+    /// Close code of the last WebSocket a client closed (0: none yet).
+    pub last_ws_close: AtomicUsize,
 }
 
 /// Counts a response body as open for as long as it is alive.
@@ -135,6 +140,7 @@ impl SampleUpstream {
                     let service = service_fn(move |req| route(stats.clone(), req));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -253,6 +259,7 @@ async fn route(
             Ok(n) => truncated(n),
             Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
         },
+        (Method::GET, ["ws", "echo"]) => ws_echo(stats, req),
         (Method::GET, ["hang"]) => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -260,6 +267,65 @@ async fn route(
         _ => respond(StatusCode::NOT_FOUND, "no such route\n"),
     };
     Ok(resp)
+}
+
+fn ws_echo(stats: Arc<Stats>, mut req: Request<Incoming>) -> Response<SampleBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return respond(StatusCode::BAD_REQUEST, "WebSocket upgrade expected\n");
+    };
+    let protocol = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.trim().to_string());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let config = crate::websocket::WsLimits::default().config();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Text(t) if t.as_str().starts_with("close:") => {
+                    let code = t.as_str()[6..].parse().unwrap_or(1000);
+                    let _ = ws
+                        .send(crate::websocket::close(code, "asked to close"))
+                        .await;
+                }
+                Message::Text(_) | Message::Binary(_) => {
+                    if ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(frame) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                    stats.last_ws_close.store(code as usize, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut resp = respond(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("ascii"),
+    );
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert("sec-websocket-protocol", p);
+    }
+    resp
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (single range) against `len`.

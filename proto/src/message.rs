@@ -100,6 +100,97 @@ impl RefusalCode {
 pub enum Open {
     /// An HTTP request; the raw request body follows until FIN.
     Http(RequestHead),
+    /// A client WebSocket to pass through to the upstream at the same path
+    /// (the head carries the upgrade request's headers). After a `Reply::Head`
+    /// with status 101, both directions carry [`WsMessage`] frames.
+    WebSocket(RequestHead),
+    /// The channel for this connection's rooms: [`RoomEvent`] frames from the
+    /// server, [`RoomCommand`] frames from the agent (after a `Reply::Head`).
+    Rooms,
+}
+
+/// One WebSocket message on a pass-through stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WsMessage {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// The sender's side closed with this code (1005: no code given).
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A room message's bytes, exactly as the client or backend sent them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// A WebSocket text message (UTF-8), else binary.
+    pub text: bool,
+    pub data: Vec<u8>,
+}
+
+/// Server → agent, on the rooms stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoomEvent {
+    /// A client connected to `room`. With `credentials` (the client's first
+    /// message, when the agent asked for authentication) the server waits for
+    /// `Accept` or `Refuse`; without, the member is in at once.
+    Join {
+        room: String,
+        conn: u64,
+        credentials: Option<Payload>,
+        headers: Vec<Header>,
+    },
+    /// A member left (its close code), or was dropped.
+    Leave { room: String, conn: u64, code: u16 },
+    /// A member sent a message.
+    Message {
+        room: String,
+        conn: u64,
+        payload: Payload,
+    },
+}
+
+/// Agent → server, on the rooms stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoomCommand {
+    Accept {
+        conn: u64,
+    },
+    Refuse {
+        conn: u64,
+        code: u16,
+        reason: String,
+    },
+    /// To one member.
+    Send {
+        conn: u64,
+        payload: Payload,
+    },
+    /// To every member of `room` (but `except`); crosses the tunnel once.
+    Broadcast {
+        room: String,
+        payload: Payload,
+        except: Option<u64>,
+    },
+    /// Close a member's connection (only the backend can).
+    Kick {
+        conn: u64,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Room close codes the server uses (WebSocket private-use range).
+pub mod room_close {
+    /// The room wanted a first message (credentials) and none came in time.
+    pub const AUTH_TIMEOUT: u16 = 4004;
+    /// The member could not keep up: its bounded queue was full.
+    pub const TOO_SLOW: u16 = 4008;
+    /// The agent's connection (and with it the room) went away.
+    pub const AGENT_GONE: u16 = 4010;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! retrying cannot fix (wrong token, unknown client id) ends the agent with an
 //! error.
 
+pub mod rooms;
 mod upstream;
 
 use std::{
@@ -67,6 +68,11 @@ pub struct AgentConfig {
     /// After moving to QUIC, how long requests in flight on WebSocket may take
     /// to finish before it closes (long downloads and streams keep going).
     pub migrate_drain: Duration,
+    /// Where room events go, if this agent hosts rooms.
+    pub rooms: Option<rooms::RoomsBackend>,
+    /// Rooms require the client's first message as credentials, and the
+    /// backend's accept or refuse, before a member is in.
+    pub rooms_auth: bool,
 }
 
 impl AgentConfig {
@@ -96,6 +102,8 @@ impl AgentConfig {
             // unblocks UDP is noticed within a minute.
             quic_probe_interval: Duration::from_secs(60),
             migrate_drain: Duration::from_secs(600),
+            rooms: None,
+            rooms_auth: false,
         }
     }
 }
@@ -172,7 +180,11 @@ impl Agent {
             server_host(server)?;
         }
         let tls = tls::client_config(&config.trust)?;
-        let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
+        let mut upstream = Upstream::new(config.upstream.clone())?;
+        if let Some(backend) = &config.rooms {
+            upstream.set_rooms(rooms::Rooms::new(backend.clone()));
+        }
+        let upstream = Arc::new(upstream);
         let slots = config.connections.max(1);
         Ok(Agent {
             inner: Arc::new(Inner {
@@ -230,6 +242,9 @@ impl Agent {
         .await
     }
 }
+
+/// Hello capability: this agent's rooms want first-message authentication.
+pub const ROOMS_AUTH: &str = "rooms-auth";
 
 /// Delay between the starts of an agent's connection slots (jittered).
 const STAGGER: Duration = Duration::from_millis(300);
@@ -479,7 +494,11 @@ impl Inner {
                 client_id: config.client_id.clone(),
                 token: config.token.clone(),
                 agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
-                capabilities: Vec::new(),
+                capabilities: if config.rooms_auth {
+                    vec![ROOMS_AUTH.to_string()]
+                } else {
+                    Vec::new()
+                },
                 transport_note,
                 replaces,
             });

@@ -46,6 +46,8 @@ pub struct UpstreamConfig {
 
 pub struct Upstream {
     client: Client<HttpConnector, TunnelBody>,
+    /// The backend for rooms, when the agent has one.
+    rooms: Option<crate::agent::rooms::Rooms>,
     /// `scheme://authority` plus any path prefix, without a trailing slash.
     base: String,
     authority: HeaderValue,
@@ -71,10 +73,15 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client,
+            rooms: None,
             base,
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
             config,
         })
+    }
+
+    pub fn set_rooms(&mut self, rooms: crate::agent::rooms::Rooms) {
+        self.rooms = Some(rooms);
     }
 
     /// Serves one stream the server opened.
@@ -97,6 +104,21 @@ impl Upstream {
                 let span = tracing::info_span!("request", request_id = head.request_id);
                 self.http(head, send, recv, max_head).instrument(span).await
             }
+            Open::WebSocket(head) => {
+                let span = tracing::info_span!("websocket", request_id = head.request_id);
+                self.websocket(head, send, recv, max_head)
+                    .instrument(span)
+                    .await
+            }
+            Open::Rooms => match &self.rooms {
+                Some(rooms) => rooms.serve(send, recv, max_head).await,
+                None => {
+                    let message = "this agent has no rooms backend (--rooms-upstream)".to_string();
+                    let _ =
+                        reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head)
+                            .await;
+                }
+            },
         }
     }
 
@@ -210,6 +232,105 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// Opens a WebSocket to the upstream at the client's path, with its
+    /// headers and subprotocols, then relays messages both ways.
+    async fn websocket(
+        &self,
+        head: RequestHead,
+        mut send: SendStream,
+        recv: RecvStream,
+        max_head: usize,
+    ) {
+        use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Error as WsError};
+        let fail = |message: String| {
+            info!("{message}");
+            message
+        };
+        let built = (|| {
+            if !head.uri.starts_with('/') {
+                return Err(format!("request target {:?} must start with '/'", head.uri));
+            }
+            let uri: Uri = format!("ws{}{}", self.base.trim_start_matches("http"), head.uri)
+                .parse()
+                .map_err(|_| format!("invalid request target {:?}", head.uri))?;
+            let mut hdrs = headers::from_wire(head.headers).map_err(|e| e.to_string())?;
+            headers::strip_hop_by_hop(&mut hdrs);
+            if !self.config.preserve_host || !hdrs.contains_key(header::HOST) {
+                hdrs.insert(header::HOST, self.authority.clone());
+            }
+            hdrs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            hdrs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            hdrs.insert("sec-websocket-version", HeaderValue::from_static("13"));
+            hdrs.insert(
+                "sec-websocket-key",
+                HeaderValue::from_str(&generate_key()).expect("ascii"),
+            );
+            let mut req = Request::new(());
+            *req.uri_mut() = uri;
+            *req.headers_mut() = hdrs;
+            Ok(req)
+        })();
+        let request = match built {
+            Ok(r) => r,
+            Err(message) => {
+                let _ = reply_error(&mut send, ErrorKind::BadRequest, message, max_head).await;
+                return;
+            }
+        };
+        let addr = self.authority.to_str().unwrap_or_default().to_string();
+        let limits = crate::websocket::WsLimits::default();
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(WsError::Io)?;
+            let _ = tcp.set_nodelay(true);
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(limits.config())).await
+        };
+        let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, connect).await
+        {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(WsError::Http(resp))) => {
+                // The upstream answered the upgrade with an ordinary response.
+                let (parts, body) = resp.into_parts();
+                let reply = Reply::Head(ResponseHead {
+                    status: parts.status.as_u16(),
+                    headers: headers::to_wire(&parts.headers),
+                });
+                if send.write_frame(&reply, max_head).await.is_ok() {
+                    if let Some(body) = body {
+                        let _ = send.write_chunk(Bytes::from(body)).await;
+                    }
+                    let _ = send.finish().await;
+                }
+                return;
+            }
+            Ok(Err(e)) => {
+                let message = fail(format!("WebSocket to upstream {} failed: {e}", self.base));
+                let _ =
+                    reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head).await;
+                return;
+            }
+            Err(_) => {
+                let message = fail(format!("WebSocket to upstream {} timed out", self.base));
+                let _ = reply_error(&mut send, ErrorKind::UpstreamTimeout, message, max_head).await;
+                return;
+            }
+        };
+        let mut accepted = http::HeaderMap::new();
+        if let Some(protocol) = response.headers().get("sec-websocket-protocol") {
+            accepted.insert("sec-websocket-protocol", protocol.clone());
+        }
+        let reply = Reply::Head(ResponseHead {
+            status: 101,
+            headers: headers::to_wire(&accepted),
+        });
+        if send.write_frame(&reply, max_head).await.is_err() {
+            return;
+        }
+        let code = crate::websocket::relay(ws, send, recv, &limits).await;
+        debug!(code, "WebSocket closed");
     }
 
     /// Builds the upstream request from the head; the body streams from `recv`.

@@ -20,6 +20,8 @@ pub struct AgentLink {
     pub session: Session,
     /// Its registry row (re-recorded if this node must register again).
     pub record: ConnectionRecord,
+    /// Its rooms want first-message authentication.
+    pub rooms_auth: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]

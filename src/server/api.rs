@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 use warren_proto::Mode;
 
-use super::{cluster, forward, Shared};
+use super::{cluster, forward, websocket, Shared};
 use crate::{
     auth,
     body::{self, TunnelBody},
@@ -92,6 +92,9 @@ async fn handle(
         Err(resp) => return Ok(*resp),
     };
     if let Some(link) = shared.agents.pick(&target.client_id) {
+        if websocket::is_upgrade(&req) {
+            return Ok(websocket::pass_through(&shared, link, req, target, peer).await);
+        }
         return Ok(forward::forward(&shared, link, req, target, peer).await);
     }
     // Not here: another node of the cluster may hold it.

@@ -57,26 +57,8 @@ async fn exchange(
 
     let (parts, incoming) = req.into_parts();
     let method = parts.method.clone();
-    let mut headers = parts.headers;
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    headers::strip_hop_by_hop(&mut headers);
-    headers.remove(CLIENT_HEADER);
-    headers.remove(MODE_HEADER);
-    add_forwarded(&mut headers, peer, host);
     let has_body = !hyper::body::Body::is_end_stream(&incoming);
-    let head = RequestHead {
-        request_id,
-        method: method.as_str().to_owned(),
-        uri: target.uri,
-        headers: headers::to_wire(&headers),
-        mode: target.mode,
-        body: has_body,
-    };
+    let head = request_head(&parts, request_id, target.uri, target.mode, has_body, peer);
 
     let (mut send, mut recv) =
         match tokio::time::timeout(config.open_stream_timeout, link.session.open()).await {
@@ -298,6 +280,37 @@ async fn pump_request_body(mut incoming: Incoming, mut send: SendStream) {
                 return;
             }
         }
+    }
+}
+
+/// The head sent to the agent: end-to-end headers only (warren's own removed),
+/// with the forwarding headers added.
+pub(super) fn request_head(
+    parts: &http::request::Parts,
+    request_id: u64,
+    uri: String,
+    mode: Mode,
+    body: bool,
+    peer: SocketAddr,
+) -> RequestHead {
+    let mut headers = parts.headers.clone();
+    let host = headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut headers);
+    headers.remove(CLIENT_HEADER);
+    headers.remove(MODE_HEADER);
+    add_forwarded(&mut headers, peer, host);
+    RequestHead {
+        request_id,
+        method: parts.method.as_str().to_owned(),
+        uri,
+        headers: headers::to_wire(&headers),
+        mode,
+        body,
     }
 }
 

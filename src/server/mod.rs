@@ -7,6 +7,7 @@ mod api;
 mod cluster;
 mod forward;
 mod tunnel;
+mod websocket;
 
 use std::{
     net::SocketAddr,
@@ -127,6 +128,7 @@ pub(crate) struct Shared {
     pub agents: AgentTable,
     pub next_request_id: AtomicU64,
     pub cluster: Option<cluster::Cluster>,
+    pub ws_limits: crate::websocket::WsLimits,
 }
 
 /// A bound, not yet running server.
@@ -201,6 +203,7 @@ impl Server {
             agents,
             next_request_id: AtomicU64::new(1),
             cluster,
+            ws_limits: crate::websocket::WsLimits::default(),
         });
         if let Some(cluster) = &shared.cluster {
             cluster::register(&shared, cluster).await?;

@@ -104,7 +104,11 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) 
             }
         };
         let span = tracing::info_span!("conn", conn = %record.tunnel_ws_id);
-        run_admitted(shared, session, send, recv, record, shutdown)
+        let rooms_auth = hello
+            .capabilities
+            .iter()
+            .any(|c| c == crate::agent::ROOMS_AUTH);
+        run_admitted(shared, session, send, recv, record, rooms_auth, shutdown)
             .instrument(span)
             .await
     }
@@ -197,6 +201,7 @@ async fn run_admitted(
     mut send: SendStream,
     recv: RecvStream,
     record: ConnectionRecord,
+    rooms_auth: bool,
     shutdown: Shutdown,
 ) {
     let client_id = record.client_id.clone();
@@ -206,6 +211,7 @@ async fn run_admitted(
         tunnel_ws_id: tunnel_ws_id.clone(),
         session: session.clone(),
         record,
+        rooms_auth,
     });
     let refusal = match shared.agents.insert(link) {
         Ok(()) => None,

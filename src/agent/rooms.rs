@@ -1,0 +1,291 @@
+//! Rooms on the agent's side. The server terminates room members' WebSockets and
+//! sends their joins, leaves and messages over one stream per connection; the
+//! agent hands them to the backend and carries the backend's sends,
+//! broadcasts, kicks and join decisions back.
+//!
+//! Backends either embed the agent ([`RoomsBackend::InProcess`]: a channel pair
+//! of [`RoomEvent`]s and [`RoomCommand`]s) or run in any language behind
+//! `--rooms-upstream ws://…`: one local WebSocket carrying the JSON envelope
+//! documented in `proto/PROTOCOL.md` (§6).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::Uri;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
+use tracing::{info, warn};
+use warren_proto::{Payload, Reply, ResponseHead, RoomCommand, RoomEvent};
+
+use crate::transport::{RecvStream, SendStream};
+
+/// Largest room frame: a 16 MiB message plus its envelope.
+pub const ROOM_FRAME_LIMIT: usize = 16 * 1024 * 1024 + 4096;
+/// Events or commands queued between the tunnel and the backend; beyond this
+/// the sender waits (backpressure), nothing is dropped.
+const QUEUE: usize = 1024;
+
+/// One rooms stream's view for an embedded backend.
+pub struct RoomsBridge {
+    pub events: mpsc::Receiver<RoomEvent>,
+    pub commands: mpsc::Sender<RoomCommand>,
+}
+
+/// Called once per rooms stream (per agent connection) with its bridge.
+pub type RoomsService = Arc<dyn Fn(RoomsBridge) + Send + Sync>;
+
+#[derive(Clone)]
+pub enum RoomsBackend {
+    /// A local WebSocket endpoint speaking the JSON envelope.
+    WebSocket(String),
+    /// An in-process backend.
+    InProcess(RoomsService),
+}
+
+impl std::fmt::Debug for RoomsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoomsBackend::WebSocket(url) => write!(f, "WebSocket({url})"),
+            RoomsBackend::InProcess(_) => f.write_str("InProcess"),
+        }
+    }
+}
+
+pub struct Rooms {
+    backend: RoomsBackend,
+}
+
+impl Rooms {
+    pub fn new(backend: RoomsBackend) -> Self {
+        Rooms { backend }
+    }
+
+    /// Serves the rooms stream the server opened.
+    pub async fn serve(&self, mut send: SendStream, mut recv: RecvStream, max_head: usize) {
+        let (events_tx, events_rx) = mpsc::channel(QUEUE);
+        let (commands_tx, mut commands_rx) = mpsc::channel(QUEUE);
+        let bridge = RoomsBridge {
+            events: events_rx,
+            commands: commands_tx,
+        };
+        match &self.backend {
+            RoomsBackend::InProcess(service) => service(bridge),
+            RoomsBackend::WebSocket(url) => {
+                let ws = match connect(url).await {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        let message = format!("rooms backend {url} unreachable: {e}");
+                        warn!("{message}");
+                        let reply = Reply::Error(warren_proto::StreamError {
+                            kind: warren_proto::ErrorKind::UpstreamUnavailable,
+                            message,
+                        });
+                        let _ = send.write_frame(&reply, max_head).await;
+                        let _ = send.finish().await;
+                        return;
+                    }
+                };
+                tokio::spawn(json_bridge(ws, bridge));
+            }
+        }
+        let ok = Reply::Head(ResponseHead {
+            status: 200,
+            headers: Vec::new(),
+        });
+        if send.write_frame(&ok, max_head).await.is_err() {
+            return;
+        }
+        let to_backend = async {
+            while let Ok(event) = recv.read_frame::<RoomEvent>(ROOM_FRAME_LIMIT).await {
+                if events_tx.send(event).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let to_server = async {
+            while let Some(command) = commands_rx.recv().await {
+                if send.write_frame(&command, ROOM_FRAME_LIMIT).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = to_backend => {}
+            _ = to_server => {}
+        }
+        info!("rooms stream ended");
+    }
+}
+
+type BackendWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(url: &str) -> Result<BackendWs, String> {
+    let uri: Uri = url.parse().map_err(|_| format!("invalid URL {url:?}"))?;
+    if uri.scheme_str() != Some("ws") {
+        return Err("the rooms backend URL must be ws://HOST:PORT/PATH".into());
+    }
+    let authority = uri.authority().ok_or("the URL has no host")?.to_string();
+    let tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let request = http::Request::get(uri)
+        .header("host", &authority)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", generate_key())
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+fn payload_message(payload: Payload) -> Message {
+    if payload.text {
+        match String::from_utf8(payload.data) {
+            Ok(text) => Message::Text(text.into()),
+            Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
+        }
+    } else {
+        Message::Binary(Bytes::from(payload.data))
+    }
+}
+
+fn message_payload(message: Message) -> Option<Payload> {
+    match message {
+        Message::Text(t) => Some(Payload {
+            text: true,
+            data: t.as_bytes().to_vec(),
+        }),
+        Message::Binary(b) => Some(Payload {
+            text: false,
+            data: b.to_vec(),
+        }),
+        _ => None,
+    }
+}
+
+/// The JSON envelope over the backend WebSocket: each event or command is a
+/// text message with a JSON object; one that carries a payload is followed by
+/// exactly one more message, the payload itself, untouched.
+async fn json_bridge(ws: BackendWs, mut bridge: RoomsBridge) {
+    let (mut tx, mut rx) = ws.split();
+    let to_backend = async {
+        while let Some(event) = bridge.events.recv().await {
+            let (envelope, payload) = match event {
+                RoomEvent::Join {
+                    room,
+                    conn,
+                    credentials,
+                    headers,
+                } => {
+                    let headers: serde_json::Map<String, serde_json::Value> = headers
+                        .into_iter()
+                        .map(|h| {
+                            (
+                                h.name,
+                                String::from_utf8_lossy(&h.value).into_owned().into(),
+                            )
+                        })
+                        .collect();
+                    let envelope = serde_json::json!({
+                        "type": "join", "room": room, "conn": conn,
+                        "credentials": credentials.is_some(), "headers": headers,
+                    });
+                    (envelope, credentials)
+                }
+                RoomEvent::Leave { room, conn, code } => (
+                    serde_json::json!({ "type": "leave", "room": room, "conn": conn, "code": code }),
+                    None,
+                ),
+                RoomEvent::Message {
+                    room,
+                    conn,
+                    payload,
+                } => (
+                    serde_json::json!({ "type": "message", "room": room, "conn": conn }),
+                    Some(payload),
+                ),
+            };
+            if tx
+                .send(Message::Text(envelope.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if let Some(payload) = payload {
+                if tx.send(payload_message(payload)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let from_backend = async {
+        while let Some(Ok(message)) = rx.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let envelope: serde_json::Value = match serde_json::from_str(text.as_str()) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!("rooms backend sent invalid JSON ({e}); ignored");
+                    continue;
+                }
+            };
+            let conn = envelope["conn"].as_u64();
+            let code = envelope["code"].as_u64().unwrap_or(1000) as u16;
+            let reason = envelope["reason"].as_str().unwrap_or("").to_string();
+            let command = match (envelope["type"].as_str(), conn) {
+                (Some("accept"), Some(conn)) => RoomCommand::Accept { conn },
+                (Some("refuse"), Some(conn)) => RoomCommand::Refuse { conn, code, reason },
+                (Some("kick"), Some(conn)) => RoomCommand::Kick { conn, code, reason },
+                (Some("send"), Some(conn)) => {
+                    let Some(payload) = next_payload(&mut rx).await else {
+                        return;
+                    };
+                    RoomCommand::Send { conn, payload }
+                }
+                (Some("broadcast"), _) => {
+                    let Some(room) = envelope["room"].as_str().map(str::to_owned) else {
+                        warn!("rooms backend: broadcast without a room; ignored");
+                        continue;
+                    };
+                    let except = envelope["except"].as_u64();
+                    let Some(payload) = next_payload(&mut rx).await else {
+                        return;
+                    };
+                    RoomCommand::Broadcast {
+                        room,
+                        payload,
+                        except,
+                    }
+                }
+                _ => {
+                    warn!("rooms backend sent an unknown envelope {envelope}; ignored");
+                    continue;
+                }
+            };
+            if bridge.commands.send(command).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_backend => {}
+        _ = from_backend => {}
+    }
+}
+
+async fn next_payload(rx: &mut futures_util::stream::SplitStream<BackendWs>) -> Option<Payload> {
+    while let Some(Ok(message)) = rx.next().await {
+        if let Some(payload) = message_payload(message) {
+            return Some(payload);
+        }
+    }
+    None
+}
