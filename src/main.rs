@@ -192,6 +192,18 @@ struct ServerArgs {
     /// Time a client has to send its request headers.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     header_read_timeout: Duration,
+    /// Largest WebSocket message (pass-through and rooms), either way.
+    #[arg(long, env = "WARREN_WS_MAX_MESSAGE", value_parser = parse_size, default_value = "16MiB")]
+    ws_max_message: u64,
+    /// Close pass-through WebSockets after this long without a message.
+    #[arg(long, env = "WARREN_WS_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
+    ws_idle_timeout: Duration,
+    /// Messages queued per room member; a member further behind is dropped (4008).
+    #[arg(long, env = "WARREN_ROOM_MEMBER_QUEUE", default_value_t = 256)]
+    room_member_queue: usize,
+    /// Time a member of a room that asks for credentials has to send them (else 4004).
+    #[arg(long, env = "WARREN_ROOM_AUTH_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
+    room_auth_timeout: Duration,
     /// Run as a cluster node: other nodes forward requests for agents held here
     /// to this address. Needs --node-id, --cluster-secret and a shared MySQL.
     #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
@@ -264,6 +276,13 @@ struct AgentArgs {
     /// While on WebSocket in auto mode, how often QUIC is tried again.
     #[arg(long, env = "WARREN_QUIC_PROBE_INTERVAL", value_parser = parse_duration, default_value = "60s")]
     quic_probe_interval: Duration,
+    /// The rooms backend: a local WebSocket speaking warren's room envelope
+    /// (see proto/PROTOCOL.md), e.g. ws://127.0.0.1:9000/rooms.
+    #[arg(long, env = "WARREN_ROOMS_UPSTREAM")]
+    rooms_upstream: Option<String>,
+    /// Rooms want the client's first message as credentials, accepted or refused by the backend.
+    #[arg(long, env = "WARREN_ROOMS_AUTH")]
+    rooms_auth: bool,
     /// Longest wait between reconnection attempts.
     #[arg(long, env = "WARREN_BACKOFF_MAX", value_parser = parse_duration, default_value = "30s")]
     backoff_max: Duration,
@@ -426,6 +445,15 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         response_timeout: args.response_timeout,
         header_read_timeout: args.header_read_timeout,
         tuning: args.tuning.tuning(),
+        ws: warren::websocket::WsLimits {
+            max_message: args.ws_max_message as usize,
+            idle_timeout: args.ws_idle_timeout,
+        },
+        rooms: warren::server::RoomLimits {
+            member_queue: args.room_member_queue.max(1),
+            auth_timeout: args.room_auth_timeout,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     };
     let server = Server::bind(config).await.context("starting the server")?;
@@ -474,6 +502,11 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         backoff_max: args.backoff_max,
         ws_head_start: args.ws_head_start,
         quic_probe_interval: args.quic_probe_interval,
+        rooms: args
+            .rooms_upstream
+            .clone()
+            .map(warren::agent::rooms::RoomsBackend::WebSocket),
+        rooms_auth: args.rooms_auth,
         ..AgentConfig::new(
             &args.server[0],
             &args.client_id,

@@ -90,6 +90,17 @@ impl AgentTable {
         live().nth(i).cloned()
     }
 
+    /// The oldest live connection for `client_id`: rooms stick to one, so all
+    /// of an agent's members on this node share one rooms stream.
+    pub fn pick_first(&self, client_id: &str) -> Option<Arc<AgentLink>> {
+        let links = self.links.lock().expect("agent table poisoned");
+        links
+            .get(client_id)?
+            .iter()
+            .find(|l| !l.session.is_closed())
+            .cloned()
+    }
+
     pub fn len(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }

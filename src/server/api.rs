@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 use warren_proto::Mode;
 
-use super::{cluster, forward, websocket, Shared};
+use super::{cluster, forward, rooms, websocket, Shared};
 use crate::{
     auth,
     body::{self, TunnelBody},
@@ -84,7 +84,11 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
-    if req.uri().path().starts_with("/_warren/") {
+    let path = req.uri().path();
+    if path == "/_warren/rooms" || path.starts_with("/_warren/rooms/") {
+        return Ok(rooms_endpoint(&shared, req, peer).await);
+    }
+    if path.starts_with("/_warren/") {
         return Ok(internal(&shared, &req));
     }
     let target = match target(&req, shared.config.base_domain.as_deref()) {
@@ -223,9 +227,52 @@ pub(super) async fn not_connected(shared: &Shared, client_id: &str) -> Response<
     }
 }
 
+/// `/_warren/rooms` (listing) and `/_warren/rooms/{room}` (joining).
+async fn rooms_endpoint(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<TunnelBody> {
+    let target = match target(&req, shared.config.base_domain.as_deref()) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let path = req.uri().path().to_string();
+    let Some(room) = path.strip_prefix("/_warren/rooms/") else {
+        return rooms::list(shared, &target.client_id).await;
+    };
+    if !websocket::is_upgrade(&req) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "websocket_expected",
+            Some(&target.client_id),
+            "rooms are joined with a WebSocket upgrade",
+        );
+    }
+    match shared.agents.pick_first(&target.client_id) {
+        Some(link) => rooms::join(shared, link, req, room, peer).await,
+        None => not_connected(shared, &target.client_id).await,
+    }
+}
+
+/// The dependency-free browser client for rooms.
+const WARREN_JS: &str = include_str!("warren.js");
+
 /// warren's own endpoints.
 fn internal(shared: &Shared, req: &Request<Incoming>) -> Response<TunnelBody> {
     match req.uri().path() {
+        "/_warren/warren.js" => {
+            let mut resp = Response::new(body::full(WARREN_JS));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            );
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            resp
+        }
         "/_warren/health" => json_response(
             StatusCode::OK,
             serde_json::json!({

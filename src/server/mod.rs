@@ -6,6 +6,7 @@ mod agents;
 mod api;
 mod cluster;
 mod forward;
+mod rooms;
 mod tunnel;
 mod websocket;
 
@@ -26,6 +27,7 @@ use crate::{
 };
 pub use agents::AgentTable;
 pub use cluster::ClusterConfig;
+pub use rooms::RoomLimits;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -64,6 +66,9 @@ pub struct ServerConfig {
     pub tuning: TransportTuning,
     /// Run as one node of a cluster (shared MySQL registry).
     pub cluster: Option<ClusterConfig>,
+    /// Pass-through WebSockets and room members: message size, idle timeout.
+    pub ws: crate::websocket::WsLimits,
+    pub rooms: RoomLimits,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +95,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             tuning: TransportTuning::default(),
             cluster: None,
+            ws: crate::websocket::WsLimits::default(),
+            rooms: RoomLimits::default(),
         }
     }
 }
@@ -129,6 +136,8 @@ pub(crate) struct Shared {
     pub next_request_id: AtomicU64,
     pub cluster: Option<cluster::Cluster>,
     pub ws_limits: crate::websocket::WsLimits,
+    pub room_limits: RoomLimits,
+    pub rooms: rooms::RoomHub,
 }
 
 /// A bound, not yet running server.
@@ -198,12 +207,14 @@ impl Server {
         };
         let agents = AgentTable::new(config.max_agents, config.max_connections_per_client);
         let shared = Arc::new(Shared {
-            config,
             registry,
             agents,
             next_request_id: AtomicU64::new(1),
             cluster,
-            ws_limits: crate::websocket::WsLimits::default(),
+            ws_limits: config.ws.clone(),
+            room_limits: config.rooms.clone(),
+            rooms: rooms::RoomHub::default(),
+            config,
         });
         if let Some(cluster) = &shared.cluster {
             cluster::register(&shared, cluster).await?;

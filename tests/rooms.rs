@@ -1,0 +1,442 @@
+//! Rooms end to end over each transport: a real backend speaking the JSON
+//! envelope on a local WebSocket, the agent, the server, and many real
+//! WebSocket clients.
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
+use warren::agent::rooms::RoomsBackend;
+
+over_transports!(
+    two_hundred_members_broadcast_unicast_leave_kick,
+    first_message_authentication,
+    rooms_of_two_agents_are_isolated,
+    a_stalled_member_is_dropped_and_the_room_goes_on,
+);
+
+/// A rooms backend: records joins and leaves, answers a few commands sent as
+/// member messages, and broadcasts on request.
+struct Backend {
+    url: String,
+    joins: Arc<Mutex<Vec<(String, u64)>>>,
+    leaves: Arc<Mutex<Vec<(u64, u16)>>>,
+    broadcast: mpsc::Sender<(String, Message)>,
+}
+
+async fn backend() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/rooms", listener.local_addr().unwrap());
+    let joins = Arc::new(Mutex::new(Vec::new()));
+    let leaves = Arc::new(Mutex::new(Vec::new()));
+    let (broadcast, mut broadcasts) = mpsc::channel::<(String, Message)>(1024);
+    let (j, l) = (joins.clone(), leaves.clone());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (mut tx, mut rx) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let out2 = out.clone();
+        tokio::spawn(async move {
+            while let Some((room, payload)) = broadcasts.recv().await {
+                let _ = out2.send(Message::Text(
+                    serde_json::json!({"type": "broadcast", "room": room})
+                        .to_string()
+                        .into(),
+                ));
+                let _ = out2.send(payload);
+            }
+        });
+        let json = |v: serde_json::Value| Message::Text(v.to_string().into());
+        while let Some(Ok(Message::Text(text))) = rx.next().await {
+            let env: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+            let conn = env["conn"].as_u64().unwrap();
+            match env["type"].as_str().unwrap() {
+                "join" => {
+                    j.lock()
+                        .unwrap()
+                        .push((env["room"].as_str().unwrap().to_string(), conn));
+                    if env["credentials"].as_bool().unwrap() {
+                        let Some(Ok(Message::Text(creds))) = rx.next().await else {
+                            return;
+                        };
+                        let verdict = if creds.as_str() == "let-me-in" {
+                            serde_json::json!({"type": "accept", "conn": conn})
+                        } else {
+                            serde_json::json!({"type": "refuse", "conn": conn, "code": 4003, "reason": "bad credentials"})
+                        };
+                        let _ = out.send(json(verdict));
+                    }
+                }
+                "leave" => l
+                    .lock()
+                    .unwrap()
+                    .push((conn, env["code"].as_u64().unwrap() as u16)),
+                "message" => {
+                    let Some(Ok(payload)) = rx.next().await else {
+                        return;
+                    };
+                    let room = env["room"].as_str().unwrap().to_string();
+                    match payload {
+                        Message::Text(t) if t.as_str().starts_with("echo:") => {
+                            let _ =
+                                out.send(json(serde_json::json!({"type": "send", "conn": conn})));
+                            let _ = out.send(Message::Text(t.as_str()[5..].to_string().into()));
+                        }
+                        Message::Text(t) if t.as_str() == "kick-me" => {
+                            let _ = out.send(json(serde_json::json!({"type": "kick", "conn": conn, "code": 4000, "reason": "bye"})));
+                        }
+                        Message::Text(t) if t.as_str().starts_with("others:") => {
+                            let _ = out.send(json(serde_json::json!({"type": "broadcast", "room": room, "except": conn})));
+                            let _ = out.send(Message::Text(t.as_str()[7..].to_string().into()));
+                        }
+                        binary @ Message::Binary(_) => {
+                            // Binary payloads come back to the sender untouched.
+                            let _ =
+                                out.send(json(serde_json::json!({"type": "send", "conn": conn})));
+                            let _ = out.send(binary);
+                        }
+                        _ => {}
+                    }
+                }
+                other => panic!("unknown envelope {other}"),
+            }
+        }
+    });
+    Backend {
+        url,
+        joins,
+        leaves,
+        broadcast,
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn member(stack: &Stack, client_id: &str, room: &str) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
+    let req = http::Request::get(format!(
+        "ws://{}/_warren/rooms/{room}?clientId={client_id}",
+        stack.api
+    ))
+    .header("host", stack.api.to_string())
+    .header("connection", "Upgrade")
+    .header("upgrade", "websocket")
+    .header("sec-websocket-version", "13")
+    .header("sec-websocket-key", generate_key())
+    .body(())
+    .unwrap();
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("joined")
+        .0
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+async fn next_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_string())
+            }
+            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("broken instead of closed: {e}"),
+        }
+    }
+}
+
+async fn stack_with_rooms(
+    t: Transport,
+    auth: bool,
+    tweak: impl FnOnce(&mut StackOptions),
+) -> (Stack, Backend) {
+    let mut opts = StackOptions::new(t);
+    tweak(&mut opts);
+    let mut stack = Stack::server_only(opts).await;
+    let backend = backend().await;
+    let mut config = stack.agent_config();
+    config.rooms = Some(RoomsBackend::WebSocket(backend.url.clone()));
+    config.rooms_auth = auth;
+    stack.add_agent(config).await;
+    (stack, backend)
+}
+
+async fn wait_joins(backend: &Backend, n: usize) {
+    let joins = backend.joins.clone();
+    let ok = eventually(Duration::from_secs(20), || {
+        let joins = joins.clone();
+        async move { joins.lock().unwrap().len() >= n }
+    })
+    .await;
+    assert!(ok, "{n} joins reached the backend");
+}
+
+async fn two_hundred_members_broadcast_unicast_leave_kick(t: Transport) {
+    let (stack, backend) = stack_with_rooms(t, false, |_| {}).await;
+    let id = stack.client_id.clone();
+    let mut members = Vec::new();
+    for _ in 0..200 {
+        members.push(member(&stack, &id, "lobby").await);
+    }
+    wait_joins(&backend, 200).await;
+
+    let listing =
+        json(get(&format!("http://{}/_warren/rooms?clientId={id}", stack.api)).await).await;
+    assert_eq!(
+        listing["rooms"],
+        serde_json::json!([{"room": "lobby", "members": 200}])
+    );
+
+    // One broadcast from the backend: every member gets it, exactly once
+    // (the next message each sees is the next broadcast, not a duplicate).
+    backend
+        .broadcast
+        .send(("lobby".into(), Message::Text("first".into())))
+        .await
+        .unwrap();
+    backend
+        .broadcast
+        .send(("lobby".into(), Message::Text("second".into())))
+        .await
+        .unwrap();
+    for ws in members.iter_mut() {
+        assert_eq!(next_text(ws).await, "first");
+        assert_eq!(next_text(ws).await, "second");
+    }
+
+    // Unicast reaches only its target.
+    members[5]
+        .send(Message::Text("echo:just-you".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut members[5]).await, "just-you");
+    // Binary round trip, bytes untouched.
+    let blob: Vec<u8> = (0..=255u8).collect();
+    members[6]
+        .send(Message::Binary(blob.clone().into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), members[6].next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Binary(b))) => assert_eq!(b.as_ref(), blob.as_slice()),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    // "Everyone but me".
+    members[7]
+        .send(Message::Text("others:not-you".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut members[8]).await, "not-you");
+    backend
+        .broadcast
+        .send(("lobby".into(), Message::Text("third".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_text(&mut members[7]).await,
+        "third",
+        "the sender was excepted"
+    );
+    for (i, ws) in members.iter_mut().enumerate() {
+        if i != 7 {
+            if i != 8 {
+                assert_eq!(next_text(ws).await, "not-you");
+            }
+            assert_eq!(next_text(ws).await, "third", "member {i} saw nothing else");
+        }
+    }
+
+    // Leaving tells the backend, with the close code.
+    let mut leaver = members.remove(0);
+    leaver
+        .send(warren::websocket::close(1000, "bye"))
+        .await
+        .unwrap();
+    let leaves = backend.leaves.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let l = leaves.clone();
+            async move { l.lock().unwrap().iter().any(|(_, c)| *c == 1000) }
+        })
+        .await
+    );
+
+    // Only the backend kicks; the member gets the backend's code.
+    members[0]
+        .send(Message::Text("kick-me".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_close(&mut members[0]).await, (4000, "bye".to_string()));
+
+    // Joining needs a WebSocket; a room name needs to be sane.
+    let resp = get(&format!(
+        "http://{}/_warren/rooms/lobby?clientId={id}",
+        stack.api
+    ))
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+async fn first_message_authentication(t: Transport) {
+    let (stack, backend) = stack_with_rooms(t, true, |o| {
+        o.server.rooms.auth_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let id = stack.client_id.clone();
+    // Silent: closed with 4004 after the timeout.
+    let mut silent = member(&stack, &id, "vip").await;
+    assert_eq!(next_close(&mut silent).await.0, 4004);
+    // Wrong credentials: the backend's refusal code.
+    let mut wrong = member(&stack, &id, "vip").await;
+    wrong.send(Message::Text("guess".into())).await.unwrap();
+    assert_eq!(
+        next_close(&mut wrong).await,
+        (4003, "bad credentials".to_string())
+    );
+    // Right credentials: in the room.
+    let mut good = member(&stack, &id, "vip").await;
+    good.send(Message::Text("let-me-in".into())).await.unwrap();
+    let joins = backend.joins.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let j = joins.clone();
+            async move { j.lock().unwrap().len() == 2 }
+        })
+        .await
+    );
+    // Accepted asynchronously: wait until the listing shows the member.
+    let api = stack.api;
+    let listed = eventually(Duration::from_secs(5), || async {
+        json(get(&format!("http://{api}/_warren/rooms?clientId={id}")).await).await["rooms"]
+            == serde_json::json!([{"room": "vip", "members": 1}])
+    })
+    .await;
+    assert!(listed);
+    backend
+        .broadcast
+        .send(("vip".into(), Message::Text("welcome".into())))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut good).await, "welcome");
+}
+
+async fn rooms_of_two_agents_are_isolated(t: Transport) {
+    let (mut stack, backend_a) = stack_with_rooms(t, false, |_| {}).await;
+    // A second agent, another client id, its own backend, the same room name.
+    let other_id = unique("other");
+    let other_token = warren::auth::issue_token(&stack.registry, &other_id)
+        .await
+        .unwrap();
+    let backend_b = backend().await;
+    let mut config = stack.agent_config();
+    config.client_id = other_id.clone();
+    config.token = other_token;
+    config.rooms = Some(RoomsBackend::WebSocket(backend_b.url.clone()));
+    stack.add_agent(config).await;
+
+    let a_id = stack.client_id.clone();
+    let mut a_member = member(&stack, &a_id, "lobby").await;
+    let mut b_member = member(&stack, &other_id, "lobby").await;
+    wait_joins(&backend_a, 1).await;
+    wait_joins(&backend_b, 1).await;
+    backend_b
+        .broadcast
+        .send(("lobby".into(), Message::Text("for-b".into())))
+        .await
+        .unwrap();
+    backend_a
+        .broadcast
+        .send(("lobby".into(), Message::Text("for-a".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_text(&mut a_member).await,
+        "for-a",
+        "A's member never sees B's broadcast"
+    );
+    assert_eq!(next_text(&mut b_member).await, "for-b");
+    assert_eq!(
+        backend_a.joins.lock().unwrap().len(),
+        1,
+        "B's member never reached A's backend"
+    );
+}
+
+async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
+    let (stack, backend) = stack_with_rooms(t, false, |o| o.server.rooms.member_queue = 8).await;
+    let id = stack.client_id.clone();
+    let _stalled = member(&stack, &id, "live").await; // never reads
+    let mut reader = member(&stack, &id, "live").await;
+    wait_joins(&backend, 2).await;
+    let chunk = vec![1u8; 64 * 1024];
+    let sender = backend.broadcast.clone();
+    tokio::spawn(async move {
+        for _ in 0..400 {
+            if sender
+                .send(("live".into(), Message::Binary(chunk.clone().into())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    for i in 0..400 {
+        match tokio::time::timeout(Duration::from_secs(20), reader.next())
+            .await
+            .expect("the reader keeps receiving")
+        {
+            Some(Ok(Message::Binary(b))) => assert_eq!(b.len(), 64 * 1024),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let leaves = backend.leaves.clone();
+    let dropped = eventually(Duration::from_secs(10), || {
+        let l = leaves.clone();
+        async move {
+            l.lock()
+                .unwrap()
+                .iter()
+                .any(|(_, code)| *code == warren_proto::room_close::TOO_SLOW)
+        }
+    })
+    .await;
+    assert!(
+        dropped,
+        "the stalled member was dropped with 4008: {:?}",
+        backend.leaves.lock().unwrap()
+    );
+}
