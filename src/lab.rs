@@ -78,7 +78,7 @@ async fn relay_udp(socket: Arc<UdpSocket>, target: SocketAddr, open: Arc<AtomicB
         if !open.load(Ordering::SeqCst) {
             continue; // dropped on the floor, as a firewall would
         }
-        if !relays.contains_key(&client) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = relays.entry(client) {
             let Ok(upstream) = UdpSocket::bind("127.0.0.1:0").await else {
                 continue;
             };
@@ -97,7 +97,7 @@ async fn relay_udp(socket: Arc<UdpSocket>, target: SocketAddr, open: Arc<AtomicB
                     }
                 }
             });
-            relays.insert(client, (upstream, AbortOnDrop(task)));
+            slot.insert((upstream, AbortOnDrop(task)));
         }
         let _ = relays[&client].0.send(&buf[..n]).await;
     }

@@ -460,8 +460,9 @@ impl Inner {
             let Ok(endpoints) = self.endpoints(slot).await else {
                 continue;
             };
-            for endpoint in endpoints {
-                match self.dial(TransportKind::Quic, &endpoint).await {
+            // One probe per interval, to the preferred node.
+            if let Some(endpoint) = endpoints.first() {
+                match self.dial(TransportKind::Quic, endpoint).await {
                     Ok(session) => {
                         let note = "QUIC reachable again (background probe while on WebSocket)";
                         match self.hello(session, note.into(), None).await {
@@ -475,7 +476,6 @@ impl Inner {
                     }
                     Err(e) => debug!("QUIC probe failed: {e}"),
                 }
-                break; // one probe per interval
             }
         }
     }

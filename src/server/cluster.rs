@@ -69,9 +69,12 @@ impl ClusterConfig {
     }
 }
 
-/// Cached lookups: client id → live `(node_id, cluster_addr)` routes.
+/// `(node_id, cluster_addr)` pairs a client id can be reached through.
+type Routes = Vec<(String, String)>;
+
+/// Cached lookups: client id → live routes, and when they were looked up.
 struct RouteCache {
-    entries: Mutex<HashMap<String, (Instant, Vec<(String, String)>)>>,
+    entries: Mutex<HashMap<String, (Instant, Routes)>>,
     ttl: Duration,
 }
 

@@ -80,11 +80,14 @@ impl Member {
     }
 }
 
+/// Where a join waiting for the backend's decision learns it.
+type Decision = oneshot::Sender<Result<(), (u16, String)>>;
+
 #[derive(Default)]
 struct ChannelState {
     rooms: HashMap<String, HashMap<u64, Member>>,
     room_of: HashMap<u64, String>,
-    pending: HashMap<u64, oneshot::Sender<Result<(), (u16, String)>>>,
+    pending: HashMap<u64, Decision>,
 }
 
 /// One agent connection's rooms.

@@ -170,6 +170,8 @@ impl Acceptor {
             .accept(tcp)
             .await
             .map_err(|e| fail(format!("TLS handshake failed: {e}")))?;
+        // The callback's signature (with its large error type) is tungstenite's.
+        #[allow(clippy::result_large_err)]
         let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             if req.uri().path() == WS_PATH {
                 Ok(resp)
