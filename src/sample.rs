@@ -294,6 +294,7 @@ fn ws_echo(stats: Arc<Stats>, mut req: Request<Incoming>) -> Response<SampleBody
         )
         .await;
         while let Some(Ok(message)) = ws.next().await {
+            #[allow(clippy::collapsible_match)]
             match message {
                 Message::Text(t) if t.as_str().starts_with("close:") => {
                     let code = t.as_str()[6..].parse().unwrap_or(1000);
@@ -301,7 +302,11 @@ fn ws_echo(stats: Arc<Stats>, mut req: Request<Incoming>) -> Response<SampleBody
                         .send(crate::websocket::close(code, "asked to close"))
                         .await;
                 }
-                Message::Text(_) | Message::Binary(_) if ws.send(message).await.is_err() => return,
+                Message::Text(_) | Message::Binary(_) => {
+                    if ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
                 Message::Close(frame) => {
                     let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                     stats.last_ws_close.store(code as usize, Ordering::SeqCst);
