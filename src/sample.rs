@@ -13,6 +13,9 @@
 //! - `GET /status/CODE`: an empty response with that status.
 //! - `GET /truncate/N`: declares 2N bytes, sends N, then breaks the connection.
 //! - `GET /hang`: never answers.
+//! - `GET /rooms-demo?room=R&clientId=ID[&auth=A]`: a page that joins room R
+//!   with `/_warren/warren.js`, logs what arrives, says hello, and answers
+//!   messages starting with `ping` with `pong:<message>`.
 //! - `GET /ws/echo` (WebSocket): echoes text and binary messages; the text
 //!   `close:CODE` makes it close with that code; picks the first subprotocol
 //!   offered.
@@ -260,6 +263,14 @@ async fn route(
             Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
         },
         (Method::GET, ["ws", "echo"]) => ws_echo(stats, req),
+        (Method::GET, ["rooms-demo"]) => {
+            let mut resp = respond(StatusCode::OK, ROOMS_DEMO);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         (Method::GET, ["hang"]) => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -268,6 +279,27 @@ async fn route(
     };
     Ok(resp)
 }
+
+const ROOMS_DEMO: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>warren rooms demo</title>
+<pre id="log">joining…</pre>
+<script src="/_warren/warren.js"></script>
+<script>
+  const q = new URLSearchParams(location.search);
+  const log = (line) => { document.getElementById("log").textContent += "\n" + line; };
+  const room = warren.connect({
+    room: q.get("room") || "lobby",
+    clientId: q.get("clientId") || undefined,
+    auth: q.get("auth") || undefined,
+  });
+  room.onopen = () => { log("joined"); room.send("hello from the browser"); };
+  room.onmessage = (data) => {
+    log(typeof data === "string" ? data : "[" + data.byteLength + " bytes]");
+    if (typeof data === "string" && data.startsWith("ping")) room.send("pong:" + data);
+  };
+  room.onclose = (code, reason) => log("closed " + code + " " + reason);
+</script>
+"#;
 
 fn ws_echo(stats: Arc<Stats>, mut req: Request<Incoming>) -> Response<SampleBody> {
     use futures_util::{SinkExt, StreamExt};

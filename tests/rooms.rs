@@ -28,6 +28,8 @@ over_transports!(
 struct Backend {
     url: String,
     joins: Arc<Mutex<Vec<(String, u64)>>>,
+    /// Text messages members sent (other than the commands below).
+    messages: Arc<Mutex<Vec<String>>>,
     leaves: Arc<Mutex<Vec<(u64, u16)>>>,
     broadcast: mpsc::Sender<(String, Message)>,
 }
@@ -37,6 +39,8 @@ async fn backend() -> Backend {
     let url = format!("ws://{}/rooms", listener.local_addr().unwrap());
     let joins = Arc::new(Mutex::new(Vec::new()));
     let leaves = Arc::new(Mutex::new(Vec::new()));
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let m = messages.clone();
     let (broadcast, mut broadcasts) = mpsc::channel::<(String, Message)>(1024);
     let (j, l) = (joins.clone(), leaves.clone());
     tokio::spawn(async move {
@@ -105,6 +109,7 @@ async fn backend() -> Backend {
                             let _ = out.send(json(serde_json::json!({"type": "broadcast", "room": room, "except": conn})));
                             let _ = out.send(Message::Text(t.as_str()[7..].to_string().into()));
                         }
+                        Message::Text(t) => m.lock().unwrap().push(t.as_str().to_string()),
                         binary @ Message::Binary(_) => {
                             // Binary payloads come back to the sender untouched.
                             let _ =
@@ -121,6 +126,7 @@ async fn backend() -> Backend {
     Backend {
         url,
         joins,
+        messages,
         leaves,
         broadcast,
     }
@@ -439,4 +445,78 @@ async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
         "the stalled member was dropped with 4008: {:?}",
         backend.leaves.lock().unwrap()
     );
+}
+
+/// warren.js in a real browser (headless Chromium): joins with credentials,
+/// talks, and answers a broadcast. Runs where Chromium is installed; CI
+/// installs it and sets WARREN_TEST_CHROMIUM=1, which makes its absence fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_js_in_headless_chromium() {
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var("WARREN_TEST_CHROMIUM").is_err(),
+            "WARREN_TEST_CHROMIUM is set but chromium is missing"
+        );
+        eprintln!("chromium not installed: skipping the browser test");
+        return;
+    };
+    let (stack, backend) = stack_with_rooms(Transport::Quic, true, |_| {}).await;
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!(
+        "http://{}/rooms-demo?clientId={}&room=web&auth=let-me-in",
+        stack.api, stack.client_id
+    );
+    let mut browser = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let messages = backend.messages.clone();
+    let said_hello = eventually(Duration::from_secs(30), || {
+        let m = messages.clone();
+        async move {
+            m.lock()
+                .unwrap()
+                .iter()
+                .any(|t| t == "hello from the browser")
+        }
+    })
+    .await;
+    assert!(
+        said_hello,
+        "the browser joined (after authenticating) and said hello"
+    );
+    backend
+        .broadcast
+        .send(("web".into(), Message::Text("ping-1".into())))
+        .await
+        .unwrap();
+    let answered = eventually(Duration::from_secs(10), || {
+        let m = messages.clone();
+        async move { m.lock().unwrap().iter().any(|t| t == "pong:ping-1") }
+    })
+    .await;
+    assert!(answered, "the browser received the broadcast and answered");
+    let _ = browser.kill().await;
 }
