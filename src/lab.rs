@@ -7,12 +7,15 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
 };
 
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
 
 use crate::control::AbortOnDrop;
 
@@ -20,6 +23,8 @@ use crate::control::AbortOnDrop;
 pub struct UdpGate {
     addr: SocketAddr,
     open: Arc<AtomicBool>,
+    /// Bytes passed towards the target (UDP payloads plus TCP stream bytes).
+    up: Arc<AtomicU64>,
     _tcp: AbortOnDrop<()>,
     _udp: AbortOnDrop<()>,
 }
@@ -36,21 +41,45 @@ impl UdpGate {
         };
         let addr = udp.local_addr()?;
         let open = Arc::new(AtomicBool::new(udp_open));
+        let up = Arc::new(AtomicU64::new(0));
+        let tcp_up = up.clone();
         let tcp_task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = tcp.accept().await {
+            while let Ok((inbound, _)) = tcp.accept().await {
+                let up = tcp_up.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    if let Ok(outbound) = TcpStream::connect(target).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let (mut in_read, mut in_write) = inbound.into_split();
+                        let (mut out_read, mut out_write) = outbound.into_split();
+                        let upward = async {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match in_read.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                up.fetch_add(n as u64, Ordering::Relaxed);
+                                if out_write.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = out_write.shutdown().await;
+                        };
+                        let downward = async {
+                            let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                            let _ = in_write.shutdown().await;
+                        };
+                        tokio::join!(upward, downward);
                     }
                 });
             }
         });
-        let udp_task = tokio::spawn(relay_udp(Arc::new(udp), target, open.clone()));
+        let udp_task = tokio::spawn(relay_udp(Arc::new(udp), target, open.clone(), up.clone()));
         Ok(UdpGate {
             addr,
             open,
+            up,
             _tcp: AbortOnDrop(tcp_task),
             _udp: AbortOnDrop(udp_task),
         })
@@ -58,6 +87,11 @@ impl UdpGate {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Bytes passed towards the target so far (what crossed "the tunnel").
+    pub fn bytes_up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
     }
 
     /// Let UDP through (`true`) or drop it silently (`false`).
@@ -68,7 +102,12 @@ impl UdpGate {
 
 /// Relays datagrams between each client address and `target`, through one
 /// upstream socket per client so replies find their way back.
-async fn relay_udp(socket: Arc<UdpSocket>, target: SocketAddr, open: Arc<AtomicBool>) {
+async fn relay_udp(
+    socket: Arc<UdpSocket>,
+    target: SocketAddr,
+    open: Arc<AtomicBool>,
+    up: Arc<AtomicU64>,
+) {
     let mut relays: HashMap<SocketAddr, (Arc<UdpSocket>, AbortOnDrop<()>)> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -99,6 +138,7 @@ async fn relay_udp(socket: Arc<UdpSocket>, target: SocketAddr, open: Arc<AtomicB
             });
             slot.insert((upstream, AbortOnDrop(task)));
         }
+        up.fetch_add(n as u64, Ordering::Relaxed);
         let _ = relays[&client].0.send(&buf[..n]).await;
     }
 }

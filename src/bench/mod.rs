@@ -9,6 +9,7 @@ mod load;
 mod procs;
 mod raw;
 mod report;
+mod rooms;
 
 use std::{
     io::Write as _,
@@ -64,6 +65,8 @@ struct Sizes {
     track: Duration,
     stalled: usize,
     idle_agents: usize,
+    room_members: usize,
+    room_broadcasts: usize,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -83,6 +86,8 @@ impl Sizes {
                 track: Duration::from_secs(4),
                 stalled: 20,
                 idle_agents: 50,
+                room_members: 100,
+                room_broadcasts: 20,
             }
         } else {
             Sizes {
@@ -96,6 +101,8 @@ impl Sizes {
                 track: Duration::from_secs(30),
                 stalled: 20,
                 idle_agents: 1000,
+                room_members: 1000,
+                room_broadcasts: 100,
             }
         }
     }
@@ -162,7 +169,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     // 7 steps per target (3 targets), 2 raw, 2 idle, 2 fallback.
     let mut progress = Progress {
         done: 0,
-        total: 7 * 3 + 6,
+        total: 7 * 3 + 8,
         started: Instant::now(),
     };
 
@@ -300,6 +307,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
                 upstream_addr,
                 None,
                 gate.addr(),
+                &[],
             )
             .await?;
         let target = Target {
@@ -313,10 +321,48 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         agent.stop().await;
         server.proc.stop().await;
     }
+    // Rooms: one broadcast should cross the tunnel once, whatever the members.
+    let mut room_figures = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        progress.step(&format!("room of {} over {kind}", sizes.room_members));
+        let server = Server::start(&bin, &dir, &format!("rooms-{kind}"), &[]).await?;
+        let token = server.issue("rooms").await?;
+        let backend = rooms::backend().await?;
+        let gate = UdpGate::spawn(server.tunnel, true)
+            .await
+            .map_err(BenchError::io("gate"))?;
+        let rooms_upstream = ["--rooms-upstream".to_string(), backend.url.clone()];
+        let agent = server
+            .agent_via(
+                &bin,
+                &dir,
+                "rooms",
+                &token,
+                upstream_addr,
+                Some(kind),
+                gate.addr(),
+                &rooms_upstream,
+            )
+            .await?;
+        server.wait_agents(1).await?;
+        let figures = rooms::measure(
+            server.api,
+            "rooms",
+            &backend,
+            sizes.room_members,
+            sizes.room_broadcasts,
+            10,
+            || gate.bytes_up(),
+        )
+        .await?;
+        room_figures.push(figures);
+        agent.stop().await;
+        server.proc.stop().await;
+    }
     upstream.stop().await;
     eprintln!();
 
-    let rows = rows(
+    let mut rows = rows(
         &direct_figures,
         &tunnel_figures,
         &raw_figures,
@@ -325,6 +371,31 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         &fallback,
         &sizes,
     );
+    let room = format!("room, {} members, 10×1 KiB/s", sizes.room_members);
+    let pick = |f: fn(&rooms::RoomFigures) -> f64| {
+        (room_figures.first().map(f), room_figures.get(1).map(f))
+    };
+    let (q, w) = pick(|r| r.bytes_per_broadcast);
+    rows.push(
+        Row::new(
+            &room,
+            "tunnel bytes per 1 KiB broadcast",
+            "B",
+            Better::Lower,
+        )
+        .tunnel(q, w)
+        .target("one copy (≤ 1200 B)", 1200.0, true),
+    );
+    let (q, w) = pick(|r| r.delivered);
+    rows.push(
+        Row::new(&room, "delivered / expected", "ratio", Better::Higher)
+            .tunnel(q, w)
+            .target("all", 1.0, true),
+    );
+    let (q, w) = pick(|r| r.p50_ms);
+    rows.push(Row::new(&room, "delivery latency p50", "ms", Better::Lower).tunnel(q, w));
+    let (q, w) = pick(|r| r.p99_ms);
+    rows.push(Row::new(&room, "delivery latency p99", "ms", Better::Lower).tunnel(q, w));
     write_report(
         &opts.out,
         &rows,
@@ -416,7 +487,7 @@ impl Server {
         upstream: SocketAddr,
         kind: Option<TransportKind>,
     ) -> Result<Proc, BenchError> {
-        self.agent_via(bin, dir, client_id, token, upstream, kind, self.tunnel)
+        self.agent_via(bin, dir, client_id, token, upstream, kind, self.tunnel, &[])
             .await
     }
 
@@ -430,6 +501,7 @@ impl Server {
         upstream: SocketAddr,
         kind: Option<TransportKind>,
         server: SocketAddr,
+        extra: &[String],
     ) -> Result<Proc, BenchError> {
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -447,6 +519,7 @@ impl Server {
         if let Some(kind) = kind {
             args.extend(["--transport".into(), kind.as_str().into()]);
         }
+        args.extend(extra.iter().cloned());
         let log = dir.join(format!(
             "logs/agent-{client_id}-{}.log",
             kind.map(|k| k.as_str()).unwrap_or("auto")

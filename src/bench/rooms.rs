@@ -1,0 +1,174 @@
+//! The rooms scenario: many members in one room, the backend broadcasting
+//! small messages at a steady rate. Measures the bytes that cross the tunnel
+//! per broadcast (a gate in front of the server counts them; the goal is one
+//! copy, not one per member) and the delivery latency to members.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::{net::TcpListener, time::Instant};
+use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
+
+use super::{load::percentile_ms, BenchError};
+
+pub struct RoomFigures {
+    pub bytes_per_broadcast: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Messages delivered / expected (members × broadcasts).
+    pub delivered: f64,
+}
+
+/// A backend on a local WebSocket: counts joins, then broadcasts on demand.
+pub struct Backend {
+    pub url: String,
+    joins: Arc<AtomicUsize>,
+    broadcasts: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+pub async fn backend() -> Result<Backend, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(BenchError::io("backend"))?;
+    let url = format!(
+        "ws://{}/rooms",
+        listener.local_addr().map_err(BenchError::io("backend"))?
+    );
+    let joins = Arc::new(AtomicUsize::new(0));
+    let (broadcasts, mut to_send) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let counted = joins.clone();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        let (mut tx, mut rx) = ws.split();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = rx.next().await {
+                if let Message::Text(t) = message {
+                    if t.as_str().contains("\"join\"") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        let envelope = serde_json::json!({ "type": "broadcast", "room": "bench" }).to_string();
+        while let Some(payload) = to_send.recv().await {
+            if tx
+                .send(Message::Text(envelope.clone().into()))
+                .await
+                .is_err()
+                || tx.send(Message::Binary(payload)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(Backend {
+        url,
+        joins,
+        broadcasts,
+    })
+}
+
+/// Joins `members` to the room, broadcasts `count` 1 KiB messages at `rate`
+/// per second, and measures. `up` reads the bytes that crossed the tunnel.
+pub async fn measure(
+    api: SocketAddr,
+    client_id: &str,
+    backend: &Backend,
+    members: usize,
+    count: usize,
+    rate: u32,
+    up: impl Fn() -> u64,
+) -> Result<RoomFigures, BenchError> {
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(members);
+    for _ in 0..members {
+        let ws = join(api, client_id).await?;
+        tasks.push(tokio::spawn(async move {
+            let (_tx, mut rx) = ws.split();
+            let mut latencies = Vec::with_capacity(count);
+            let deadline = tokio::time::sleep(Duration::from_secs(count as u64 / rate as u64 + 20));
+            tokio::pin!(deadline);
+            while latencies.len() < count {
+                tokio::select! {
+                    message = rx.next() => match message {
+                        Some(Ok(Message::Binary(b))) if b.len() >= 8 => {
+                            let sent = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                            let now = t0.elapsed().as_nanos() as u64;
+                            latencies.push(Duration::from_nanos(now.saturating_sub(sent)));
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+            latencies
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while backend.joins.load(Ordering::SeqCst) < members {
+        if Instant::now() > deadline {
+            return Err(BenchError::new("room members did not all join within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = up();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
+    for _ in 0..count {
+        ticker.tick().await;
+        let mut payload = vec![0u8; 1024];
+        payload[..8].copy_from_slice(&(t0.elapsed().as_nanos() as u64).to_le_bytes());
+        backend
+            .broadcasts
+            .send(Bytes::from(payload))
+            .await
+            .map_err(|_| BenchError::new("the rooms backend went away"))?;
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|e| BenchError::new(e.to_string()))?);
+    }
+    let crossed = up() - before;
+    all.sort();
+    Ok(RoomFigures {
+        bytes_per_broadcast: crossed as f64 / count as f64,
+        p50_ms: percentile_ms(&all, 50.0),
+        p99_ms: percentile_ms(&all, 99.0),
+        delivered: all.len() as f64 / (members * count) as f64,
+    })
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn join(api: SocketAddr, client_id: &str) -> Result<Ws, BenchError> {
+    let tcp = tokio::net::TcpStream::connect(api)
+        .await
+        .map_err(BenchError::io("member connect"))?;
+    let req = http::Request::get(format!(
+        "ws://{api}/_warren/rooms/bench?clientId={client_id}"
+    ))
+    .header("host", api.to_string())
+    .header("connection", "Upgrade")
+    .header("upgrade", "websocket")
+    .header("sec-websocket-version", "13")
+    .header("sec-websocket-key", generate_key())
+    .body(())
+    .map_err(|e| BenchError::new(e.to_string()))?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| BenchError::new(format!("member join: {e}")))?;
+    Ok(ws)
+}
