@@ -178,11 +178,12 @@ pub fn svg(rows: &[Row], title: &str) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<rect x="{label_w}" y="32" width="12" height="10" fill="#2b6cb0"/><text x="{}" y="41">QUIC</text><rect x="{}" y="32" width="12" height="10" fill="#dd6b20"/><text x="{}" y="41">WebSocket</text><text x="{}" y="41">ratio to baseline (1.0 = baseline)</text>"##,
+        r##"<rect x="{label_w}" y="32" width="12" height="10" fill="#2b6cb0"/><text x="{}" y="41">QUIC</text><rect x="{}" y="32" width="12" height="10" fill="#dd6b20"/><text x="{}" y="41">WebSocket</text><text x="{}" y="41">ratio to baseline (1.0 = baseline; bars capped at {max:.0}×)</text>"##,
         label_w + 16.0,
         label_w + 70.0,
         label_w + 86.0,
-        label_w + 170.0
+        label_w + 170.0,
+        max = max
     );
     let one = x(1.0);
     let _ = writeln!(
