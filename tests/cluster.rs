@@ -245,6 +245,32 @@ async fn any_node_serves_any_agent() {
     assert_eq!(body.len() as u64, 8 * MIB);
     drop(stalled);
 
+    // A client WebSocket at A reaches the upstream behind B's agent.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
+        let tcp = tokio::net::TcpStream::connect(a.api).await.unwrap();
+        let req = http::Request::get(format!("ws://{}/ws/echo?clientId={}", a.api, fx.client_id))
+            .header("host", a.api.to_string())
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", generate_key())
+            .body(())
+            .unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .expect("upgrade via A");
+        ws.send(Message::Text("across nodes".into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Text("across nodes".into())
+        );
+        ws.send(warren::websocket::close(4001, "done"))
+            .await
+            .unwrap();
+    }
+
     // The internal link refuses strangers: no secret, or a wrong one.
     let resp = get(&fx.url(b.cluster, "/bytes/10")).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);

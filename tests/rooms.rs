@@ -402,7 +402,7 @@ async fn rooms_of_two_agents_are_isolated(t: Transport) {
 }
 
 async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
-    let (stack, backend) = stack_with_rooms(t, false, |o| o.server.rooms.member_queue = 8).await;
+    let (stack, backend) = stack_with_rooms(t, false, |o| o.server.rooms.member_queue = 64).await;
     let id = stack.client_id.clone();
     let _stalled = member(&stack, &id, "live").await; // never reads
     let mut reader = member(&stack, &id, "live").await;

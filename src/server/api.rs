@@ -85,27 +85,63 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
     let path = req.uri().path();
-    if path == "/_warren/rooms" || path.starts_with("/_warren/rooms/") {
-        return Ok(rooms_endpoint(&shared, req, peer).await);
-    }
-    if path.starts_with("/_warren/") {
+    let joining_room = path.starts_with("/_warren/rooms/");
+    if path.starts_with("/_warren/") && !joining_room {
+        if path == "/_warren/rooms" {
+            return Ok(match target(&req, shared.config.base_domain.as_deref()) {
+                Ok(target) => rooms::list(&shared, &target.client_id).await,
+                Err(resp) => *resp,
+            });
+        }
         return Ok(internal(&shared, &req));
     }
     let target = match target(&req, shared.config.base_domain.as_deref()) {
         Ok(t) => t,
         Err(resp) => return Ok(*resp),
     };
-    if let Some(link) = shared.agents.pick(&target.client_id) {
-        if websocket::is_upgrade(&req) {
-            return Ok(websocket::pass_through(&shared, link, req, target, peer).await);
-        }
-        return Ok(forward::forward(&shared, link, req, target, peer).await);
-    }
+    let (req, target) = match serve_local(&shared, req, target, peer).await {
+        Ok(resp) => return Ok(resp),
+        Err(unserved) => unserved,
+    };
     // Not here: another node of the cluster may hold it.
     if let Some(cluster) = &shared.cluster {
         return Ok(cluster::forward_remote(&shared, cluster, req, &target.client_id, peer).await);
     }
     Ok(not_connected(&shared, &target.client_id).await)
+}
+
+/// Serves `req` through an agent connected to this node: a room join, a
+/// WebSocket pass-through or an HTTP request. Gives the request back when no
+/// connection for its agent is here.
+pub(super) async fn serve_local(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    target: Target,
+    peer: SocketAddr,
+) -> Result<Response<TunnelBody>, (Request<Incoming>, Target)> {
+    if let Some(room) = req.uri().path().strip_prefix("/_warren/rooms/") {
+        if !websocket::is_upgrade(&req) {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "websocket_expected",
+                Some(&target.client_id),
+                "rooms are joined with a WebSocket upgrade",
+            ));
+        }
+        let room = room.to_string();
+        return match shared.agents.pick_first(&target.client_id) {
+            Some(link) => Ok(rooms::join(shared, link, req, &room, peer).await),
+            None => Err((req, target)),
+        };
+    }
+    let Some(link) = shared.agents.pick(&target.client_id) else {
+        return Err((req, target));
+    };
+    Ok(if websocket::is_upgrade(&req) {
+        websocket::pass_through(shared, link, req, target, peer).await
+    } else {
+        forward::forward(shared, link, req, target, peer).await
+    })
 }
 
 /// Resolves the agent and the mode from the request.
@@ -224,34 +260,6 @@ pub(super) async fn not_connected(shared: &Shared, client_id: &str) -> Response<
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             resp
         }
-    }
-}
-
-/// `/_warren/rooms` (listing) and `/_warren/rooms/{room}` (joining).
-async fn rooms_endpoint(
-    shared: &Arc<Shared>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<TunnelBody> {
-    let target = match target(&req, shared.config.base_domain.as_deref()) {
-        Ok(t) => t,
-        Err(resp) => return *resp,
-    };
-    let path = req.uri().path().to_string();
-    let Some(room) = path.strip_prefix("/_warren/rooms/") else {
-        return rooms::list(shared, &target.client_id).await;
-    };
-    if !websocket::is_upgrade(&req) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "websocket_expected",
-            Some(&target.client_id),
-            "rooms are joined with a WebSocket upgrade",
-        );
-    }
-    match shared.agents.pick_first(&target.client_id) {
-        Some(link) => rooms::join(shared, link, req, room, peer).await,
-        None => not_connected(shared, &target.client_id).await,
     }
 }
 

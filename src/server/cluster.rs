@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use tokio::{net::TcpListener, time::Instant};
 use tracing::{debug, info, warn};
 
-use super::{api, forward, Shared};
+use super::{api, websocket, Shared};
 use crate::{
     body::TunnelBody,
     headers::{self, CLIENT_HEADER},
@@ -137,7 +137,7 @@ impl NodeLinks {
             .await
             .map_err(|e| format!("handshake with node {addr}: {e}"))?;
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         Ok(sender)
     }
@@ -263,6 +263,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
@@ -305,9 +306,10 @@ async fn from_node(
         Ok(t) => t,
         Err(resp) => return Ok(*resp),
     };
-    Ok(match shared.agents.pick(&target.client_id) {
-        Some(link) => forward::forward(&shared, link, req, target, peer).await,
-        None => api::not_connected(&shared, &target.client_id).await,
+    // Only agents held here: a forwarded request never travels further.
+    Ok(match api::serve_local(&shared, req, target, peer).await {
+        Ok(resp) => resp,
+        Err((_, target)) => api::not_connected(&shared, &target.client_id).await,
     })
 }
 
@@ -366,9 +368,17 @@ async fn send(
     client_id: &str,
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
+    let mut req = req;
+    // WebSocket upgrades (pass-through and room joins) cross the link too: the
+    // node's 101 is passed on and the two upgraded connections are spliced.
+    let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
+    if upgrade.is_some() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     h.remove(PEER_HEADER);
     h.insert(
         SECRET_HEADER,
@@ -392,6 +402,21 @@ async fn send(
     let result = sender.send_request(Request::from_parts(parts, body)).await;
     cluster.links.put(addr, sender);
     match result {
+        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() => {
+            let node_side = hyper::upgrade::on(&mut resp);
+            let client_side = upgrade.expect("checked");
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(node)) = (client_side.await, node_side.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(node),
+                    )
+                    .await;
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, crate::body::empty())
+        }
         Ok(resp) => {
             debug!(node = %addr, status = %resp.status(), "forwarded to node");
             resp.map(|body| {
