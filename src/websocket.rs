@@ -89,6 +89,33 @@ pub fn from_wire(message: WsMessage) -> Message {
     }
 }
 
+/// A room payload as the WebSocket message it came from (text stays text).
+pub fn payload_message(payload: warren_proto::Payload) -> Message {
+    if payload.text {
+        match String::from_utf8(payload.data) {
+            Ok(text) => Message::Text(text.into()),
+            Err(e) => Message::Binary(bytes::Bytes::from(e.into_bytes())),
+        }
+    } else {
+        Message::Binary(bytes::Bytes::from(payload.data))
+    }
+}
+
+/// A data message's bytes as a room payload; `None` for control messages.
+pub fn message_payload(message: Message) -> Option<warren_proto::Payload> {
+    match message {
+        Message::Text(t) => Some(warren_proto::Payload {
+            text: true,
+            data: t.as_bytes().to_vec(),
+        }),
+        Message::Binary(b) => Some(warren_proto::Payload {
+            text: false,
+            data: b.to_vec(),
+        }),
+        _ => None,
+    }
+}
+
 pub fn close(code: u16, reason: &str) -> Message {
     if code == NO_STATUS {
         Message::Close(None)

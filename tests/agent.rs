@@ -210,16 +210,7 @@ async fn fingerprint_pinning(t: Transport) {
     let mut status = agent.status();
     let (trigger, stop) = warren::shutdown::channel();
     let task = tokio::spawn(agent.run(stop));
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            status.changed().await.unwrap();
-            if let AgentStatus::Disconnected { reason } = status.borrow().clone() {
-                return reason;
-            }
-        }
-    })
-    .await
-    .expect("a wrong pin fails the handshake");
+    let reason = wait_disconnected(&mut status).await;
     assert!(reason.contains("fingerprint"), "reason: {reason}");
     trigger.fire();
     let _ = task.await;

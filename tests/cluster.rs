@@ -248,19 +248,9 @@ async fn any_node_serves_any_agent() {
     // A client WebSocket at A reaches the upstream behind B's agent.
     {
         use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
-        let tcp = tokio::net::TcpStream::connect(a.api).await.unwrap();
-        let req = http::Request::get(format!("ws://{}/ws/echo?clientId={}", a.api, fx.client_id))
-            .header("host", a.api.to_string())
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", generate_key())
-            .body(())
-            .unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
-            .await
-            .expect("upgrade via A");
+        use tokio_tungstenite::tungstenite::Message;
+        let path = format!("/ws/echo?clientId={}", fx.client_id);
+        let (mut ws, _) = ws_upgrade(a.api, &path, None).await.expect("upgrade via A");
         ws.send(Message::Text("across nodes".into())).await.unwrap();
         assert_eq!(
             ws.next().await.unwrap().unwrap(),

@@ -153,16 +153,7 @@ async fn quic_only_with_udp_dropped_fails_clearly() {
     let mut status = agent.status();
     let (trigger, stop) = shutdown::channel();
     let task = tokio::spawn(agent.run(stop));
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            status.changed().await.unwrap();
-            if let AgentStatus::Disconnected { reason } = status.borrow().clone() {
-                return reason;
-            }
-        }
-    })
-    .await
-    .expect("the attempt fails within the connect timeout");
+    let reason = wait_disconnected(&mut status).await;
     assert!(
         reason.contains("UDP"),
         "the error names the likely cause: {reason}"

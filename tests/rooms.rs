@@ -13,7 +13,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
+use tokio_tungstenite::tungstenite::Message;
 use warren::agent::rooms::RoomsBackend;
 
 over_transports!(
@@ -132,25 +132,9 @@ async fn backend() -> Backend {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
 async fn member(stack: &Stack, client_id: &str, room: &str) -> Ws {
-    let tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
-    let req = http::Request::get(format!(
-        "ws://{}/_warren/rooms/{room}?clientId={client_id}",
-        stack.api
-    ))
-    .header("host", stack.api.to_string())
-    .header("connection", "Upgrade")
-    .header("upgrade", "websocket")
-    .header("sec-websocket-version", "13")
-    .header("sec-websocket-key", generate_key())
-    .body(())
-    .unwrap();
-    tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("joined")
-        .0
+    let path = format!("/_warren/rooms/{room}?clientId={client_id}");
+    ws_upgrade(stack.api, &path, None).await.expect("joined").0
 }
 
 async fn next_text(ws: &mut Ws) -> String {

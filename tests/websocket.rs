@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 over_transports!(
     echo_text_and_binary,
@@ -15,26 +15,12 @@ over_transports!(
     upgrade_to_missing_route_is_an_http_error
 );
 
-pub async fn ws_connect(
+async fn ws_connect(
     addr: std::net::SocketAddr,
     path: &str,
     protocol: Option<&str>,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    http::Response<Option<Vec<u8>>>,
-) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = http::Request::get(format!("ws://{addr}{path}"))
-        .header("host", addr.to_string())
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", generate_key());
-    if let Some(p) = protocol {
-        req = req.header("sec-websocket-protocol", p);
-    }
-    let config = warren::websocket::WsLimits::default().config();
-    tokio_tungstenite::client_async_with_config(req.body(()).unwrap(), tcp, Some(config))
+) -> (Ws, http::Response<Option<Vec<u8>>>) {
+    ws_upgrade(addr, path, protocol)
         .await
         .expect("upgrade succeeds")
 }
@@ -112,16 +98,7 @@ async fn close_codes_flow_both_ways(t: Transport) {
 
 async fn upgrade_to_missing_route_is_an_http_error(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;
-    let tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
-    let req = http::Request::get(format!("ws://{}{}", stack.api, path(&stack, "/no-such-ws")))
-        .header("host", stack.api.to_string())
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", generate_key())
-        .body(())
-        .unwrap();
-    match tokio_tungstenite::client_async(req, tcp).await {
+    match ws_upgrade(stack.api, &path(&stack, "/no-such-ws"), None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 404, "the upstream's own answer comes back");
         }

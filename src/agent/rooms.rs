@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
 use tokio::sync::mpsc;
@@ -18,7 +17,10 @@ use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
 use tracing::{info, warn};
 use warren_proto::{Payload, Reply, ResponseHead, RoomCommand, RoomEvent};
 
-use crate::transport::{RecvStream, SendStream};
+use crate::{
+    transport::{RecvStream, SendStream},
+    websocket::{message_payload, payload_message},
+};
 
 /// Largest room frame: a 16 MiB message plus its envelope.
 pub const ROOM_FRAME_LIMIT: usize = 16 * 1024 * 1024 + 4096;
@@ -142,31 +144,6 @@ async fn connect(url: &str) -> Result<BackendWs, String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
-}
-
-fn payload_message(payload: Payload) -> Message {
-    if payload.text {
-        match String::from_utf8(payload.data) {
-            Ok(text) => Message::Text(text.into()),
-            Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
-        }
-    } else {
-        Message::Binary(Bytes::from(payload.data))
-    }
-}
-
-fn message_payload(message: Message) -> Option<Payload> {
-    match message {
-        Message::Text(t) => Some(Payload {
-            text: true,
-            data: t.as_bytes().to_vec(),
-        }),
-        Message::Binary(b) => Some(Payload {
-            text: false,
-            data: b.to_vec(),
-        }),
-        _ => None,
-    }
 }
 
 /// The JSON envelope over the backend WebSocket: each event or command is a

@@ -60,78 +60,20 @@ async fn exchange(
     let has_body = !hyper::body::Body::is_end_stream(&incoming);
     let head = request_head(&parts, request_id, target.uri, target.mode, has_body, peer);
 
-    let (mut send, mut recv) =
-        match tokio::time::timeout(config.open_stream_timeout, link.session.open()).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return fail(
-                    StatusCode::BAD_GATEWAY,
-                    "agent_unreachable",
-                    format!("could not open a stream to the agent: {e}"),
-                )
-            }
-            Err(_) => {
-                return fail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "agent_busy",
-                    format!(
-                        "the agent has too many requests in flight; no stream freed up within {:?}",
-                        config.open_stream_timeout
-                    ),
-                )
-            }
-        };
-    match send
-        .write_frame(&Open::Http(head), config.max_head_frame)
-        .await
-    {
-        Ok(()) => {}
-        Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
-            send.reset(ResetCode::Cancelled).await;
-            return fail(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                format!("request head is {len} bytes; the limit is {limit}"),
-            );
-        }
-        Err(e) => {
-            return fail(
-                StatusCode::BAD_GATEWAY,
-                "agent_unreachable",
-                format!("could not send the request to the agent: {e}"),
-            )
-        }
-    }
+    let (send, mut recv) = match open_stream(shared, link, &Open::Http(head)).await {
+        Ok(pair) => pair,
+        Err((status, code, message)) => return fail(status, code, message),
+    };
+    let mut send = send;
     if has_body {
         tokio::spawn(pump_request_body(incoming, send).in_current_span());
     } else {
         let _ = send.finish().await;
     }
 
-    let reply = match tokio::time::timeout(
-        config.response_timeout,
-        recv.read_frame::<Reply>(config.max_head_frame),
-    )
-    .await
-    {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => {
-            return fail(
-                StatusCode::BAD_GATEWAY,
-                "agent_failed",
-                format!("the agent did not answer: {e}"),
-            )
-        }
-        Err(_) => {
-            return fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                "agent_timeout",
-                format!(
-                    "no response head from the agent within {:?}",
-                    config.response_timeout
-                ),
-            )
-        }
+    let reply = match read_reply(shared, &mut recv).await {
+        Ok(reply) => reply,
+        Err((status, code, message)) => return fail(status, code, message),
     };
     let head = match reply {
         Reply::Head(head) => head,
@@ -280,6 +222,81 @@ async fn pump_request_body(mut incoming: Incoming, mut send: SendStream) {
                 return;
             }
         }
+    }
+}
+
+/// A failure before any response: status, error code, message.
+pub(super) type Failure = (StatusCode, &'static str, String);
+
+/// Opens a stream to the agent and sends what it is for.
+pub(super) async fn open_stream(
+    shared: &Shared,
+    link: &AgentLink,
+    open: &Open,
+) -> Result<(SendStream, RecvStream), Failure> {
+    let config = &shared.config;
+    let (mut send, recv) =
+        match tokio::time::timeout(config.open_stream_timeout, link.session.open()).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err((
+                    StatusCode::BAD_GATEWAY,
+                    "agent_unreachable",
+                    format!("could not open a stream to the agent: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "agent_busy",
+                    format!(
+                        "the agent has too many requests in flight; no stream freed up within {:?}",
+                        config.open_stream_timeout
+                    ),
+                ))
+            }
+        };
+    match send.write_frame(open, config.max_head_frame).await {
+        Ok(()) => Ok((send, recv)),
+        Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
+            send.reset(ResetCode::Cancelled).await;
+            Err((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("request head is {len} bytes; the limit is {limit}"),
+            ))
+        }
+        Err(e) => Err((
+            StatusCode::BAD_GATEWAY,
+            "agent_unreachable",
+            format!("could not send the request to the agent: {e}"),
+        )),
+    }
+}
+
+/// Waits for the agent's reply head (bounded by the response timeout).
+pub(super) async fn read_reply(shared: &Shared, recv: &mut RecvStream) -> Result<Reply, Failure> {
+    let config = &shared.config;
+    match tokio::time::timeout(
+        config.response_timeout,
+        recv.read_frame::<Reply>(config.max_head_frame),
+    )
+    .await
+    {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err((
+            StatusCode::BAD_GATEWAY,
+            "agent_failed",
+            format!("the agent did not answer: {e}"),
+        )),
+        Err(_) => Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            "agent_timeout",
+            format!(
+                "no response head from the agent within {:?}",
+                config.response_timeout
+            ),
+        )),
     }
 }
 

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -28,7 +27,12 @@ use tracing::{debug, info, warn, Instrument};
 use warren_proto::{room_close, Open, Payload, Reply, RoomCommand, RoomEvent};
 
 use super::{agents::AgentLink, api::error_response, websocket, Shared};
-use crate::{agent::rooms::ROOM_FRAME_LIMIT, body::TunnelBody, headers, websocket::close};
+use crate::{
+    agent::rooms::ROOM_FRAME_LIMIT,
+    body::TunnelBody,
+    headers,
+    websocket::{close, message_payload, payload_message},
+};
 
 #[derive(Debug, Clone)]
 pub struct RoomLimits {
@@ -108,7 +112,7 @@ impl Channel {
                     .and_then(|room| state.rooms.get(room))
                     .and_then(|members| members.get(&conn))
                 {
-                    member.deliver(message(payload));
+                    member.deliver(payload_message(payload));
                 }
             }
             RoomCommand::Broadcast {
@@ -118,7 +122,7 @@ impl Channel {
             } => {
                 if let Some(members) = state.rooms.get(&room) {
                     // One copy of the payload; every member's message shares it.
-                    let message = message(payload);
+                    let message = payload_message(payload);
                     for (conn, member) in members {
                         if Some(*conn) != except {
                             member.deliver(message.clone());
@@ -161,17 +165,6 @@ impl Channel {
 
     fn member_count(&self) -> usize {
         self.state.lock().expect("rooms poisoned").room_of.len()
-    }
-}
-
-fn message(payload: Payload) -> Message {
-    if payload.text {
-        match String::from_utf8(payload.data) {
-            Ok(text) => Message::Text(text.into()),
-            Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
-        }
-    } else {
-        Message::Binary(Bytes::from(payload.data))
     }
 }
 
@@ -478,7 +471,7 @@ impl MemberSession {
                 incoming = rx.next() => match incoming {
                     Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)).unwrap_or(1005),
                     Some(Ok(message)) => {
-                        let Some(payload) = payload(message) else { continue };
+                        let Some(payload) = message_payload(message) else { continue };
                         let event = RoomEvent::Message { room: room.clone(), conn, payload };
                         if events.send(event).await.is_err() {
                             break room_close::AGENT_GONE;
@@ -539,20 +532,6 @@ impl MemberSession {
     }
 }
 
-fn payload(message: Message) -> Option<Payload> {
-    match message {
-        Message::Text(t) => Some(Payload {
-            text: true,
-            data: t.as_bytes().to_vec(),
-        }),
-        Message::Binary(b) => Some(Payload {
-            text: false,
-            data: b.to_vec(),
-        }),
-        _ => None,
-    }
-}
-
 async fn next_payload<S>(rx: &mut S) -> Option<Payload>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -561,7 +540,7 @@ where
         if matches!(message, Message::Close(_)) {
             return None;
         }
-        if let Some(p) = payload(message) {
+        if let Some(p) = message_payload(message) {
             return Some(p);
         }
     }

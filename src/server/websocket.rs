@@ -81,7 +81,6 @@ pub(super) async fn pass_through(
             )
         }
     };
-    let config = &shared.config;
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("websocket", client_id = %link.client_id, conn = %link.tunnel_ws_id, request_id);
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -94,44 +93,13 @@ pub(super) async fn pass_through(
         parts.headers.remove(name);
     }
     let head = forward::request_head(&parts, request_id, target.uri, Mode::Stream, false, peer);
-    let (mut send, mut recv) =
-        match tokio::time::timeout(config.open_stream_timeout, link.session.open()).await {
-            Ok(Ok(pair)) => pair,
-            _ => {
-                return fail(
-                    StatusCode::BAD_GATEWAY,
-                    "agent_unreachable",
-                    "could not open a stream to the agent".into(),
-                )
-            }
-        };
-    if let Err(e) = send
-        .write_frame(&Open::WebSocket(head), config.max_head_frame)
-        .await
-    {
-        return fail(StatusCode::BAD_GATEWAY, "agent_unreachable", e.to_string());
-    }
-    let reply = match tokio::time::timeout(
-        config.response_timeout,
-        recv.read_frame::<Reply>(config.max_head_frame),
-    )
-    .await
-    {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => {
-            return fail(
-                StatusCode::BAD_GATEWAY,
-                "agent_failed",
-                format!("the agent did not answer: {e}"),
-            )
-        }
-        Err(_) => {
-            return fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                "agent_timeout",
-                "no answer from the agent".into(),
-            )
-        }
+    let (send, mut recv) = match forward::open_stream(shared, &link, &Open::WebSocket(head)).await {
+        Ok(pair) => pair,
+        Err((status, code, message)) => return fail(status, code, message),
+    };
+    let reply = match forward::read_reply(shared, &mut recv).await {
+        Ok(reply) => reply,
+        Err((status, code, message)) => return fail(status, code, message),
     };
     let head = match reply {
         Reply::Head(head) => head,

@@ -357,3 +357,40 @@ pub async fn json(resp: Response<Incoming>) -> serde_json::Value {
     let body = read_body(resp).await.expect("body");
     serde_json::from_slice(&body).expect("JSON body")
 }
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A real WebSocket client handshake to `ws://addr{path}`.
+pub async fn ws_upgrade(
+    addr: std::net::SocketAddr,
+    path: &str,
+    protocol: Option<&str>,
+) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = http::Request::get(format!("ws://{addr}{path}"))
+        .header("host", addr.to_string())
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", generate_key());
+    if let Some(p) = protocol {
+        req = req.header("sec-websocket-protocol", p);
+    }
+    let config = warren::websocket::WsLimits::default().config();
+    tokio_tungstenite::client_async_with_config(req.body(()).unwrap(), tcp, Some(config)).await
+}
+
+/// Waits for the agent's next `Disconnected` status and returns its reason.
+pub async fn wait_disconnected(status: &mut watch::Receiver<AgentStatus>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            status.changed().await.unwrap();
+            if let AgentStatus::Disconnected { reason } = status.borrow().clone() {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the agent reports the failure in time")
+}
