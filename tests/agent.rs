@@ -16,6 +16,7 @@ over_transports!(
     agent_killed_mid_response_aborts_the_client,
     server_restart_agent_reconnects,
     fingerprint_pinning,
+    a_real_ca_chain_is_trusted,
     two_agents_one_client_id_share_the_load,
 );
 
@@ -302,4 +303,58 @@ async fn connection_row_lifecycle_mysql() {
     if mysql_url().is_some() {
         connection_row_lifecycle(Db::MySql).await;
     }
+}
+
+/// A certificate issued by a CA (not self-signed): `--ca ca.pem` trusts the
+/// chain; a different CA does not.
+async fn a_real_ca_chain_is_trusted(t: Transport) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let issue_ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca, ca_key) = issue_ca("warren test CA");
+    let (other_ca, _) = issue_ca("someone else's CA");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(
+        certs.join("server.pem"),
+        format!("{}{}", leaf.pem(), ca.pem()),
+    )
+    .unwrap();
+    std::fs::write(certs.join("server.key"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("other.pem"), other_ca.pem()).unwrap();
+
+    let mut opts = StackOptions::new(t);
+    opts.certs_dir = Some(certs);
+    let mut stack = Stack::server_only(opts).await;
+    let mut config = stack.agent_config();
+    config.trust = Trust::CaFile(dir.path().join("ca.pem"));
+    stack.add_agent(config).await;
+    assert_eq!(get(&stack.url("/bytes/3")).await.status(), StatusCode::OK);
+
+    let mut config = stack.agent_config();
+    config.trust = Trust::CaFile(dir.path().join("other.pem"));
+    let agent = warren::agent::Agent::new(config).unwrap();
+    let mut status = agent.status();
+    let (trigger, stop) = warren::shutdown::channel();
+    let task = tokio::spawn(agent.run(stop));
+    let reason = wait_disconnected(&mut status).await;
+    assert!(
+        reason.to_lowercase().contains("certificate"),
+        "refused for its certificate: {reason}"
+    );
+    trigger.fire();
+    let _ = task.await;
 }

@@ -142,12 +142,15 @@ pub struct StackOptions {
     pub db: Db,
     pub transport: Transport,
     pub server: ServerConfig,
+    /// Use this certificate directory instead of a fresh self-signed one.
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl StackOptions {
     pub fn new(transport: Transport) -> Self {
         StackOptions {
             db: Db::Sqlite,
+            certs_dir: None,
             transport,
             server: ServerConfig {
                 // Short heartbeat so dead agents are found within ~1.5 s.
@@ -172,7 +175,10 @@ impl Stack {
             api_listen: "127.0.0.1:0".parse().unwrap(),
             tunnel_listen: "127.0.0.1:0".parse().unwrap(),
             database_url,
-            certs_dir: dir.path().join("certs"),
+            certs_dir: opts
+                .certs_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("certs")),
             node_id: node_id.clone(),
             ..opts.server
         };
