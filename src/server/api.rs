@@ -242,8 +242,18 @@ fn subdomain_of(host: &str, base: &str) -> Option<String> {
 
 /// Answer for a client id with no live connection on this node.
 pub(super) async fn not_connected(shared: &Shared, client_id: &str) -> Response<TunnelBody> {
-    match shared.registry.token_hash(client_id).await {
-        Ok(None) => error_response(
+    let registered = match shared.registered.get(client_id) {
+        Some(known) => Some(known),
+        None => match shared.registry.token_hash(client_id).await {
+            Ok(hash) => {
+                shared.registered.put(client_id, hash.is_some());
+                Some(hash.is_some())
+            }
+            Err(_) => None,
+        },
+    };
+    match registered {
+        Some(false) => error_response(
             StatusCode::NOT_FOUND,
             "unknown_agent",
             Some(client_id),

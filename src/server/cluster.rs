@@ -22,10 +22,10 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use super::{api, websocket, Shared};
+use super::{api, cache::TtlCache, websocket, Shared};
 use crate::{
     body::TunnelBody,
     headers::{self, CLIENT_HEADER},
@@ -72,44 +72,10 @@ impl ClusterConfig {
 /// `(node_id, cluster_addr)` pairs a client id can be reached through.
 type Routes = Vec<(String, String)>;
 
-/// Cached lookups: client id → live routes, and when they were looked up.
-struct RouteCache {
-    entries: Mutex<HashMap<String, (Instant, Routes)>>,
-    ttl: Duration,
-}
-
-/// Bound on cached client ids; past it the cache starts over (cheap, and a
-/// flood of made-up ids cannot grow memory).
+/// Bound on cached client ids (see `TtlCache`).
 const ROUTE_CACHE_MAX: usize = 10_000;
 /// Idle connections kept per peer node.
 const IDLE_LINKS_PER_NODE: usize = 64;
-
-impl RouteCache {
-    fn get(&self, client_id: &str) -> Option<Vec<(String, String)>> {
-        let entries = self.entries.lock().expect("route cache poisoned");
-        let (at, routes) = entries.get(client_id)?;
-        (at.elapsed() < self.ttl).then(|| routes.clone())
-    }
-
-    fn put(&self, client_id: &str, routes: Vec<(String, String)>) {
-        let mut entries = self.entries.lock().expect("route cache poisoned");
-        if entries.len() >= ROUTE_CACHE_MAX {
-            entries.clear();
-        }
-        entries.insert(client_id.to_string(), (Instant::now(), routes));
-    }
-
-    fn invalidate(&self, client_id: &str) {
-        self.entries
-            .lock()
-            .expect("route cache poisoned")
-            .remove(client_id);
-    }
-
-    fn clear(&self) {
-        self.entries.lock().expect("route cache poisoned").clear();
-    }
-}
 
 /// Pooled HTTP/1.1 connections to peer nodes.
 struct NodeLinks {
@@ -156,7 +122,7 @@ pub(crate) struct Cluster {
     pub config: ClusterConfig,
     /// The address other nodes use for us.
     pub advertise: String,
-    routes: RouteCache,
+    routes: TtlCache<Routes>,
     links: NodeLinks,
 }
 
@@ -166,10 +132,7 @@ impl Cluster {
         Cluster {
             config,
             advertise,
-            routes: RouteCache {
-                entries: Mutex::new(HashMap::new()),
-                ttl,
-            },
+            routes: TtlCache::new(ttl, ROUTE_CACHE_MAX),
             links: NodeLinks {
                 idle: Mutex::new(HashMap::new()),
             },

@@ -4,6 +4,7 @@
 
 mod agents;
 mod api;
+mod cache;
 mod cluster;
 mod forward;
 mod rooms;
@@ -138,6 +139,9 @@ pub(crate) struct Shared {
     pub ws_limits: crate::websocket::WsLimits,
     pub room_limits: RoomLimits,
     pub rooms: rooms::RoomHub,
+    /// Whether a client id has a token: answers "unknown" vs "offline"
+    /// without a registry query per request for absent agents.
+    pub registered: cache::TtlCache<bool>,
 }
 
 /// A bound, not yet running server.
@@ -214,6 +218,9 @@ impl Server {
             ws_limits: config.ws.clone(),
             room_limits: config.rooms.clone(),
             rooms: rooms::RoomHub::default(),
+            // 5 s: a newly issued token is recognised within seconds; a flood
+            // of requests for absent agents costs one query per id per 5 s.
+            registered: cache::TtlCache::new(Duration::from_secs(5), 10_000),
             config,
         });
         if let Some(cluster) = &shared.cluster {
