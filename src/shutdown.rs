@@ -26,17 +26,6 @@ impl Drop for ShutdownTrigger {
 }
 
 impl Shutdown {
-    /// A signal that never fires (for callers that run until killed).
-    pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Shutdown(rx)
-    }
-
-    pub fn is_fired(&self) -> bool {
-        *self.0.borrow()
-    }
-
     /// Resolves once the trigger fires (or is dropped).
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|fired| *fired).await;
