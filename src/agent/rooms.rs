@@ -140,7 +140,9 @@ async fn connect(url: &str) -> Result<BackendWs, String> {
         .header("sec-websocket-key", generate_key())
         .body(())
         .map_err(|e| e.to_string())?;
-    let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+    // Same message limit as members have: nothing larger can be relayed anyway.
+    let config = crate::websocket::WsLimits::default().config();
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)

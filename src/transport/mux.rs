@@ -10,11 +10,18 @@
 //! Dropping a stream before its end resets it (yamux RST), which makes the
 //! peer's writes fail: the equivalent of QUIC's STOP_SENDING.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+};
+
+use futures_util::task::AtomicWaker;
 
 use bytes::{BufMut, BytesMut};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     sync::{mpsc, oneshot, watch, Mutex},
 };
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
@@ -27,6 +34,76 @@ pub enum Role {
 }
 
 type YStream = Compat<yamux::Stream>;
+
+/// One yamux stream used by two tasks at once (one reads, one writes).
+///
+/// A yamux stream keeps a single waker slot for its channel to the connection,
+/// shared by reads (window updates) and writes (data): a reader's waker can be
+/// overwritten by the writer's, the reader never retries its window update,
+/// and both peers wait forever. So every poll here hands yamux a waker that
+/// wakes *both* halves; a spurious wake-up costs a poll, a lost one a stream.
+struct Duplex {
+    stream: std::sync::Mutex<YStream>,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl std::task::Wake for Duplex {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader.wake();
+        self.writer.wake();
+    }
+}
+
+/// A read or write handle on a [`Duplex`].
+struct Half(Arc<Duplex>);
+
+impl Half {
+    fn poll_with<R>(
+        &self,
+        own: &AtomicWaker,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Pin<&mut YStream>, &mut Context<'_>) -> Poll<R>,
+    ) -> Poll<R> {
+        own.register(cx.waker());
+        let both = Waker::from(self.0.clone());
+        let mut both_cx = Context::from_waker(&both);
+        let mut stream = self.0.stream.lock().expect("stream lock poisoned");
+        f(Pin::new(&mut *stream), &mut both_cx)
+    }
+}
+
+impl AsyncRead for Half {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.poll_with(&self.0.reader, cx, |s, cx| s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Half {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_with(&self.0.writer, cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_with(&self.0.writer, cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_with(&self.0.writer, cx, |s, cx| s.poll_shutdown(cx))
+    }
+}
 
 /// Largest payload per yamux data frame. Each frame becomes (part of) one
 /// WebSocket message; ~256 KiB messages halve the receiver's CPU per byte
@@ -187,7 +264,12 @@ impl MuxSession {
 }
 
 fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
-    let (read, write) = tokio::io::split(stream.compat());
+    let shared = Arc::new(Duplex {
+        stream: std::sync::Mutex::new(stream.compat()),
+        reader: AtomicWaker::new(),
+        writer: AtomicWaker::new(),
+    });
+    let (read, write) = (Half(shared.clone()), Half(shared));
     (
         MuxSend { write },
         MuxRecv {
@@ -200,7 +282,7 @@ fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
 
 /// Writing half: every write is one segment.
 pub struct MuxSend {
-    write: WriteHalf<YStream>,
+    write: Half,
 }
 
 impl MuxSend {
@@ -233,7 +315,7 @@ impl MuxSend {
 
 /// Reading half: undoes the segmenting.
 pub struct MuxRecv {
-    read: ReadHalf<YStream>,
+    read: Half,
     /// Bytes left in the current segment.
     remaining: usize,
     /// The end marker was seen.

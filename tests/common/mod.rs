@@ -48,7 +48,8 @@ impl Transport {
 }
 
 /// Generates one `#[tokio::test]` per transport for each named
-/// `async fn name(t: Transport)` in the calling file.
+/// `async fn name(t: Transport)` in the calling file. Each has a time limit,
+/// so a hang fails with its name instead of stalling the whole suite.
 #[macro_export]
 macro_rules! over_transports {
     ($($name:ident),* $(,)?) => {
@@ -56,7 +57,10 @@ macro_rules! over_transports {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Transport::Quic).await
+                    let run = super::$name($crate::common::Transport::Quic);
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
                 }
             )*
         }
@@ -64,7 +68,10 @@ macro_rules! over_transports {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Transport::Ws).await
+                    let run = super::$name($crate::common::Transport::Ws);
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
                 }
             )*
         }
