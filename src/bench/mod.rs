@@ -809,26 +809,21 @@ fn rows(
         ),
         ("small requests", |f| f.small_peak_rss),
     ] {
-        rows.push(
-            Row::new(
-                &format!("memory, {what}"),
-                "server peak RSS",
-                "MiB",
-                Better::Lower,
-            )
-            .tunnel(get(q).map(|p| mib(p.0)), get(w).map(|p| mib(p.0)))
-            .target("≤ 32 MiB", 32.0, true),
-        );
-        rows.push(
-            Row::new(
-                &format!("memory, {what}"),
-                "agent peak RSS",
-                "MiB",
-                Better::Lower,
-            )
-            .tunnel(get(q).map(|p| mib(p.1)), get(w).map(|p| mib(p.1)))
-            .target("≤ 32 MiB", 32.0, true),
-        );
+        for (process, pick) in [
+            ("server", (|p: (u64, u64)| p.0) as fn((u64, u64)) -> u64),
+            ("agent", |p| p.1),
+        ] {
+            rows.push(
+                Row::new(
+                    &format!("memory, {what}"),
+                    &format!("{process} peak RSS"),
+                    "MiB",
+                    Better::Lower,
+                )
+                .tunnel(get(q).map(|p| mib(pick(p))), get(w).map(|p| mib(pick(p))))
+                .target("≤ 32 MiB", 32.0, true),
+            );
+        }
     }
     rows.push(
         Row::new(

@@ -195,7 +195,15 @@ impl Registry {
 
     /// Records a live connection (upsert on `tunnel_ws_id`).
     pub async fn upsert_connection(&self, rec: &ConnectionRecord) -> Result<(), RegistryError> {
-        let sql = match self.backend {
+        bind_record(sqlx::query(self.connection_upsert()), rec)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The dialect's upsert of one `connections` row; see `bind_record`.
+    fn connection_upsert(&self) -> &'static str {
+        match self.backend {
             Backend::Sqlite => {
                 "INSERT INTO connections
                    (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
@@ -216,19 +224,7 @@ impl Registry {
                    transport = VALUES(transport), remote_addr = VALUES(remote_addr),
                    updated_at = VALUES(updated_at), transport_note = VALUES(transport_note)"
             }
-        };
-        sqlx::query(sql)
-            .bind(&rec.tunnel_ws_id)
-            .bind(&rec.client_id)
-            .bind(&rec.node_id)
-            .bind(&rec.transport)
-            .bind(&rec.remote_addr)
-            .bind(rec.connected_at_ms)
-            .bind(now_ms())
-            .bind(truncate(&rec.transport_note, 255))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        }
     }
 
     /// Records `rec` and, in the same transaction, removes the row of the
@@ -244,22 +240,9 @@ impl Registry {
             .bind(&rec.client_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO connections
-               (tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
-                updated_at, transport_note)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.tunnel_ws_id)
-        .bind(&rec.client_id)
-        .bind(&rec.node_id)
-        .bind(&rec.transport)
-        .bind(&rec.remote_addr)
-        .bind(rec.connected_at_ms)
-        .bind(now_ms())
-        .bind(truncate(&rec.transport_note, 255))
-        .execute(&mut *tx)
-        .await?;
+        bind_record(sqlx::query(self.connection_upsert()), rec)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -426,6 +409,22 @@ impl Registry {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Binds a record to `connection_upsert`'s placeholders, in their order.
+fn bind_record<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    rec: &'q ConnectionRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&rec.tunnel_ws_id)
+        .bind(&rec.client_id)
+        .bind(&rec.node_id)
+        .bind(&rec.transport)
+        .bind(&rec.remote_addr)
+        .bind(rec.connected_at_ms)
+        .bind(now_ms())
+        .bind(truncate(&rec.transport_note, 255))
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.

@@ -439,14 +439,9 @@ impl MemberSession {
             match tokio::time::timeout(self.limits.auth_timeout, wait).await {
                 Ok(Ok(Ok(()))) => self.register(&member),
                 Ok(Ok(Err((code, reason)))) => {
+                    // `dispatch` already took the pending entry when it answered.
                     info!(code, "join refused by the backend: {reason}");
                     let _ = tx.send(close(code, &reason)).await;
-                    self.channel
-                        .state
-                        .lock()
-                        .expect("rooms poisoned")
-                        .pending
-                        .remove(&conn);
                     return;
                 }
                 _ => {
