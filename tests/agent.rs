@@ -85,18 +85,7 @@ async fn agent_killed_mid_response_aborts_the_client(t: Transport) {
     // A paced download (64 KiB every 20 ms), like a player streaming a track.
     let resp = get(&stack.url("/bytes/104857600?chunk=65536&delay_ms=20")).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    let mut seen = 0usize;
-    while seen < 256 * 1024 {
-        seen += body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap()
-            .len();
-    }
+    let mut body = read_at_least(resp, 256 * 1024).await;
     child.start_kill().unwrap(); // SIGKILL: no goodbye on the wire
     let _ = child.wait().await;
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {

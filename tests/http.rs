@@ -255,18 +255,7 @@ async fn client_gone_aborts_upstream(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;
     let stats = stack.upstream.stats();
     let resp = get(&stack.url(&format!("/bytes/{}", 1024 * MIB))).await;
-    let mut body = resp.into_body();
-    let mut seen = 0;
-    while seen < MIB as usize {
-        seen += body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap()
-            .len();
-    }
+    let body = read_at_least(resp, MIB as usize).await;
     assert_eq!(
         stats.open_bodies.load(std::sync::atomic::Ordering::SeqCst),
         1

@@ -407,3 +407,15 @@ pub async fn wait_disconnected(status: &mut watch::Receiver<AgentStatus>) -> Str
     .await
     .expect("the agent reports the failure in time")
 }
+
+/// Reads frames until at least `n` bytes have arrived; returns the body so the
+/// rest can be read (or abandoned) by the caller.
+pub async fn read_at_least(resp: Response<Incoming>, n: usize) -> Incoming {
+    let mut body = resp.into_body();
+    let mut seen = 0;
+    while seen < n {
+        let frame = body.frame().await.expect("more body").expect("body frame");
+        seen += frame.into_data().map(|d| d.len()).unwrap_or(0);
+    }
+    body
+}
