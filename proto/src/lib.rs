@@ -2,8 +2,10 @@
 //! and the length-prefixed framing that carries them with hard size limits.
 //!
 //! Nothing here does I/O (no tokio): callers read bytes however they like and hand
-//! them to [`frame`]. `PROTOCOL.md` beside this crate is the normative spec, and
-//! `tests/golden.rs` freezes the byte encoding so it cannot change by accident.
+//! them to [`frame`]. `PROTOCOL.md` beside this crate is the normative spec of
+//! protocol version 2 ([`PROTOCOL_VERSION`]); `tests/` check the crate against it:
+//! the golden byte examples in the document, and every message's fields and
+//! variants against the document's type listings.
 
 pub mod frame;
 pub mod message;
@@ -11,11 +13,15 @@ pub mod message;
 pub use frame::{decode_frame, decode_payload, encode_frame, frame_len, FrameError, LEN_PREFIX};
 pub use message::*;
 
-/// QUIC ALPN and WebSocket subprotocol naming this protocol version.
+/// QUIC ALPN. It names the framing family, not the protocol version: it stays
+/// `warren/1` while the version is negotiated in `Hello` (see [`PROTOCOL_VERSION`]),
+/// so a server can still read an older agent's Hello and refuse it in words.
 pub const ALPN: &[u8] = b"warren/1";
 
-/// Version carried in `Hello`; a server refuses versions it does not speak.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version carried in `Hello`. A server reads it first ([`peek_hello_version`]) and
+/// refuses any other version with [`Refusal::unsupported_version`]. Version 2 added
+/// `Hello::transport_note` and `Hello::replaces`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest control-stream frame (Hello, Welcome, Ping, ...). Control messages are
 /// tiny; 64 KiB leaves room for long refusal messages without letting a peer make
@@ -26,3 +32,8 @@ pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// the server accepts from clients (hyper's default read buffer is ~400 KiB; we
 /// cap lower, 256 KiB, since no sane request has more headers than that).
 pub const DEFAULT_MAX_HEAD_FRAME: usize = 256 * 1024;
+
+/// Largest frame on a rooms stream: a member's message may be as large as the
+/// default WebSocket message limit (16 MiB), and the `RoomEvent`/`RoomCommand`
+/// around it (room name, ids, flags) needs a little more.
+pub const ROOM_FRAME_LIMIT: usize = 16 * 1024 * 1024 + 4096;

@@ -1,6 +1,7 @@
 //! The messages. Field order is wire order (postcard encodes structs as their
-//! fields in sequence, enums as a varint variant index), so fields and variants
-//! are only ever *appended*; `tests/golden.rs` catches anything else.
+//! fields in sequence, enums as a varint variant index), so variants are only
+//! ever *appended*, and a new field is a new `PROTOCOL_VERSION`. `PROTOCOL.md`
+//! lists every field and variant; `tests/` fail when this file and it disagree.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,12 +29,15 @@ pub enum Control {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The agent's `PROTOCOL_VERSION`. It comes first, and stays first in every
+    /// version, so a server can read it from any agent ([`peek_hello_version`]).
     pub version: u16,
     pub client_id: String,
     pub token: String,
     /// Free-form agent build, for logs (`warren/0.1.0`).
     pub agent: String,
-    /// Named optional features the agent supports; unknown names are ignored.
+    /// Named optional features the agent supports ([`capability`]); unknown
+    /// names are ignored.
     pub capabilities: Vec<String>,
     /// Why the agent is on this transport (e.g. "WebSocket won the race: QUIC
     /// handshake not complete after 250ms"); recorded with the connection.
@@ -41,6 +45,26 @@ pub struct Hello {
     /// The `tunnel_ws_id` of this agent's previous connection, when it is
     /// reconnecting: the server replaces that registry row atomically.
     pub replaces: Option<String>,
+}
+
+/// Names an agent may put in `Hello::capabilities`.
+pub mod capability {
+    /// The rooms backend authenticates members: a member's first message is
+    /// sent as `RoomEvent::Join::credentials`, and it is in only after `Accept`.
+    pub const ROOMS_AUTH: &str = "rooms-auth";
+}
+
+/// The protocol version of a `Control::Hello` frame payload (the bytes after the
+/// length prefix), read without decoding the rest, whose layout depends on that
+/// version. `None` if the payload is not a Hello or its version is malformed.
+///
+/// A Hello's payload starts, in every version, with the `Control` variant index
+/// (a varint, 0) and then `version` (a varint u16); only those are checked here.
+pub fn peek_hello_version(payload: &[u8]) -> Option<u16> {
+    // postcard encodes the variant index as a varint u32, and u16 as a varint:
+    // decoding the pair with postcard keeps its rules (length, overflow) exactly.
+    let ((variant, version), _rest) = postcard::take_from_bytes::<(u32, u16)>(payload).ok()?;
+    (variant == 0).then_some(version)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +91,20 @@ pub struct Refusal {
     pub code: RefusalCode,
     /// Human-readable reason, shown by the agent.
     pub message: String,
+}
+
+impl Refusal {
+    /// The answer to a Hello of another protocol version. `Refused` is laid out
+    /// the same in every version, so the agent can read why it was turned away.
+    pub fn unsupported_version(agent_version: u16) -> Refusal {
+        Refusal {
+            code: RefusalCode::UnsupportedVersion,
+            message: format!(
+                "agent speaks protocol {agent_version}, this server speaks {}; upgrade the older side",
+                crate::PROTOCOL_VERSION
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,4 +321,72 @@ pub enum CloseCode {
     ProtocolError = 3,
     /// A newer connection took over or the operator revoked the agent.
     Replaced = 4,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// A version 1 agent's Hello payload: five fields, no `transport_note` or
+    /// `replaces` (client "music", token "wrn_ab", agent "warren/0.1.0",
+    /// capabilities ["rooms"]).
+    const V1_HELLO: &str = "0001056d757369630677726e5f61620c77617272656e2f302e312e300105726f6f6d73";
+
+    #[test]
+    fn peek_reads_the_version_of_any_hello() {
+        let v1 = unhex(V1_HELLO);
+        assert_eq!(peek_hello_version(&v1), Some(1));
+        // The rest of a v1 Hello does not decode as this version's Hello.
+        assert!(crate::decode_payload::<Control>(&v1).is_err());
+
+        let v2 = Control::Hello(Hello {
+            version: crate::PROTOCOL_VERSION,
+            client_id: "music".into(),
+            token: "wrn_ab".into(),
+            agent: "warren/0.2.0".into(),
+            capabilities: vec![capability::ROOMS_AUTH.into()],
+            transport_note: "QUIC".into(),
+            replaces: None,
+        });
+        let frame = crate::encode_frame(&v2, crate::MAX_CONTROL_FRAME).unwrap();
+        assert_eq!(peek_hello_version(&frame[crate::LEN_PREFIX..]), Some(2));
+
+        // Versions past one varint byte, up to the largest u16 (ff ff 03).
+        assert_eq!(peek_hello_version(&[0x00, 0xac, 0x02]), Some(300));
+        assert_eq!(
+            peek_hello_version(&[0x00, 0xff, 0xff, 0x03]),
+            Some(u16::MAX)
+        );
+    }
+
+    #[test]
+    fn peek_refuses_what_is_not_a_hello() {
+        // Ping { seq: 1 }: variant 3.
+        assert_eq!(peek_hello_version(&[0x03, 0x01]), None);
+        // Empty, or a Hello cut before its version.
+        assert_eq!(peek_hello_version(&[]), None);
+        assert_eq!(peek_hello_version(&[0x00]), None);
+        // A varint that does not end, or does not fit a u16.
+        assert_eq!(peek_hello_version(&[0x00, 0x80]), None);
+        assert_eq!(peek_hello_version(&[0x00, 0xff, 0xff, 0x04]), None);
+        // A variant index that is not 0 in a longer varint form.
+        assert_eq!(peek_hello_version(&[0x80, 0x01, 0x01]), None);
+    }
+
+    #[test]
+    fn version_refusal_names_both_versions() {
+        let refusal = Refusal::unsupported_version(1);
+        assert_eq!(refusal.code, RefusalCode::UnsupportedVersion);
+        assert_eq!(
+            refusal.message,
+            "agent speaks protocol 1, this server speaks 2; upgrade the older side"
+        );
+    }
 }

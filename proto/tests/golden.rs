@@ -7,7 +7,7 @@ use warren_proto::*;
 
 fn hello() -> Control {
     Control::Hello(Hello {
-        version: 1,
+        version: 2,
         client_id: "music".into(),
         token: "wrn_ab".into(),
         agent: "warren/0.1.0".into(),
@@ -59,7 +59,7 @@ where
 fn control_messages() {
     check(
         &hello(),
-        "0000002a0001056d757369630677726e5f61620c77617272656e2f302e312e300105726f6f6d7301710103742d30",
+        "0000002a0002056d757369630677726e5f61620c77617272656e2f302e312e300105726f6f6d7301710103742d30",
     );
     // Variant 1; heartbeat 10000 = varint 90 4e; limits 80 80 10 and 80 08.
     check(&welcome(), "0000000f0103742d31026e31904e8080108008");
@@ -117,6 +117,7 @@ fn codes_are_stable() {
     assert_eq!(CloseCode::ProtocolError as u32, 3);
     assert_eq!(CloseCode::Replaced as u32, 4);
     assert_eq!(ALPN, b"warren/1");
+    assert_eq!(PROTOCOL_VERSION, 2);
 }
 
 #[test]
