@@ -5,15 +5,24 @@
 //! Layout: [`transport`] is the only module that knows which transport carries a
 //! session; [`server`] and [`agent`] are built on it; [`registry`] records agents
 //! and connections in SQLite or MySQL; [`tls`] handles certificates and trust.
+//!
+//! With the `tools` feature (on by default, for the `warren` binary, the tests
+//! and the benches): `bench` (the benchmark harness), `lab` (loopback network
+//! faults) and `sample` (the sample upstream). They are not part of the
+//! library proper: embedders build with `default-features = false`.
 
+mod accept;
 pub mod agent;
 pub mod auth;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod body;
 pub mod control;
 pub mod headers;
+#[cfg(feature = "tools")]
 pub mod lab;
 pub mod registry;
+#[cfg(feature = "tools")]
 pub mod sample;
 pub mod server;
 pub mod shutdown;

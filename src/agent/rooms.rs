@@ -15,15 +15,13 @@ use http::Uri;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
 use tracing::{info, warn};
-use warren_proto::{Payload, Reply, ResponseHead, RoomCommand, RoomEvent};
+use warren_proto::{Payload, Reply, ResponseHead, RoomCommand, RoomEvent, ROOM_FRAME_LIMIT};
 
 use crate::{
     transport::{RecvStream, SendStream},
     websocket::{message_payload, payload_message},
 };
 
-/// Largest room frame: a 16 MiB message plus its envelope.
-pub const ROOM_FRAME_LIMIT: usize = 16 * 1024 * 1024 + 4096;
 /// Events or commands queued between the tunnel and the backend; beyond this
 /// the sender waits (backpressure), nothing is dropped.
 const QUEUE: usize = 1024;
@@ -56,11 +54,14 @@ impl std::fmt::Debug for RoomsBackend {
 
 pub struct Rooms {
     backend: RoomsBackend,
+    /// Limits on the backend WebSocket (the same as members have: nothing
+    /// larger could be relayed anyway).
+    ws: crate::websocket::WsLimits,
 }
 
 impl Rooms {
-    pub fn new(backend: RoomsBackend) -> Self {
-        Rooms { backend }
+    pub fn new(backend: RoomsBackend, ws: crate::websocket::WsLimits) -> Self {
+        Rooms { backend, ws }
     }
 
     /// Serves the rooms stream the server opened.
@@ -74,7 +75,7 @@ impl Rooms {
         match &self.backend {
             RoomsBackend::InProcess(service) => service(bridge),
             RoomsBackend::WebSocket(url) => {
-                let ws = match connect(url).await {
+                let ws = match connect(url, &self.ws).await {
                     Ok(ws) => ws,
                     Err(e) => {
                         let message = format!("rooms backend {url} unreachable: {e}");
@@ -122,7 +123,7 @@ impl Rooms {
 
 type BackendWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(url: &str) -> Result<BackendWs, String> {
+async fn connect(url: &str, limits: &crate::websocket::WsLimits) -> Result<BackendWs, String> {
     let uri: Uri = url.parse().map_err(|_| format!("invalid URL {url:?}"))?;
     if uri.scheme_str() != Some("ws") {
         return Err("the rooms backend URL must be ws://HOST:PORT/PATH".into());
@@ -140,8 +141,7 @@ async fn connect(url: &str) -> Result<BackendWs, String> {
         .header("sec-websocket-key", generate_key())
         .body(())
         .map_err(|e| e.to_string())?;
-    // Same message limit as members have: nothing larger can be relayed anyway.
-    let config = crate::websocket::WsLimits::default().config();
+    let config = limits.config();
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
         .await
         .map_err(|e| e.to_string())?;

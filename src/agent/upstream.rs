@@ -4,7 +4,7 @@
 //! so the client sees an error rather than a clean short body; a server that
 //! stops reading (client gone) makes us drop the upstream request at once.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -14,8 +14,8 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use tracing::{debug, info, warn, Instrument};
-use warren_proto::{ErrorKind, Open, Reply, RequestHead, ResetCode, ResponseHead, StreamError};
+use tracing::{debug, info, warn};
+use warren_proto::{ErrorKind, Reply, RequestHead, ResetCode, ResponseHead, StreamError};
 
 use crate::{
     body::{self, TunnelBody},
@@ -42,12 +42,12 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Forward the client's Host header instead of the upstream's authority.
     pub preserve_host: bool,
+    /// Pass-through WebSockets to the upstream: message size, idle timeout.
+    pub ws: crate::websocket::WsLimits,
 }
 
 pub struct Upstream {
     client: Client<HttpConnector, TunnelBody>,
-    /// The backend for rooms, when the agent has one.
-    rooms: Option<crate::agent::rooms::Rooms>,
     /// `scheme://authority` plus any path prefix, without a trailing slash.
     base: String,
     authority: HeaderValue,
@@ -73,56 +73,13 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client,
-            rooms: None,
             base,
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
             config,
         })
     }
 
-    pub fn set_rooms(&mut self, rooms: crate::agent::rooms::Rooms) {
-        self.rooms = Some(rooms);
-    }
-
-    /// Serves one stream the server opened.
-    pub async fn serve_stream(
-        self: Arc<Self>,
-        mut send: SendStream,
-        mut recv: RecvStream,
-        max_head: usize,
-    ) {
-        let open = match recv.read_frame::<Open>(max_head).await {
-            Ok(open) => open,
-            Err(e) => {
-                warn!("unreadable stream head from the server: {e}");
-                send.reset(ResetCode::ProtocolError).await;
-                return;
-            }
-        };
-        match open {
-            Open::Http(head) => {
-                let span = tracing::info_span!("request", request_id = head.request_id);
-                self.http(head, send, recv, max_head).instrument(span).await
-            }
-            Open::WebSocket(head) => {
-                let span = tracing::info_span!("websocket", request_id = head.request_id);
-                self.websocket(head, send, recv, max_head)
-                    .instrument(span)
-                    .await
-            }
-            Open::Rooms => match &self.rooms {
-                Some(rooms) => rooms.serve(send, recv, max_head).await,
-                None => {
-                    let message = "this agent has no rooms backend (--rooms-upstream)".to_string();
-                    let _ =
-                        reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head)
-                            .await;
-                }
-            },
-        }
-    }
-
-    async fn http(
+    pub(super) async fn http(
         &self,
         head: RequestHead,
         mut send: SendStream,
@@ -236,7 +193,7 @@ impl Upstream {
 
     /// Opens a WebSocket to the upstream at the client's path, with its
     /// headers and subprotocols, then relays messages both ways.
-    async fn websocket(
+    pub(super) async fn websocket(
         &self,
         head: RequestHead,
         mut send: SendStream,
@@ -280,7 +237,7 @@ impl Upstream {
             }
         };
         let addr = self.authority.to_str().unwrap_or_default().to_string();
-        let limits = crate::websocket::WsLimits::default();
+        let limits = self.config.ws.clone();
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(&addr)
                 .await
@@ -361,7 +318,7 @@ impl Upstream {
     }
 }
 
-async fn reply_error(
+pub(super) async fn reply_error(
     send: &mut SendStream,
     kind: ErrorKind,
     message: String,

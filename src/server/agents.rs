@@ -105,10 +105,6 @@ impl AgentTable {
         self.total.load(Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every live connection (for shutdown).
     pub fn all(&self) -> Vec<Arc<AgentLink>> {
         let links = self.links.lock().expect("agent table poisoned");

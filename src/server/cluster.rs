@@ -7,13 +7,7 @@
 //! afresh once before a client hears "agent offline". Nodes whose lease ran out
 //! (killed, partitioned) are reaped by the others, rows and all.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -25,8 +19,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use super::{api, cache::TtlCache, websocket, Shared};
+use super::{local, peers::Peers, reply::error_response, state::Shared, target, upgrade};
 use crate::{
+    accept,
     body::TunnelBody,
     headers::{self, CLIENT_HEADER},
     registry::now_ms,
@@ -39,132 +34,27 @@ const SECRET_HEADER: &str = "x-warren-cluster-secret";
 /// Header carrying the original client's address across the internal link.
 const PEER_HEADER: &str = "x-warren-peer";
 
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// Where this node accepts forwarded requests from other nodes.
-    pub listen: SocketAddr,
-    /// How other nodes reach `listen` (required when it is a wildcard address).
-    pub advertise: Option<String>,
-    /// Shared by all nodes; only holders may use the internal link.
-    pub secret: String,
-    /// A node that has not renewed its lease for this long is dead.
-    pub lease: Duration,
-    /// How long a client-id → node lookup is reused without asking the database.
-    pub route_ttl: Duration,
-}
-
-impl ClusterConfig {
-    pub fn new(listen: SocketAddr, secret: &str) -> Self {
-        ClusterConfig {
-            listen,
-            advertise: None,
-            secret: secret.into(),
-            // 30 s: a few missed heartbeats (every 10 s) before a node is
-            // written off, short enough that clients are not stranded long.
-            lease: Duration::from_secs(30),
-            // 2 s: fresh enough to follow agents moving between nodes, long
-            // enough to take the database off the per-request path.
-            route_ttl: Duration::from_secs(2),
-        }
-    }
-}
-
-/// `(node_id, cluster_addr)` pairs a client id can be reached through.
-type Routes = Vec<(String, String)>;
-
-/// Bound on cached client ids (see `TtlCache`).
-const ROUTE_CACHE_MAX: usize = 10_000;
-/// Idle connections kept per peer node.
-const IDLE_LINKS_PER_NODE: usize = 64;
-
-/// Pooled HTTP/1.1 connections to peer nodes.
-struct NodeLinks {
-    idle: Mutex<HashMap<String, Vec<client_http1::SendRequest<Incoming>>>>,
-}
-
-impl NodeLinks {
-    async fn get(&self, addr: &str) -> Result<client_http1::SendRequest<Incoming>, String> {
-        {
-            let mut idle = self.idle.lock().expect("link pool poisoned");
-            if let Some(list) = idle.get_mut(addr) {
-                list.retain(|s| !s.is_closed());
-                if let Some(i) = list.iter().position(|s| s.is_ready()) {
-                    return Ok(list.swap_remove(i));
-                }
-            }
-        }
-        let connect = tokio::net::TcpStream::connect(addr);
-        let tcp = tokio::time::timeout(Duration::from_secs(2), connect)
-            .await
-            .map_err(|_| format!("connecting to node {addr} timed out"))?
-            .map_err(|e| format!("connecting to node {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = client_http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("handshake with node {addr}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
-    }
-
-    fn put(&self, addr: &str, sender: client_http1::SendRequest<Incoming>) {
-        let mut idle = self.idle.lock().expect("link pool poisoned");
-        let list = idle.entry(addr.to_string()).or_default();
-        if list.len() < IDLE_LINKS_PER_NODE {
-            list.push(sender);
-        }
-    }
-}
-
-/// A node's cluster state.
-pub(crate) struct Cluster {
-    pub config: ClusterConfig,
-    /// The address other nodes use for us.
-    pub advertise: String,
-    routes: TtlCache<Routes>,
-    links: NodeLinks,
-}
-
-impl Cluster {
-    pub fn new(config: ClusterConfig, advertise: String) -> Self {
-        let ttl = config.route_ttl;
-        Cluster {
-            config,
-            advertise,
-            routes: TtlCache::new(ttl, ROUTE_CACHE_MAX),
-            links: NodeLinks {
-                idle: Mutex::new(HashMap::new()),
-            },
-        }
-    }
-
-    fn lease_expiry(&self) -> i64 {
-        now_ms() + self.config.lease.as_millis() as i64
-    }
-}
-
 /// Registers this node before it serves.
 pub(super) async fn register(
     shared: &Shared,
-    cluster: &Cluster,
+    peers: &Peers,
 ) -> Result<(), crate::registry::RegistryError> {
     shared
         .registry
         .upsert_node(
             &shared.config.node_id,
-            &cluster.advertise,
-            cluster.lease_expiry(),
+            &peers.advertise,
+            peers.lease_expiry(),
         )
         .await
 }
 
 /// Renews our lease and reaps dead nodes, every third of a lease.
 pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let Some(cluster) = &shared.cluster else {
+    let Some(peers) = &shared.peers else {
         return;
     };
-    let every = cluster.config.lease / 3;
+    let every = peers.config.lease / 3;
     let node = &shared.config.node_id;
     loop {
         tokio::select! {
@@ -173,7 +63,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
         }
         match shared
             .registry
-            .renew_lease(node, cluster.lease_expiry())
+            .renew_lease(node, peers.lease_expiry())
             .await
         {
             Ok(true) => {}
@@ -181,7 +71,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
                 // Others declared us dead (a long pause, a partition): come
                 // back, with the connections we still hold.
                 warn!("this node's registration was reaped; registering again");
-                if let Err(e) = register(&shared, cluster).await {
+                if let Err(e) = register(&shared, peers).await {
                     warn!("re-registering failed: {e}");
                     continue;
                 }
@@ -196,7 +86,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
         match shared.registry.reap_expired_nodes(now_ms()).await {
             Ok(reaped) if !reaped.is_empty() => {
                 info!(nodes = ?reaped, "removed nodes whose lease expired, with their connections");
-                cluster.routes.clear();
+                peers.routes.clear();
             }
             Ok(_) => {}
             Err(e) => warn!("reaping expired nodes failed: {e}"),
@@ -208,14 +98,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!("accepting a cluster connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept::next(&listener, "cluster") => accepted,
             _ = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
@@ -238,8 +121,8 @@ async fn from_node(
     link_peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
-    let Some(cluster) = &shared.cluster else {
-        return Ok(api::error_response(
+    let Some(peers) = &shared.peers else {
+        return Ok(error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             None,
@@ -251,9 +134,9 @@ async fn from_node(
         .remove(SECRET_HEADER)
         .map(|v| v.as_bytes().to_vec())
         .unwrap_or_default();
-    if !bool::from(presented.ct_eq(cluster.config.secret.as_bytes())) {
+    if !bool::from(presented.ct_eq(peers.config.secret.as_bytes())) {
         warn!(%link_peer, "cluster request with a wrong or missing secret refused");
-        return Ok(api::error_response(
+        return Ok(error_response(
             StatusCode::UNAUTHORIZED,
             "bad_cluster_secret",
             None,
@@ -265,14 +148,14 @@ async fn from_node(
         .remove(PEER_HEADER)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(link_peer);
-    let target = match api::target(&req, None) {
+    let target = match target::target(&req, None) {
         Ok(t) => t,
         Err(resp) => return Ok(*resp),
     };
     // Only agents held here: a forwarded request never travels further.
-    Ok(match api::serve_local(&shared, req, target, peer).await {
+    Ok(match local::serve(&shared, req, target, peer).await {
         Ok(resp) => resp,
-        Err((_, target)) => api::not_connected(&shared, &target.client_id).await,
+        Err((_, target)) => local::not_connected(&shared, &target.client_id).await,
     })
 }
 
@@ -280,7 +163,7 @@ async fn from_node(
 /// the agent is not connected anywhere.
 pub(super) async fn forward_remote(
     shared: &Shared,
-    cluster: &Cluster,
+    peers: &Peers,
     req: Request<Incoming>,
     client_id: &str,
     peer: SocketAddr,
@@ -292,7 +175,7 @@ pub(super) async fn forward_remote(
                     .into_iter()
                     .filter(|(node, _)| *node != shared.config.node_id)
                     .collect();
-                cluster.routes.put(client_id, routes.clone());
+                peers.routes.put(client_id, routes.clone());
                 routes
             }
             Err(e) => {
@@ -301,14 +184,14 @@ pub(super) async fn forward_remote(
             }
         }
     };
-    let (mut routes, mut fresh) = match cluster.routes.get(client_id) {
+    let (mut routes, mut fresh) = match peers.routes.get(client_id) {
         Some(cached) => (cached, false),
         None => (lookup().await, true),
     };
     loop {
         for (node, addr) in &routes {
-            match cluster.links.get(addr).await {
-                Ok(sender) => return send(cluster, addr, sender, req, client_id, peer).await,
+            match peers.links.get(addr).await {
+                Ok(sender) => return send(peers, addr, sender, req, client_id, peer).await,
                 Err(e) => info!(%node, "cannot reach node: {e}"),
             }
         }
@@ -316,15 +199,15 @@ pub(super) async fn forward_remote(
             break;
         }
         // The cached routes failed: resolve afresh, once, before giving up.
-        cluster.routes.invalidate(client_id);
+        peers.routes.invalidate(client_id);
         routes = lookup().await;
         fresh = true;
     }
-    api::not_connected(shared, client_id).await
+    local::not_connected(shared, client_id).await
 }
 
 async fn send(
-    cluster: &Cluster,
+    peers: &Peers,
     addr: &str,
     mut sender: client_http1::SendRequest<Incoming>,
     req: Request<Incoming>,
@@ -334,7 +217,7 @@ async fn send(
     let mut req = req;
     // WebSocket upgrades (pass-through and room joins) cross the link too: the
     // node's 101 is passed on and the two upgraded connections are spliced.
-    let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
@@ -345,7 +228,7 @@ async fn send(
     h.remove(PEER_HEADER);
     h.insert(
         SECRET_HEADER,
-        HeaderValue::from_str(&cluster.config.secret).unwrap_or(HeaderValue::from_static("")),
+        HeaderValue::from_str(&peers.config.secret).unwrap_or(HeaderValue::from_static("")),
     );
     h.insert(
         PEER_HEADER,
@@ -363,7 +246,7 @@ async fn send(
         parts.uri = pq.as_str().parse().expect("path and query");
     }
     let result = sender.send_request(Request::from_parts(parts, body)).await;
-    cluster.links.put(addr, sender);
+    peers.links.put(addr, sender);
     match result {
         Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() => {
             let node_side = hyper::upgrade::on(&mut resp);
@@ -388,8 +271,8 @@ async fn send(
             })
         }
         Err(e) => {
-            cluster.routes.invalidate(client_id);
-            api::error_response(
+            peers.routes.invalidate(client_id);
+            error_response(
                 StatusCode::BAD_GATEWAY,
                 "node_unreachable",
                 Some(client_id),

@@ -9,12 +9,12 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{debug, info, Instrument};
-use warren_proto::{ErrorKind, FrameError, Mode, Open, Reply, RequestHead, ResetCode};
+use warren_proto::{Mode, Open, Reply, ResetCode};
 
-use super::{agents::AgentLink, api::error_response, api::Target, Shared};
+use super::{agents::AgentLink, reply::Failure, state::Shared, stream, target::Target};
 use crate::{
     body::{self, TunnelBody, CHUNK},
-    headers::{self, CLIENT_HEADER, MODE_HEADER, REQUEST_ID_HEADER},
+    headers::{self, REQUEST_ID_HEADER},
     transport::{RecvStream, SendStream, TransportError},
 };
 
@@ -50,19 +50,17 @@ async fn exchange(
 ) -> Response<TunnelBody> {
     let config = &shared.config;
     let client_id = target.client_id.as_str();
-    let fail = |status, code, message: String| {
-        info!(%status, code, "{message}");
-        error_response(status, code, Some(client_id), &message)
-    };
+    let fail =
+        |status, code, message: String| Failure::new(status, code, message).respond(client_id);
 
     let (parts, incoming) = req.into_parts();
     let method = parts.method.clone();
     let has_body = !hyper::body::Body::is_end_stream(&incoming);
-    let head = request_head(&parts, request_id, target.uri, target.mode, has_body, peer);
+    let head = stream::request_head(&parts, request_id, target.uri, target.mode, has_body, peer);
 
-    let (send, mut recv) = match open_stream(shared, link, &Open::Http(head)).await {
+    let (send, mut recv) = match stream::open(shared, link, &Open::Http(head)).await {
         Ok(pair) => pair,
-        Err((status, code, message)) => return fail(status, code, message),
+        Err(failure) => return failure.respond(client_id),
     };
     let mut send = send;
     if has_body {
@@ -71,21 +69,10 @@ async fn exchange(
         let _ = send.finish().await;
     }
 
-    let reply = match read_reply(shared, &mut recv).await {
-        Ok(reply) => reply,
-        Err((status, code, message)) => return fail(status, code, message),
-    };
-    let head = match reply {
-        Reply::Head(head) => head,
-        Reply::Error(e) => {
-            let (status, code) = match e.kind {
-                ErrorKind::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-                ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-                ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
-                ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "agent_overloaded"),
-            };
-            return fail(status, code, e.message);
-        }
+    let head = match stream::read_reply(shared, &mut recv).await {
+        Ok(Reply::Head(head)) => head,
+        Ok(Reply::Error(e)) => return Failure::from_agent(e).respond(client_id),
+        Err(failure) => return failure.respond(client_id),
     };
     let Ok(status) = StatusCode::from_u16(head.status) else {
         recv.stop(ResetCode::ProtocolError);
@@ -221,139 +208,6 @@ async fn pump_request_body(mut incoming: Incoming, mut send: SendStream) {
                 let _ = send.finish().await;
                 return;
             }
-        }
-    }
-}
-
-/// A failure before any response: status, error code, message.
-pub(super) type Failure = (StatusCode, &'static str, String);
-
-/// Opens a stream to the agent and sends what it is for.
-pub(super) async fn open_stream(
-    shared: &Shared,
-    link: &AgentLink,
-    open: &Open,
-) -> Result<(SendStream, RecvStream), Failure> {
-    let config = &shared.config;
-    let (mut send, recv) =
-        match tokio::time::timeout(config.open_stream_timeout, link.session.open()).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return Err((
-                    StatusCode::BAD_GATEWAY,
-                    "agent_unreachable",
-                    format!("could not open a stream to the agent: {e}"),
-                ))
-            }
-            Err(_) => {
-                return Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "agent_busy",
-                    format!(
-                        "the agent has too many requests in flight; no stream freed up within {:?}",
-                        config.open_stream_timeout
-                    ),
-                ))
-            }
-        };
-    match send.write_frame(open, config.max_head_frame).await {
-        Ok(()) => Ok((send, recv)),
-        Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
-            send.reset(ResetCode::Cancelled).await;
-            Err((
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                format!("request head is {len} bytes; the limit is {limit}"),
-            ))
-        }
-        Err(e) => Err((
-            StatusCode::BAD_GATEWAY,
-            "agent_unreachable",
-            format!("could not send the request to the agent: {e}"),
-        )),
-    }
-}
-
-/// Waits for the agent's reply head (bounded by the response timeout).
-pub(super) async fn read_reply(shared: &Shared, recv: &mut RecvStream) -> Result<Reply, Failure> {
-    let config = &shared.config;
-    match tokio::time::timeout(
-        config.response_timeout,
-        recv.read_frame::<Reply>(config.max_head_frame),
-    )
-    .await
-    {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(e)) => Err((
-            StatusCode::BAD_GATEWAY,
-            "agent_failed",
-            format!("the agent did not answer: {e}"),
-        )),
-        Err(_) => Err((
-            StatusCode::GATEWAY_TIMEOUT,
-            "agent_timeout",
-            format!(
-                "no response head from the agent within {:?}",
-                config.response_timeout
-            ),
-        )),
-    }
-}
-
-/// The head sent to the agent: end-to-end headers only (warren's own removed),
-/// with the forwarding headers added.
-pub(super) fn request_head(
-    parts: &http::request::Parts,
-    request_id: u64,
-    uri: String,
-    mode: Mode,
-    body: bool,
-    peer: SocketAddr,
-) -> RequestHead {
-    let mut headers = parts.headers.clone();
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    headers::strip_hop_by_hop(&mut headers);
-    headers.remove(CLIENT_HEADER);
-    headers.remove(MODE_HEADER);
-    add_forwarded(&mut headers, peer, host);
-    RequestHead {
-        request_id,
-        method: parts.method.as_str().to_owned(),
-        uri,
-        headers: headers::to_wire(&headers),
-        mode,
-        body,
-    }
-}
-
-/// Adds `X-Forwarded-For` (appending to any existing chain, as proxies do),
-/// and `X-Forwarded-Proto`/`-Host` unless an earlier proxy already set them.
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
-    let ip = peer.ip().to_string();
-    let chain: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if chain.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", chain.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-    if let Some(host) = host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", host);
         }
     }
 }

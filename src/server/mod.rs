@@ -2,18 +2,34 @@
 //! registry, and serves the plain-HTTP client API that carries each client
 //! request to the named agent over its own stream.
 
+//!
+//! A client request reads top to bottom: `api` (accept, route) → `target`
+//! (which agent, which mode) → `local` (an agent here: `forward` for HTTP,
+//! `websocket` for pass-through, `rooms` for joins; all open their stream
+//! through `stream` and answer failures through `reply`) → else `cluster`
+//! (the node that holds it, over the link in `peers`). `tunnel` admits agents
+//! into `agents`; `state` is what they all share.
+
 mod agents;
 mod api;
+mod builtin;
 mod cache;
 mod cluster;
+mod config;
 mod forward;
+mod local;
+mod peers;
+mod reply;
 mod rooms;
+mod state;
+mod stream;
+mod target;
 mod tunnel;
+mod upgrade;
 mod websocket;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
@@ -24,83 +40,10 @@ use crate::{
     registry::{Registry, RegistryError},
     shutdown::Shutdown,
     tls::{ServerIdentity, TlsError},
-    transport::{Listener, TransportError, TransportTuning},
+    transport::{Listener, TransportError},
 };
-pub use agents::AgentTable;
-pub use cluster::ClusterConfig;
-pub use rooms::RoomLimits;
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Plain-HTTP client API.
-    pub api_listen: SocketAddr,
-    /// Agents connect here: UDP for QUIC, TCP (TLS + WebSocket) on the same port.
-    pub tunnel_listen: SocketAddr,
-    pub database_url: String,
-    pub certs_dir: PathBuf,
-    /// Names (DNS or IP) for a generated self-signed certificate.
-    pub cert_names: Vec<String>,
-    /// This node's id in the registry.
-    pub node_id: String,
-    /// Serve `<clientId>.<base_domain>` hosts.
-    pub base_domain: Option<String>,
-    /// Control-stream ping interval told to agents.
-    pub heartbeat: Duration,
-    /// Largest response collected in blocking mode.
-    pub max_blocking_body: u64,
-    /// Largest request/response head frame (roughly: total header bytes).
-    pub max_head_frame: usize,
-    /// Agent connections this node accepts in all, and per client id.
-    pub max_agents: usize,
-    pub max_connections_per_client: usize,
-    /// Concurrent client HTTP connections.
-    pub max_client_connections: usize,
-    /// Time allowed for an agent's QUIC handshake plus Hello.
-    pub handshake_timeout: Duration,
-    /// Time a client request may wait for a stream when the agent is at its limit.
-    pub open_stream_timeout: Duration,
-    /// Time to wait for the agent's response head (the agent applies its own,
-    /// shorter, upstream timeout first).
-    pub response_timeout: Duration,
-    /// Time a client has to send its request headers (slow-loris guard).
-    pub header_read_timeout: Duration,
-    pub tuning: TransportTuning,
-    /// Run as one node of a cluster (shared MySQL registry).
-    pub cluster: Option<ClusterConfig>,
-    /// Pass-through WebSockets and room members: message size, idle timeout.
-    pub ws: crate::websocket::WsLimits,
-    pub rooms: RoomLimits,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            api_listen: "127.0.0.1:8080".parse().expect("literal"),
-            tunnel_listen: "0.0.0.0:7443".parse().expect("literal"),
-            database_url: "sqlite://warren.db".into(),
-            certs_dir: "certs".into(),
-            cert_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            node_id: "local".into(),
-            base_domain: None,
-            // 10 s keeps UDP NAT mappings (often 30 s) alive and finds a dead
-            // peer within 30 s.
-            heartbeat: Duration::from_secs(10),
-            max_blocking_body: 64 * 1024 * 1024,
-            max_head_frame: warren_proto::DEFAULT_MAX_HEAD_FRAME,
-            max_agents: 10_000,
-            max_connections_per_client: 8,
-            max_client_connections: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-            open_stream_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(120),
-            header_read_timeout: Duration::from_secs(30),
-            tuning: TransportTuning::default(),
-            cluster: None,
-            ws: crate::websocket::WsLimits::default(),
-            rooms: RoomLimits::default(),
-        }
-    }
-}
+pub use config::{ClusterConfig, RoomLimits, ServerConfig};
+use state::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -127,21 +70,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: TransportError,
     },
-}
-
-/// State shared by the tunnel side and the client API.
-pub(crate) struct Shared {
-    pub config: ServerConfig,
-    pub registry: Registry,
-    pub agents: AgentTable,
-    pub next_request_id: AtomicU64,
-    pub cluster: Option<cluster::Cluster>,
-    pub ws_limits: crate::websocket::WsLimits,
-    pub room_limits: RoomLimits,
-    pub rooms: rooms::RoomHub,
-    /// Whether a client id has a token: answers "unknown" vs "offline"
-    /// without a registry query per request for absent agents.
-    pub registered: cache::TtlCache<bool>,
 }
 
 /// A bound, not yet running server.
@@ -204,27 +132,31 @@ impl Server {
                     None => bound.to_string(),
                 };
                 (
-                    Some(cluster::Cluster::new(cc.clone(), advertise)),
+                    Some(peers::Peers::new(cc.clone(), advertise)),
                     Some(listener),
                 )
             }
         };
-        let agents = AgentTable::new(config.max_agents, config.max_connections_per_client);
+        let agents = agents::AgentTable::new(config.max_agents, config.max_connections_per_client);
+        let rooms = rooms::RoomHub::new(
+            config.rooms.clone(),
+            config.ws.clone(),
+            config.max_head_frame,
+            config.response_timeout,
+        );
         let shared = Arc::new(Shared {
             registry,
             agents,
             next_request_id: AtomicU64::new(1),
-            cluster,
-            ws_limits: config.ws.clone(),
-            room_limits: config.rooms.clone(),
-            rooms: rooms::RoomHub::default(),
+            peers: cluster,
+            rooms,
             // 5 s: a newly issued token is recognised within seconds; a flood
             // of requests for absent agents costs one query per id per 5 s.
             registered: cache::TtlCache::new(Duration::from_secs(5), 10_000),
             config,
         });
-        if let Some(cluster) = &shared.cluster {
-            cluster::register(&shared, cluster).await?;
+        if let Some(peers) = &shared.peers {
+            cluster::register(&shared, peers).await?;
         }
         Ok(Server {
             shared,
@@ -305,7 +237,7 @@ impl Server {
             .registry
             .remove_node_connections(&shared.config.node_id)
             .await?;
-        if shared.cluster.is_some() {
+        if shared.peers.is_some() {
             shared.registry.remove_node(&shared.config.node_id).await?;
         }
         tracing::info!(rows = removed, "server stopped");

@@ -24,37 +24,14 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 use tracing::{debug, info, warn, Instrument};
-use warren_proto::{room_close, Open, Payload, Reply, RoomCommand, RoomEvent};
+use warren_proto::{room_close, Open, Payload, Reply, RoomCommand, RoomEvent, ROOM_FRAME_LIMIT};
 
-use super::{agents::AgentLink, api::error_response, websocket, Shared};
+use super::{agents::AgentLink, config::RoomLimits, reply::error_response, upgrade};
 use crate::{
-    agent::rooms::ROOM_FRAME_LIMIT,
     body::TunnelBody,
     headers,
-    websocket::{close, message_payload, payload_message},
+    websocket::{close, message_payload, payload_message, WsLimits},
 };
-
-#[derive(Debug, Clone)]
-pub struct RoomLimits {
-    /// Messages queued per member. 256: seconds of a busy room's traffic; a
-    /// member this far behind is not keeping up.
-    pub member_queue: usize,
-    /// Time a member has to send its credentials (first message) and the
-    /// backend to accept them, in rooms that ask for it.
-    pub auth_timeout: Duration,
-    /// Members across all rooms of one agent on this node.
-    pub max_members_per_agent: usize,
-}
-
-impl Default for RoomLimits {
-    fn default() -> Self {
-        RoomLimits {
-            member_queue: 256,
-            auth_timeout: Duration::from_secs(20),
-            max_members_per_agent: 10_000,
-        }
-    }
-}
 
 /// Close reason the server gives, per code.
 fn reason_for(code: u16) -> &'static str {
@@ -169,15 +146,36 @@ impl Channel {
 }
 
 /// Every agent connection's rooms on this node.
-#[derive(Default)]
 pub(crate) struct RoomHub {
     channels: tokio::sync::Mutex<HashMap<String, (String, Arc<Channel>)>>,
     next_conn: AtomicU64,
+    limits: RoomLimits,
+    ws_limits: WsLimits,
+    /// Largest head frame on the stream that opens a rooms channel.
+    max_head: usize,
+    /// Time the agent has to answer the opening of its rooms channel.
+    open_timeout: Duration,
 }
 
 impl RoomHub {
+    pub fn new(
+        limits: RoomLimits,
+        ws_limits: WsLimits,
+        max_head: usize,
+        open_timeout: Duration,
+    ) -> Self {
+        RoomHub {
+            channels: tokio::sync::Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            limits,
+            ws_limits,
+            max_head,
+            open_timeout,
+        }
+    }
+
     /// The rooms channel of `link`, opening it on first use.
-    async fn channel(&self, shared: &Shared, link: &AgentLink) -> Result<Arc<Channel>, String> {
+    async fn channel(&self, link: &AgentLink) -> Result<Arc<Channel>, String> {
         let mut channels = self.channels.lock().await;
         if let Some((_, channel)) = channels.get(&link.tunnel_ws_id) {
             if !channel.closed.load(Ordering::SeqCst) {
@@ -185,18 +183,15 @@ impl RoomHub {
             }
         }
         channels.retain(|_, (_, c)| !c.closed.load(Ordering::SeqCst));
-        let max_head = shared.config.max_head_frame;
+        let max_head = self.max_head;
         let (mut send, mut recv) = link.session.open().await.map_err(|e| e.to_string())?;
         send.write_frame(&Open::Rooms, max_head)
             .await
             .map_err(|e| e.to_string())?;
-        let reply = tokio::time::timeout(
-            shared.config.response_timeout,
-            recv.read_frame::<Reply>(max_head),
-        )
-        .await
-        .map_err(|_| "the agent did not answer".to_string())?
-        .map_err(|e| e.to_string())?;
+        let reply = tokio::time::timeout(self.open_timeout, recv.read_frame::<Reply>(max_head))
+            .await
+            .map_err(|_| "the agent did not answer".to_string())?
+            .map_err(|e| e.to_string())?;
         if let Reply::Error(e) = reply {
             return Err(e.message);
         }
@@ -277,9 +272,8 @@ fn valid_room(room: &str) -> bool {
 }
 
 /// `GET /_warren/rooms?clientId=ID`.
-pub(super) async fn list(shared: &Shared, client_id: &str) -> Response<TunnelBody> {
-    let rooms: Vec<serde_json::Value> = shared
-        .rooms
+pub(super) async fn list(hub: &RoomHub, client_id: &str) -> Response<TunnelBody> {
+    let rooms: Vec<serde_json::Value> = hub
         .list(client_id)
         .await
         .into_iter()
@@ -297,7 +291,7 @@ pub(super) async fn list(shared: &Shared, client_id: &str) -> Response<TunnelBod
 
 /// A client joining `room` of the agent behind `link`.
 pub(super) async fn join(
-    shared: &Arc<Shared>,
+    hub: &RoomHub,
     link: Arc<AgentLink>,
     mut req: Request<Incoming>,
     room: &str,
@@ -313,18 +307,18 @@ pub(super) async fn join(
             "room names are 1-64 of A-Z a-z 0-9 . _ -",
         );
     }
-    let accept = match websocket::accept_key(&req) {
+    let accept = match upgrade::accept_key(&req) {
         Ok(a) => a,
         Err(why) => return fail(StatusCode::BAD_REQUEST, "bad_websocket_handshake", why),
     };
-    let channel = match shared.rooms.channel(shared, &link).await {
+    let channel = match hub.channel(&link).await {
         Ok(c) => c,
         Err(why) => {
             info!(client_id = %client_id, "rooms unavailable: {why}");
             return fail(StatusCode::BAD_GATEWAY, "rooms_unavailable", &why);
         }
     };
-    if channel.member_count() >= shared.room_limits.max_members_per_agent {
+    if channel.member_count() >= hub.limits.max_members_per_agent {
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "rooms_full",
@@ -345,15 +339,15 @@ pub(super) async fn join(
     if let Ok(ip) = http::HeaderValue::from_str(&peer.ip().to_string()) {
         client_headers.insert("x-forwarded-for", ip);
     }
-    let conn = shared.rooms.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+    let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
     let member = MemberSession {
         channel,
         room: room.to_string(),
         conn,
         headers: headers::to_wire(&client_headers),
         auth: link.rooms_auth,
-        limits: shared.room_limits.clone(),
-        ws_limits: shared.ws_limits.clone(),
+        limits: hub.limits.clone(),
+        ws_limits: hub.ws_limits.clone(),
     };
     let span = tracing::info_span!("member", client_id = %client_id, room = %room, member = conn);
     tokio::spawn(
@@ -365,7 +359,7 @@ pub(super) async fn join(
         }
         .instrument(span),
     );
-    websocket::switching(accept, None)
+    upgrade::switching(accept, None)
 }
 
 struct MemberSession {
@@ -375,7 +369,7 @@ struct MemberSession {
     headers: Vec<warren_proto::Header>,
     auth: bool,
     limits: RoomLimits,
-    ws_limits: crate::websocket::WsLimits,
+    ws_limits: WsLimits,
 }
 
 impl MemberSession {

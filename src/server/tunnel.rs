@@ -9,7 +9,10 @@ use warren_proto::{
     PROTOCOL_VERSION,
 };
 
-use super::{agents::AgentLink, agents::TableFull, Shared};
+use super::{
+    agents::{AgentLink, TableFull},
+    state::Shared,
+};
 use crate::{
     auth::{self, Verdict},
     control,
@@ -107,7 +110,7 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) 
         let rooms_auth = hello
             .capabilities
             .iter()
-            .any(|c| c == crate::agent::ROOMS_AUTH);
+            .any(|c| c == warren_proto::capability::ROOMS_AUTH);
         run_admitted(shared, session, send, recv, record, rooms_auth, shutdown)
             .instrument(span)
             .await

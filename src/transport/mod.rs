@@ -438,19 +438,10 @@ impl Listener {
 
     /// The next connection attempt on either transport; `None` once closed.
     pub async fn accept(&self) -> Option<Accepting> {
-        loop {
-            tokio::select! {
-                incoming = self.quic.accept() => return incoming.map(|i| Accepting::Quic(Box::new(i))),
-                accepted = self.tcp.accept() => match accepted {
-                    Ok((tcp, remote)) => {
-                        return Some(Accepting::Ws { tcp, remote, acceptor: self.ws.clone() })
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: pause instead of spinning.
-                        tracing::warn!("accepting a TCP tunnel connection failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+        tokio::select! {
+            incoming = self.quic.accept() => incoming.map(|i| Accepting::Quic(Box::new(i))),
+            (tcp, remote) = crate::accept::next(&self.tcp, "TCP tunnel") => {
+                Some(Accepting::Ws { tcp, remote, acceptor: self.ws.clone() })
             }
         }
     }

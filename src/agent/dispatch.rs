@@ -1,0 +1,68 @@
+//! Where each stream the server opens goes, by its `Open` frame: an HTTP
+//! request or a WebSocket to the local service (`upstream`), or the rooms
+//! channel to the rooms backend (`rooms`).
+
+use std::sync::Arc;
+
+use tracing::{warn, Instrument};
+use warren_proto::{ErrorKind, Open, ResetCode};
+
+use super::{
+    rooms::Rooms,
+    upstream::{self, Upstream},
+};
+use crate::transport::{RecvStream, SendStream};
+
+pub(super) struct Dispatch {
+    pub upstream: Upstream,
+    /// The backend for rooms, when the agent has one.
+    pub rooms: Option<Rooms>,
+}
+
+impl Dispatch {
+    /// Serves one stream the server opened.
+    pub async fn serve_stream(
+        self: Arc<Self>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        max_head: usize,
+    ) {
+        let open = match recv.read_frame::<Open>(max_head).await {
+            Ok(open) => open,
+            Err(e) => {
+                warn!("unreadable stream head from the server: {e}");
+                send.reset(ResetCode::ProtocolError).await;
+                return;
+            }
+        };
+        match open {
+            Open::Http(head) => {
+                let span = tracing::info_span!("request", request_id = head.request_id);
+                self.upstream
+                    .http(head, send, recv, max_head)
+                    .instrument(span)
+                    .await
+            }
+            Open::WebSocket(head) => {
+                let span = tracing::info_span!("websocket", request_id = head.request_id);
+                self.upstream
+                    .websocket(head, send, recv, max_head)
+                    .instrument(span)
+                    .await
+            }
+            Open::Rooms => match &self.rooms {
+                Some(rooms) => rooms.serve(send, recv, max_head).await,
+                None => {
+                    let message = "this agent has no rooms backend (--rooms-upstream)".to_string();
+                    let _ = upstream::reply_error(
+                        &mut send,
+                        ErrorKind::UpstreamUnavailable,
+                        message,
+                        max_head,
+                    )
+                    .await;
+                }
+            },
+        }
+    }
+}

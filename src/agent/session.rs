@@ -1,0 +1,215 @@
+//! One agent connection from Hello to goodbye: the Hello → Welcome exchange,
+//! then serving every stream the server opens (through `dispatch`) while the
+//! control stream keeps the heartbeat, and an orderly drain when either side
+//! leaves.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+use tracing::{info, Instrument};
+use warren_proto::{
+    capability, CloseCode, Control, Hello, Welcome, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+};
+
+use super::{
+    config::{AgentConfig, AgentError},
+    dispatch::Dispatch,
+    status::AgentStatus,
+};
+use crate::{
+    control::{self, ControlEnd},
+    transport::{RecvStream, SendStream, Session, TransportError},
+};
+
+/// A failed connection attempt: retry, or give up.
+pub(super) enum Attempt {
+    Retry(String),
+    Fatal(AgentError),
+}
+
+/// A welcomed connection, ready to serve.
+pub(super) struct Connection {
+    pub session: Session,
+    pub welcome: Welcome,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+/// Tells a session's serving task to leave: say GoAway, let requests in flight
+/// finish for at most the given time, then close.
+pub(super) type Leave = watch::Receiver<Option<Duration>>;
+
+pub(super) async fn hello(
+    config: &AgentConfig,
+    session: Session,
+    transport_note: String,
+    replaces: Option<String>,
+) -> Result<Connection, Attempt> {
+    let exchange = async {
+        let (mut send, mut recv) = session.open().await?;
+        let hello = Control::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_id: config.client_id.clone(),
+            token: config.token.clone(),
+            agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
+            capabilities: if config.rooms_auth {
+                vec![capability::ROOMS_AUTH.to_string()]
+            } else {
+                Vec::new()
+            },
+            transport_note,
+            replaces,
+        });
+        send.write_frame(&hello, MAX_CONTROL_FRAME).await?;
+        let reply = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await?;
+        Ok::<_, TransportError>((send, recv, reply))
+    };
+    let (send, recv, reply) = match tokio::time::timeout(config.connect_timeout, exchange).await {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(e)) => {
+            session.close(CloseCode::ProtocolError, "handshake failed");
+            return Err(Attempt::Retry(format!(
+                "handshake with the server failed: {e}"
+            )));
+        }
+        Err(_) => {
+            session.close(CloseCode::Timeout, "no Welcome");
+            return Err(Attempt::Retry(format!(
+                "the server sent no Welcome within {:?}",
+                config.connect_timeout
+            )));
+        }
+    };
+    match reply {
+        Control::Welcome(welcome) => Ok(Connection {
+            session,
+            welcome,
+            send,
+            recv,
+        }),
+        Control::Refused(refusal) => {
+            session.close(CloseCode::Refused, "refusal received");
+            if refusal.code.is_transient() {
+                Err(Attempt::Retry(format!("server busy: {}", refusal.message)))
+            } else {
+                Err(Attempt::Fatal(AgentError::Refused {
+                    code: refusal.code,
+                    message: refusal.message,
+                }))
+            }
+        }
+        other => {
+            session.close(CloseCode::ProtocolError, "expected Welcome");
+            Err(Attempt::Retry(format!(
+                "server sent {other:?} instead of Welcome"
+            )))
+        }
+    }
+}
+
+/// Serves one session until it ends; returns why.
+pub(super) async fn serve(
+    dispatch: Arc<Dispatch>,
+    status: &watch::Sender<AgentStatus>,
+    conn: Connection,
+    mut leave: Leave,
+) -> String {
+    let Connection {
+        session,
+        welcome,
+        send,
+        recv,
+    } = conn;
+    let span = tracing::info_span!("conn", conn = %welcome.tunnel_ws_id);
+    async move {
+        info!(
+            transport = %session.kind(),
+            node = %welcome.node_id,
+            server = %session.remote_addr(),
+            "connected"
+        );
+        status.send_replace(AgentStatus::Connected {
+            tunnel_ws_id: welcome.tunnel_ws_id.clone(),
+            node_id: welcome.node_id.clone(),
+            transport: session.kind().to_string(),
+        });
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_head = welcome.limits.max_head_frame as usize;
+        let accept = async {
+            while let Some((send, recv)) = session.accept().await {
+                let dispatch = dispatch.clone();
+                let guard = InFlight::enter(&in_flight);
+                tokio::spawn(
+                    async move {
+                        let _guard = guard;
+                        dispatch.serve_stream(send, recv, max_head).await
+                    }
+                    .in_current_span(),
+                );
+            }
+        };
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(100)));
+        let server_leaving = tokio::sync::Notify::new();
+        let mut leave_signal = leave.clone();
+        let leaving = async move {
+            let _ = leave_signal.wait_for(Option::is_some).await;
+        };
+        let on_goaway = |reason: String| {
+            info!("server going away: {reason}");
+            server_leaving.notify_one();
+        };
+        // Leaving (ours or the server's): wait for requests in flight, bounded.
+        let drain = async {
+            let limit = tokio::select! {
+                limit = leave.wait_for(Option::is_some) => limit.ok().and_then(|l| *l).unwrap_or(DRAIN),
+                _ = server_leaving.notified() => DRAIN,
+            };
+            let deadline = Instant::now() + limit;
+            while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let (code, end) = tokio::select! {
+            end = control::keepalive(send, recv, heartbeat, leaving, on_goaway) => {
+                let code = match end {
+                    ControlEnd::PeerSilent(_) => CloseCode::Timeout,
+                    ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,
+                    ControlEnd::Lost(_) => CloseCode::Normal,
+                };
+                (code, format!("connection lost: {end}"))
+            }
+            _ = accept => (CloseCode::Normal, format!("connection lost: {}", session.closed().await)),
+            _ = drain => (CloseCode::Normal, "left in order".to_string()),
+        };
+        session.close(code, &end);
+        info!("disconnected: {end}");
+        end
+    }
+    .instrument(span)
+    .await
+}
+
+/// Time given to in-flight requests when the agent stops or the server goes
+/// away (the server waits 2 s for us).
+pub(super) const DRAIN: Duration = Duration::from_millis(1500);
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,584 @@
+//! The command line: every subcommand and flag, each also settable as a
+//! `WARREN_…` environment variable. Defaults are not written here: each flag
+//! reads its default from the library's `Default` impls (`ServerConfig`,
+//! `TransportTuning`, `ClusterConfig`, `RoomLimits`, `WsLimits`,
+//! `AgentConfig::new`), so `--help` and the library always agree.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use warren::{
+    agent::{AgentConfig, TransportChoice, UpstreamConfig},
+    server::{ClusterConfig, RoomLimits, ServerConfig},
+    tls::Trust,
+    transport::TransportTuning,
+    websocket::WsLimits,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "A reverse tunnel over QUIC: expose a service behind NAT through a public server."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the public server: client API plus the tunnel port agents dial.
+    Server(ServerArgs),
+    /// Run an agent beside a local service.
+    Agent(AgentArgs),
+    /// Manage agent tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Create a self-signed server certificate (if absent) and print its fingerprint.
+    Certs(CertsArgs),
+    /// Run the sample service that the demo and the benchmark put behind an agent.
+    Upstream {
+        #[arg(long, env = "WARREN_UPSTREAM_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], 8000)))]
+        listen: SocketAddr,
+    },
+    /// Measure direct vs QUIC vs WebSocket on loopback, side by side in one run.
+    Bench {
+        /// Every scenario small (seconds instead of minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Where tunnel.json, tunnel.md, tunnel.svg and logs are written.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+    /// Benchmark helper: a raw transport peer (no HTTP, no tunnel).
+    #[command(hide = true)]
+    BenchRaw {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        certs: PathBuf,
+    },
+    /// Benchmark helper: many idle agents in one process.
+    #[command(hide = true)]
+    BenchIdleAgents {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        fingerprint: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_enum)]
+        transport: TransportArg,
+        #[arg(long)]
+        count: usize,
+    },
+    /// Run server, agent and a sample service on loopback, and print URLs to try.
+    Demo {
+        /// Where the demo's client API listens.
+        #[arg(long, env = "WARREN_API_LISTEN", default_value_t = ServerConfig::default().api_listen)]
+        api_listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create or rotate CLIENT_ID's token; prints it as the last line of stdout.
+    Issue {
+        client_id: String,
+        #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+        database_url: String,
+    },
+}
+
+#[derive(Args)]
+pub struct CertsArgs {
+    #[arg(long, env = "WARREN_CERTS", default_value_os_t = ServerConfig::default().certs_dir)]
+    pub certs: PathBuf,
+    /// DNS names or IP addresses the certificate is valid for (repeatable).
+    #[arg(long = "cert-name", env = "WARREN_CERT_NAMES", value_delimiter = ',', default_values_t = ServerConfig::default().cert_names)]
+    pub cert_names: Vec<String>,
+}
+
+/// Flow-control and stream limits, shared by server and agent.
+#[derive(Args)]
+pub struct TuningArgs {
+    /// Per-stream receive window (e.g. 2MiB). Raise for fast, high-latency links.
+    #[arg(long, env = "WARREN_STREAM_WINDOW", default_value_t = Size(TransportTuning::default().stream_window))]
+    stream_window: Size,
+    /// Per-connection receive window across all streams.
+    #[arg(long, env = "WARREN_CONNECTION_WINDOW", default_value_t = Size(TransportTuning::default().connection_window))]
+    connection_window: Size,
+    /// Most concurrent request streams per agent connection.
+    #[arg(long, env = "WARREN_MAX_STREAMS", default_value_t = TransportTuning::default().max_streams)]
+    max_streams: u32,
+    /// Transport idle timeout: a backstop under the heartbeat.
+    #[arg(long, env = "WARREN_IDLE_TIMEOUT", default_value_t = Human(TransportTuning::default().idle_timeout))]
+    idle_timeout: Human,
+    /// UDP socket buffer size.
+    #[arg(long, env = "WARREN_UDP_BUFFER", default_value_t = Size(TransportTuning::default().udp_buffer as u64))]
+    udp_buffer: Size,
+}
+
+impl TuningArgs {
+    fn tuning(&self) -> TransportTuning {
+        TransportTuning {
+            stream_window: self.stream_window.0,
+            connection_window: self.connection_window.0,
+            max_streams: self.max_streams,
+            idle_timeout: self.idle_timeout.0,
+            udp_buffer: self.udp_buffer.0 as usize,
+        }
+    }
+}
+
+/// Limits of pass-through WebSockets (and, on the server, room members).
+#[derive(Args)]
+pub struct WsArgs {
+    /// Largest WebSocket message, either way (larger: close 1009).
+    #[arg(long, env = "WARREN_WS_MAX_MESSAGE", default_value_t = Size(WsLimits::default().max_message as u64))]
+    ws_max_message: Size,
+    /// Close pass-through WebSockets after this long without a message (1001).
+    #[arg(long, env = "WARREN_WS_IDLE_TIMEOUT", default_value_t = Human(WsLimits::default().idle_timeout))]
+    ws_idle_timeout: Human,
+}
+
+impl WsArgs {
+    fn limits(&self) -> WsLimits {
+        WsLimits {
+            max_message: self.ws_max_message.0 as usize,
+            idle_timeout: self.ws_idle_timeout.0,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Plain-HTTP client API address.
+    #[arg(long, env = "WARREN_API_LISTEN", default_value_t = ServerConfig::default().api_listen)]
+    api_listen: SocketAddr,
+    /// Tunnel address agents connect to: UDP for QUIC, TCP for WebSocket, same port.
+    #[arg(long, env = "WARREN_TUNNEL_LISTEN", default_value_t = ServerConfig::default().tunnel_listen)]
+    tunnel_listen: SocketAddr,
+    /// sqlite://PATH (created if missing) or mysql://USER:PASS@HOST/DB.
+    #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+    database_url: String,
+    /// Directory with server.pem/server.key; a self-signed pair is generated if absent.
+    #[arg(long, env = "WARREN_CERTS", default_value_os_t = ServerConfig::default().certs_dir)]
+    certs: PathBuf,
+    /// Names for a generated certificate (comma-separated or repeated).
+    #[arg(long = "cert-name", env = "WARREN_CERT_NAMES", value_delimiter = ',', default_values_t = ServerConfig::default().cert_names)]
+    cert_names: Vec<String>,
+    /// This node's id in the registry.
+    #[arg(long, env = "WARREN_NODE_ID", default_value_t = ServerConfig::default().node_id)]
+    node_id: String,
+    /// Route `<clientId>.<BASE>` hosts to agents.
+    #[arg(long, env = "WARREN_BASE_DOMAIN")]
+    base_domain: Option<String>,
+    /// Ping interval on agent connections (a peer silent for 3 is dead).
+    #[arg(long, env = "WARREN_HEARTBEAT", default_value_t = Human(ServerConfig::default().heartbeat))]
+    heartbeat: Human,
+    /// Largest response collected in blocking mode.
+    #[arg(long, env = "WARREN_MAX_BLOCKING_BODY", default_value_t = Size(ServerConfig::default().max_blocking_body))]
+    max_blocking_body: Size,
+    /// Largest request or response head (roughly: all header bytes); larger: 431.
+    #[arg(long, env = "WARREN_MAX_HEAD", default_value_t = Size(ServerConfig::default().max_head_frame as u64))]
+    max_head: Size,
+    /// Agent connections accepted in all.
+    #[arg(long, env = "WARREN_MAX_AGENTS", default_value_t = ServerConfig::default().max_agents)]
+    max_agents: usize,
+    /// Agent connections accepted per client id.
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_CLIENT", default_value_t = ServerConfig::default().max_connections_per_client)]
+    max_connections_per_client: usize,
+    /// Concurrent client HTTP connections.
+    #[arg(long, env = "WARREN_MAX_CLIENT_CONNECTIONS", default_value_t = ServerConfig::default().max_client_connections)]
+    max_client_connections: usize,
+    /// Time an agent has for its TLS/QUIC handshake plus its Hello.
+    #[arg(long, env = "WARREN_HANDSHAKE_TIMEOUT", default_value_t = Human(ServerConfig::default().handshake_timeout))]
+    handshake_timeout: Human,
+    /// Time a request may wait for a stream when its agent is at its stream limit.
+    #[arg(long, env = "WARREN_OPEN_STREAM_TIMEOUT", default_value_t = Human(ServerConfig::default().open_stream_timeout))]
+    open_stream_timeout: Human,
+    /// Time to wait for an agent's response head.
+    #[arg(long, env = "WARREN_RESPONSE_TIMEOUT", default_value_t = Human(ServerConfig::default().response_timeout))]
+    response_timeout: Human,
+    /// Time a client has to send its request headers.
+    #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value_t = Human(ServerConfig::default().header_read_timeout))]
+    header_read_timeout: Human,
+    #[command(flatten)]
+    ws: WsArgs,
+    /// Messages queued per room member; a member further behind is dropped (4008).
+    #[arg(long, env = "WARREN_ROOM_MEMBER_QUEUE", default_value_t = RoomLimits::default().member_queue)]
+    room_member_queue: usize,
+    /// Time a member of a room that asks for credentials has to send them (else 4004).
+    #[arg(long, env = "WARREN_ROOM_AUTH_TIMEOUT", default_value_t = Human(RoomLimits::default().auth_timeout))]
+    room_auth_timeout: Human,
+    /// Room members (across all rooms) per agent on this node.
+    #[arg(long, env = "WARREN_MAX_ROOM_MEMBERS", default_value_t = RoomLimits::default().max_members_per_agent)]
+    max_room_members: usize,
+    /// Run as a cluster node: other nodes forward requests for agents held here
+    /// to this address. Needs --node-id, --cluster-secret and a shared MySQL.
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// HOST:PORT other nodes use to reach --cluster-listen (default: that address).
+    #[arg(long, env = "WARREN_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// Secret shared by all nodes (16+ characters); guards the internal link.
+    #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// A node silent for this long is dead: others stop routing to it and remove its rows.
+    #[arg(long, env = "WARREN_NODE_LEASE", default_value_t = Human(cluster_defaults().lease))]
+    node_lease: Human,
+    /// How long a client-id → node lookup is cached.
+    #[arg(long, env = "WARREN_ROUTE_CACHE_TTL", default_value_t = Human(cluster_defaults().route_ttl))]
+    route_cache_ttl: Human,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+/// The cluster settings' defaults (the listen address and secret are placeholders).
+fn cluster_defaults() -> ClusterConfig {
+    ClusterConfig::new(SocketAddr::from(([0, 0, 0, 0], 0)), "")
+}
+
+impl ServerArgs {
+    pub fn config(self) -> anyhow::Result<ServerConfig> {
+        let cluster = match self.cluster_listen {
+            None => None,
+            Some(listen) => {
+                if self.node_id == ServerConfig::default().node_id {
+                    anyhow::bail!("a cluster node needs a unique --node-id");
+                }
+                if self.database_url.starts_with("sqlite:") {
+                    anyhow::bail!(
+                        "cluster nodes must share a MySQL/MariaDB registry (--database-url mysql://…)"
+                    );
+                }
+                Some(ClusterConfig {
+                    advertise: self.cluster_advertise.clone(),
+                    lease: self.node_lease.0,
+                    route_ttl: self.route_cache_ttl.0,
+                    ..ClusterConfig::new(listen, self.cluster_secret.as_deref().unwrap_or(""))
+                })
+            }
+        };
+        Ok(ServerConfig {
+            cluster,
+            api_listen: self.api_listen,
+            tunnel_listen: self.tunnel_listen,
+            database_url: self.database_url,
+            certs_dir: self.certs,
+            cert_names: self.cert_names,
+            node_id: self.node_id,
+            base_domain: self.base_domain,
+            heartbeat: self.heartbeat.0,
+            max_blocking_body: self.max_blocking_body.0,
+            max_head_frame: self.max_head.0 as usize,
+            max_agents: self.max_agents,
+            max_connections_per_client: self.max_connections_per_client,
+            max_client_connections: self.max_client_connections,
+            handshake_timeout: self.handshake_timeout.0,
+            open_stream_timeout: self.open_stream_timeout.0,
+            response_timeout: self.response_timeout.0,
+            header_read_timeout: self.header_read_timeout.0,
+            tuning: self.tuning.tuning(),
+            ws: self.ws.limits(),
+            rooms: RoomLimits {
+                member_queue: self.room_member_queue.max(1),
+                auth_timeout: self.room_auth_timeout.0,
+                max_members_per_agent: self.max_room_members,
+            },
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TransportArg {
+    Auto,
+    Quic,
+    Ws,
+}
+
+impl From<TransportArg> for TransportChoice {
+    fn from(arg: TransportArg) -> Self {
+        match arg {
+            TransportArg::Auto => TransportChoice::Auto,
+            TransportArg::Quic => TransportChoice::Quic,
+            TransportArg::Ws => TransportChoice::Ws,
+        }
+    }
+}
+
+/// `AgentConfig`'s defaults (the identity and addresses are placeholders).
+fn agent_defaults() -> AgentConfig {
+    AgentConfig::new("", "", "", "", Trust::System)
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The server's tunnel address, HOST:PORT. Repeat (or separate with commas)
+    /// for the nodes of a cluster.
+    #[arg(long, env = "WARREN_SERVER", value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    /// Connections to keep at once, each to a different node where possible.
+    #[arg(long, env = "WARREN_CONNECTIONS", default_value_t = agent_defaults().connections)]
+    connections: usize,
+    #[arg(long, env = "WARREN_CLIENT_ID")]
+    client_id: String,
+    #[arg(long, env = "WARREN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The local service, e.g. http://127.0.0.1:8000.
+    #[arg(long, env = "WARREN_UPSTREAM")]
+    upstream: String,
+    #[arg(long, env = "WARREN_TRANSPORT", value_enum, default_value = "auto")]
+    transport: TransportArg,
+    /// PEM file of CA certificates, or the server's own self-signed certificate.
+    #[arg(long, env = "WARREN_CA", conflicts_with = "fingerprint")]
+    ca: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's certificate (hex, colons allowed).
+    #[arg(long, env = "WARREN_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// TLS name to verify instead of the --server host.
+    #[arg(long, env = "WARREN_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Time allowed to connect and be welcomed.
+    #[arg(long, env = "WARREN_CONNECT_TIMEOUT", default_value_t = Human(agent_defaults().connect_timeout))]
+    connect_timeout: Human,
+    /// Time the local service has to connect.
+    #[arg(long, env = "WARREN_UPSTREAM_CONNECT_TIMEOUT", default_value_t = Human(agent_defaults().upstream.connect_timeout))]
+    upstream_connect_timeout: Human,
+    /// Time the local service has to send its response head.
+    #[arg(long, env = "WARREN_UPSTREAM_TIMEOUT", default_value_t = Human(agent_defaults().upstream.response_timeout))]
+    upstream_timeout: Human,
+    /// Send the client's Host header to the local service instead of its own.
+    #[arg(long, env = "WARREN_PRESERVE_HOST")]
+    preserve_host: bool,
+    #[command(flatten)]
+    ws: WsArgs,
+    /// In auto mode, how long QUIC runs alone before WebSocket joins the race.
+    #[arg(long, env = "WARREN_WS_HEAD_START", default_value_t = Human(agent_defaults().ws_head_start))]
+    ws_head_start: Human,
+    /// While on WebSocket in auto mode, how often QUIC is tried again.
+    #[arg(long, env = "WARREN_QUIC_PROBE_INTERVAL", default_value_t = Human(agent_defaults().quic_probe_interval))]
+    quic_probe_interval: Human,
+    /// After moving to QUIC, how long requests in flight on WebSocket may take to finish.
+    #[arg(long, env = "WARREN_MIGRATE_DRAIN", default_value_t = Human(agent_defaults().migrate_drain))]
+    migrate_drain: Human,
+    /// The rooms backend: a local WebSocket speaking warren's room envelope
+    /// (see proto/PROTOCOL.md), e.g. ws://127.0.0.1:9000/rooms.
+    #[arg(long, env = "WARREN_ROOMS_UPSTREAM")]
+    rooms_upstream: Option<String>,
+    /// Rooms want the client's first message as credentials, accepted or refused by the backend.
+    #[arg(long, env = "WARREN_ROOMS_AUTH")]
+    rooms_auth: bool,
+    /// Shortest wait before reconnecting (it doubles, with jitter, up to --backoff-max).
+    #[arg(long, env = "WARREN_BACKOFF_MIN", default_value_t = Human(agent_defaults().backoff_min))]
+    backoff_min: Human,
+    /// Longest wait between reconnection attempts.
+    #[arg(long, env = "WARREN_BACKOFF_MAX", default_value_t = Human(agent_defaults().backoff_max))]
+    backoff_max: Human,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+impl AgentArgs {
+    pub fn config(self) -> AgentConfig {
+        let trust = match (self.ca, self.fingerprint) {
+            (Some(ca), _) => Trust::CaFile(ca),
+            (None, Some(fp)) => Trust::Fingerprint(fp),
+            (None, None) => Trust::System,
+        };
+        let base = AgentConfig::new(
+            &self.server[0],
+            &self.client_id,
+            &self.token,
+            &self.upstream,
+            trust,
+        );
+        AgentConfig {
+            servers: self.server,
+            connections: self.connections,
+            server_name: self.server_name,
+            transport: self.transport.into(),
+            upstream: UpstreamConfig {
+                url: self.upstream,
+                connect_timeout: self.upstream_connect_timeout.0,
+                response_timeout: self.upstream_timeout.0,
+                preserve_host: self.preserve_host,
+                ws: self.ws.limits(),
+            },
+            tuning: self.tuning.tuning(),
+            connect_timeout: self.connect_timeout.0,
+            backoff_min: self.backoff_min.0,
+            backoff_max: self.backoff_max.0,
+            ws_head_start: self.ws_head_start.0,
+            quic_probe_interval: self.quic_probe_interval.0,
+            migrate_drain: self.migrate_drain.0,
+            rooms: self
+                .rooms_upstream
+                .map(warren::agent::rooms::RoomsBackend::WebSocket),
+            rooms_auth: self.rooms_auth,
+            ..base
+        }
+    }
+}
+
+/// A duration on the command line: `250ms`, `10s`, `2m`, `1h`, or a bare
+/// number of seconds; shown the same way in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Human(pub Duration);
+
+impl FromStr for Human {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 250ms, 10s, 2m"))?;
+        let seconds = match unit.trim() {
+            "ms" => value / 1000.0,
+            "" | "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            other => {
+                return Err(format!(
+                    "unknown duration unit {other:?}; use ms, s, m or h"
+                ))
+            }
+        };
+        Duration::try_from_secs_f64(seconds)
+            .map(Human)
+            .map_err(|_| format!("{text:?} is not a usable duration"))
+    }
+}
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if ms % 1000 != 0 => write!(f, "{ms}ms"),
+            _ if ms != 0 && ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            _ if ms != 0 && ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            _ => write!(f, "{}s", ms / 1000),
+        }
+    }
+}
+
+/// A size on the command line: `64MiB`, `512KiB`, `1GiB`, `10MB`, or a bare
+/// number of bytes; shown in the largest binary unit that divides it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size like 64MiB or 512KiB"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?}; use KiB, MiB, GiB")),
+        };
+        value
+            .checked_mul(scale)
+            .map(Size)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n != 0 && n % scale == 0 {
+                return write!(f, "{}{unit}", n / scale);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_and_print_back() {
+        assert_eq!(
+            "250ms".parse::<Human>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!("10".parse::<Human>().unwrap().0, Duration::from_secs(10));
+        assert_eq!("2m".parse::<Human>().unwrap().0, Duration::from_secs(120));
+        assert!("ten".parse::<Human>().is_err());
+        assert!("-1s".parse::<Human>().is_err());
+        assert_eq!("64MiB".parse::<Size>().unwrap().0, 64 << 20);
+        assert_eq!("1000".parse::<Size>().unwrap().0, 1000);
+        assert!("3XB".parse::<Size>().is_err());
+        for text in ["250ms", "10s", "5m", "1h", "0s", "1500ms"] {
+            assert_eq!(text.parse::<Human>().unwrap().to_string(), text);
+        }
+        for text in ["2MiB", "64MiB", "1GiB", "16KiB", "1000"] {
+            assert_eq!(text.parse::<Size>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// The flags' defaults are the library's: parsing no flags gives back the
+    /// `Default` configurations exactly.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["warren", "server"]).unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("server")
+        };
+        let parsed = format!("{:?}", args.config().unwrap());
+        assert_eq!(parsed, format!("{:?}", ServerConfig::default()));
+
+        let cli = Cli::try_parse_from([
+            "warren",
+            "agent",
+            "--server",
+            "h:1",
+            "--client-id",
+            "c",
+            "--token",
+            "t",
+            "--upstream",
+            "http://u:1",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("agent")
+        };
+        let parsed = format!("{:?}", args.config());
+        let expected = AgentConfig::new("h:1", "c", "t", "http://u:1", Trust::System);
+        assert_eq!(parsed, format!("{expected:?}"));
+    }
+}

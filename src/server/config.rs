@@ -1,0 +1,130 @@
+//! The server's settings: every limit, timeout and address, with the one set
+//! of defaults (the CLI reads its defaults from these `Default` impls).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::{transport::TransportTuning, websocket::WsLimits};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Plain-HTTP client API.
+    pub api_listen: SocketAddr,
+    /// Agents connect here: UDP for QUIC, TCP (TLS + WebSocket) on the same port.
+    pub tunnel_listen: SocketAddr,
+    pub database_url: String,
+    pub certs_dir: PathBuf,
+    /// Names (DNS or IP) for a generated self-signed certificate.
+    pub cert_names: Vec<String>,
+    /// This node's id in the registry.
+    pub node_id: String,
+    /// Serve `<clientId>.<base_domain>` hosts.
+    pub base_domain: Option<String>,
+    /// Control-stream ping interval told to agents.
+    pub heartbeat: Duration,
+    /// Largest response collected in blocking mode.
+    pub max_blocking_body: u64,
+    /// Largest request/response head frame (roughly: total header bytes).
+    pub max_head_frame: usize,
+    /// Agent connections this node accepts in all, and per client id.
+    pub max_agents: usize,
+    pub max_connections_per_client: usize,
+    /// Concurrent client HTTP connections.
+    pub max_client_connections: usize,
+    /// Time allowed for an agent's QUIC handshake plus Hello.
+    pub handshake_timeout: Duration,
+    /// Time a client request may wait for a stream when the agent is at its limit.
+    pub open_stream_timeout: Duration,
+    /// Time to wait for the agent's response head (the agent applies its own,
+    /// shorter, upstream timeout first).
+    pub response_timeout: Duration,
+    /// Time a client has to send its request headers (slow-loris guard).
+    pub header_read_timeout: Duration,
+    pub tuning: TransportTuning,
+    /// Run as one node of a cluster (shared MySQL registry).
+    pub cluster: Option<ClusterConfig>,
+    /// Pass-through WebSockets and room members: message size, idle timeout.
+    pub ws: WsLimits,
+    pub rooms: RoomLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            api_listen: "127.0.0.1:8080".parse().expect("literal"),
+            tunnel_listen: "0.0.0.0:7443".parse().expect("literal"),
+            database_url: "sqlite://warren.db".into(),
+            certs_dir: "certs".into(),
+            cert_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            node_id: "local".into(),
+            base_domain: None,
+            // 10 s keeps UDP NAT mappings (often 30 s) alive and finds a dead
+            // peer within 30 s.
+            heartbeat: Duration::from_secs(10),
+            max_blocking_body: 64 * 1024 * 1024,
+            max_head_frame: warren_proto::DEFAULT_MAX_HEAD_FRAME,
+            max_agents: 10_000,
+            max_connections_per_client: 8,
+            max_client_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            open_stream_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(120),
+            header_read_timeout: Duration::from_secs(30),
+            tuning: TransportTuning::default(),
+            cluster: None,
+            ws: WsLimits::default(),
+            rooms: RoomLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where this node accepts forwarded requests from other nodes.
+    pub listen: SocketAddr,
+    /// How other nodes reach `listen` (required when it is a wildcard address).
+    pub advertise: Option<String>,
+    /// Shared by all nodes; only holders may use the internal link.
+    pub secret: String,
+    /// A node that has not renewed its lease for this long is dead.
+    pub lease: Duration,
+    /// How long a client-id → node lookup is reused without asking the database.
+    pub route_ttl: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(listen: SocketAddr, secret: &str) -> Self {
+        ClusterConfig {
+            listen,
+            advertise: None,
+            secret: secret.into(),
+            // 30 s: a few missed heartbeats (every 10 s) before a node is
+            // written off, short enough that clients are not stranded long.
+            lease: Duration::from_secs(30),
+            // 2 s: fresh enough to follow agents moving between nodes, long
+            // enough to take the database off the per-request path.
+            route_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomLimits {
+    /// Messages queued per member. 256: seconds of a busy room's traffic; a
+    /// member this far behind is not keeping up.
+    pub member_queue: usize,
+    /// Time a member has to send its credentials (first message) and the
+    /// backend to accept them, in rooms that ask for it.
+    pub auth_timeout: Duration,
+    /// Members across all rooms of one agent on this node.
+    pub max_members_per_agent: usize,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            member_queue: 256,
+            auth_timeout: Duration::from_secs(20),
+            max_members_per_agent: 10_000,
+        }
+    }
+}

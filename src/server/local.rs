@@ -1,0 +1,81 @@
+//! Serving a client request through an agent connected to this node: a room
+//! join, a WebSocket pass-through or an HTTP request. The client API and the
+//! cluster link (requests other nodes forward here) both come through this one
+//! path; when no connection for the agent is here, the request is given back.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{
+    forward, reply::error_response, rooms, state::Shared, target::Target, upgrade, websocket,
+};
+use crate::body::TunnelBody;
+
+/// Serves `req` through an agent connected here, or gives it back (with its
+/// target) when there is none.
+pub(super) async fn serve(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    target: Target,
+    peer: SocketAddr,
+) -> Result<Response<TunnelBody>, (Request<Incoming>, Target)> {
+    if let Some(room) = req.uri().path().strip_prefix("/_warren/rooms/") {
+        if !upgrade::is_upgrade(&req) {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "websocket_expected",
+                Some(&target.client_id),
+                "rooms are joined with a WebSocket upgrade",
+            ));
+        }
+        let room = room.to_string();
+        return match shared.agents.pick_first(&target.client_id) {
+            Some(link) => Ok(rooms::join(&shared.rooms, link, req, &room, peer).await),
+            None => Err((req, target)),
+        };
+    }
+    let Some(link) = shared.agents.pick(&target.client_id) else {
+        return Err((req, target));
+    };
+    Ok(if upgrade::is_upgrade(&req) {
+        websocket::pass_through(shared, link, req, target, peer).await
+    } else {
+        forward::forward(shared, link, req, target, peer).await
+    })
+}
+
+/// Answer for a client id with no live connection here (nor, in a cluster,
+/// anywhere): unknown (never registered) or offline.
+pub(super) async fn not_connected(shared: &Shared, client_id: &str) -> Response<TunnelBody> {
+    let registered = match shared.registered.get(client_id) {
+        Some(known) => Some(known),
+        None => match shared.registry.token_hash(client_id).await {
+            Ok(hash) => {
+                shared.registered.put(client_id, hash.is_some());
+                Some(hash.is_some())
+            }
+            Err(_) => None,
+        },
+    };
+    match registered {
+        Some(false) => error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_agent",
+            Some(client_id),
+            "no agent is registered under this client id",
+        ),
+        _ => {
+            let mut resp = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agent_offline",
+                Some(client_id),
+                "the agent is not connected right now",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp
+        }
+    }
+}

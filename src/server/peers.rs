@@ -1,0 +1,86 @@
+//! This node's view of the other nodes of a cluster: the cached client-id →
+//! node routes and the pooled HTTP/1.1 links to peer nodes. Pure state; what
+//! travels over the links is in `cluster`.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use hyper::{body::Incoming, client::conn::http1 as client_http1};
+use hyper_util::rt::TokioIo;
+
+use super::{cache::TtlCache, config::ClusterConfig};
+use crate::registry::now_ms;
+
+/// `(node_id, cluster_addr)` pairs a client id can be reached through.
+pub(crate) type Routes = Vec<(String, String)>;
+
+/// Bound on cached client ids (see `TtlCache`).
+const ROUTE_CACHE_MAX: usize = 10_000;
+/// Idle connections kept per peer node.
+const IDLE_LINKS_PER_NODE: usize = 64;
+
+/// Pooled HTTP/1.1 connections to peer nodes.
+pub(crate) struct NodeLinks {
+    idle: Mutex<HashMap<String, Vec<client_http1::SendRequest<Incoming>>>>,
+}
+
+impl NodeLinks {
+    pub async fn get(&self, addr: &str) -> Result<client_http1::SendRequest<Incoming>, String> {
+        {
+            let mut idle = self.idle.lock().expect("link pool poisoned");
+            if let Some(list) = idle.get_mut(addr) {
+                list.retain(|s| !s.is_closed());
+                if let Some(i) = list.iter().position(|s| s.is_ready()) {
+                    return Ok(list.swap_remove(i));
+                }
+            }
+        }
+        let connect = tokio::net::TcpStream::connect(addr);
+        let tcp = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| format!("connecting to node {addr} timed out"))?
+            .map_err(|e| format!("connecting to node {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = client_http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("handshake with node {addr}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    pub fn put(&self, addr: &str, sender: client_http1::SendRequest<Incoming>) {
+        let mut idle = self.idle.lock().expect("link pool poisoned");
+        let list = idle.entry(addr.to_string()).or_default();
+        if list.len() < IDLE_LINKS_PER_NODE {
+            list.push(sender);
+        }
+    }
+}
+
+/// This node's view of the cluster.
+pub(crate) struct Peers {
+    pub config: ClusterConfig,
+    /// The address other nodes use for us.
+    pub advertise: String,
+    pub routes: TtlCache<Routes>,
+    pub links: NodeLinks,
+}
+
+impl Peers {
+    pub fn new(config: ClusterConfig, advertise: String) -> Self {
+        let ttl = config.route_ttl;
+        Peers {
+            config,
+            advertise,
+            routes: TtlCache::new(ttl, ROUTE_CACHE_MAX),
+            links: NodeLinks {
+                idle: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    pub fn lease_expiry(&self) -> i64 {
+        now_ms() + self.config.lease.as_millis() as i64
+    }
+}

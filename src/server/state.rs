@@ -1,0 +1,23 @@
+//! What the tunnel side and the client API share on one node: its settings,
+//! the registry, the table of connected agents, the rooms hub and, in a
+//! cluster, the routes to other nodes.
+
+use std::sync::atomic::AtomicU64;
+
+use super::{
+    agents::AgentTable, cache::TtlCache, config::ServerConfig, peers::Peers, rooms::RoomHub,
+};
+use crate::registry::Registry;
+
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub registry: Registry,
+    pub agents: AgentTable,
+    pub next_request_id: AtomicU64,
+    /// Other nodes, when this one runs in a cluster.
+    pub peers: Option<Peers>,
+    pub rooms: RoomHub,
+    /// Whether a client id has a token: answers "unknown" vs "offline"
+    /// without a registry query per request for absent agents.
+    pub registered: TtlCache<bool>,
+}

@@ -1,0 +1,50 @@
+//! The server's half of a client's WebSocket handshake (RFC 6455 §4.2): telling
+//! an upgrade request apart, checking it, and the 101 answer that completes it.
+//! Shared by pass-through WebSockets and room joins.
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::body::{self, TunnelBody};
+
+/// Whether this is a WebSocket upgrade request.
+pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks the client's handshake; returns its `Sec-WebSocket-Accept`.
+pub(super) fn accept_key<B>(req: &Request<B>) -> Result<HeaderValue, &'static str> {
+    if req
+        .headers()
+        .get("sec-websocket-version")
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err("WebSocket upgrades need Sec-WebSocket-Version: 13");
+    }
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .ok_or("WebSocket upgrades need a Sec-WebSocket-Key")?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| "bad key")
+}
+
+/// The 101 answer completing a client's upgrade.
+pub(super) fn switching(
+    accept: HeaderValue,
+    protocol: Option<HeaderValue>,
+) -> Response<TunnelBody> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert("sec-websocket-accept", accept);
+    if let Some(p) = protocol {
+        h.insert("sec-websocket-protocol", p);
+    }
+    resp
+}
