@@ -1,109 +1,255 @@
-//! Golden byte vectors: the exact bytes of every message kind. If one of these
-//! fails, the wire format changed; that breaks every deployed agent, so bump
-//! `PROTOCOL_VERSION` and document the change in PROTOCOL.md instead of
-//! editing the vector.
+//! Golden byte vectors, read from PROTOCOL.md §7: every example there is encoded
+//! from its Rust value and compared byte for byte, and decoded back. The document
+//! is the source of truth. If an example fails, the wire format changed; that
+//! breaks every deployed agent, so bump `PROTOCOL_VERSION` and document the
+//! change instead of editing the example. Also here: framing limits and
+//! malformed input.
 
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use serde::{de::DeserializeOwned, Serialize};
 use warren_proto::*;
 
-fn hello() -> Control {
-    Control::Hello(Hello {
-        version: 2,
+/// One `<!-- golden: NAME -->` example: its value line and its bytes.
+struct Golden {
+    value: String,
+    bytes: Vec<u8>,
+}
+
+/// Finds every golden example in the document. A marker is followed by the value
+/// in backticks on one line, then a ```hex block: two hex digits per byte,
+/// anything after `//` a comment.
+fn golden_examples(doc: &str) -> BTreeMap<String, Golden> {
+    const MARKER: &str = "<!-- golden: ";
+    let mut found = BTreeMap::new();
+    let mut lines = doc.lines().enumerate().peekable();
+    while let Some((at, line)) = lines.next() {
+        let Some(name) = line.trim().strip_prefix(MARKER) else {
+            continue;
+        };
+        let name = name
+            .strip_suffix("-->")
+            .unwrap_or_else(|| panic!("line {}: marker not closed", at + 1))
+            .trim()
+            .to_string();
+        let mut next = || loop {
+            let (at, line) = lines
+                .next()
+                .unwrap_or_else(|| panic!("example {name}: document ends"));
+            if !line.trim().is_empty() {
+                return (at + 1, line.trim());
+            }
+        };
+        let (at, value) = next();
+        let value = value
+            .strip_prefix('`')
+            .and_then(|v| v.strip_suffix('`'))
+            .unwrap_or_else(|| panic!("line {at}: example {name} wants its value in `backticks`"));
+        let (at, fence) = next();
+        assert_eq!(
+            fence, "```hex",
+            "line {at}: example {name} wants a ```hex block"
+        );
+        let mut bytes = Vec::new();
+        loop {
+            let (at, line) = next();
+            if line == "```" {
+                break;
+            }
+            let data = line.split("//").next().unwrap();
+            for byte in data.split_whitespace() {
+                assert!(
+                    byte.len() == 2,
+                    "line {at}: {byte:?} in example {name} is not one byte as two hex digits"
+                );
+                let byte = u8::from_str_radix(byte, 16)
+                    .unwrap_or_else(|_| panic!("line {at}: {byte:?} in example {name} is not hex"));
+                bytes.push(byte);
+            }
+        }
+        let golden = Golden {
+            value: value.to_string(),
+            bytes,
+        };
+        assert!(
+            found.insert(name.clone(), golden).is_none(),
+            "example {name} appears twice"
+        );
+    }
+    found
+}
+
+/// Checks values against the document's examples; collects every mismatch so one
+/// run shows them all.
+struct Checker {
+    doc: BTreeMap<String, Golden>,
+    checked: Vec<&'static str>,
+    failures: Vec<String>,
+}
+
+impl Checker {
+    fn new() -> Checker {
+        Checker {
+            doc: golden_examples(common::DOC),
+            checked: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn bytes(&self, name: &str) -> &[u8] {
+        &self
+            .doc
+            .get(name)
+            .unwrap_or_else(|| panic!("PROTOCOL.md has no example {name}"))
+            .bytes
+    }
+
+    /// `ty` is the enum's name, which `Debug` leaves out of the value line.
+    fn check<T>(&mut self, name: &'static str, ty: &str, value: &T)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        self.checked.push(name);
+        let Some(golden) = self.doc.get(name) else {
+            self.failures.push(format!("{name}: not in PROTOCOL.md"));
+            return;
+        };
+        let shown = format!("{ty}::{value:?}");
+        if golden.value != shown {
+            self.failures.push(format!(
+                "{name}: the document's value is\n    {}\n  the test's is\n    {shown}",
+                golden.value
+            ));
+        }
+        let frame = encode_frame(value, 1 << 20).unwrap();
+        if frame != golden.bytes {
+            self.failures.push(format!(
+                "{name}: {shown} encodes as\n    {}\n  the document says\n    {}",
+                hex(&frame),
+                hex(&golden.bytes)
+            ));
+        }
+        match decode_frame::<T>(&golden.bytes, 1 << 20) {
+            Ok(Some((back, used))) if back == *value && used == golden.bytes.len() => {}
+            other => self
+                .failures
+                .push(format!("{name}: the document's bytes decode as {other:?}")),
+        }
+    }
+
+    fn finish(self) {
+        let unchecked: Vec<_> = self
+            .doc
+            .keys()
+            .filter(|name| !self.checked.contains(&name.as_str()))
+            .collect();
+        let mut failures = self.failures;
+        if !unchecked.is_empty() {
+            failures.push(format!(
+                "examples in PROTOCOL.md no test checks: {unchecked:?}"
+            ));
+        }
+        assert!(failures.is_empty(), "\n{}\n", failures.join("\n"));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Protocol version 1, as far as the tests need it: what an old agent sends and
+/// decodes. Its Hello had five fields; the rest of `Control` is laid out as now.
+mod v1 {
+    use serde::{Deserialize, Serialize};
+    use warren_proto::{Refusal, Welcome};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub enum Control {
+        Hello(Hello),
+        Welcome(Welcome),
+        Refused(Refusal),
+        Ping { seq: u64 },
+        Pong { seq: u64 },
+        GoAway { reason: String },
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct Hello {
+        pub version: u16,
+        pub client_id: String,
+        pub token: String,
+        pub agent: String,
+        pub capabilities: Vec<String>,
+    }
+}
+
+fn v1_hello() -> v1::Control {
+    v1::Control::Hello(v1::Hello {
+        version: 1,
         client_id: "music".into(),
         token: "wrn_ab".into(),
         agent: "warren/0.1.0".into(),
         capabilities: vec!["rooms".into()],
-        transport_note: "q".into(),
-        replaces: Some("t-0".into()),
     })
-}
-
-fn welcome() -> Control {
-    Control::Welcome(Welcome {
-        tunnel_ws_id: "t-1".into(),
-        node_id: "n1".into(),
-        heartbeat_ms: 10_000,
-        limits: Limits {
-            max_head_frame: 262_144,
-            max_streams: 1024,
-        },
-    })
-}
-
-fn request() -> Open {
-    Open::Http(RequestHead {
-        request_id: 7,
-        method: "GET".into(),
-        uri: "/a?b=1".into(),
-        headers: vec![Header {
-            name: "x".into(),
-            value: vec![0xff],
-        }],
-        mode: Mode::Blocking,
-        body: false,
-    })
-}
-
-fn check<T>(msg: &T, golden: &str)
-where
-    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
-{
-    let frame = encode_frame(msg, 1 << 20).unwrap();
-    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(hex, golden, "wire bytes of {msg:?} changed");
-    let (back, used) = decode_frame::<T>(&frame, 1 << 20).unwrap().unwrap();
-    assert_eq!(&back, msg);
-    assert_eq!(used, frame.len());
 }
 
 #[test]
-fn control_messages() {
-    check(
-        &hello(),
-        "0000002a0002056d757369630677726e5f61620c77617272656e2f302e312e300105726f6f6d7301710103742d30",
-    );
-    // Variant 1; heartbeat 10000 = varint 90 4e; limits 80 80 10 and 80 08.
-    check(&welcome(), "0000000f0103742d31026e31904e8080108008");
-    check(
-        &Control::Refused(Refusal {
-            code: RefusalCode::BadToken,
-            message: "no".into(),
-        }),
-        "000000050200026e6f",
-    );
-    // Variant 3 (Ping), seq 300 as the varint ac 02: frame length 3.
-    check(&Control::Ping { seq: 300 }, "0000000303ac02");
-    check(&Control::Pong { seq: 1 }, "000000020401");
-    check(
-        &Control::GoAway {
-            reason: "bye".into(),
-        },
-        "000000050503627965",
-    );
+fn every_message_kind_matches_the_document() {
+    let mut checker = Checker::new();
+    let examples = common::examples();
+    for (name, value) in &examples.control {
+        checker.check(name, "Control", value);
+    }
+    for (name, value) in &examples.open {
+        checker.check(name, "Open", value);
+    }
+    for (name, value) in &examples.reply {
+        checker.check(name, "Reply", value);
+    }
+    for (name, value) in &examples.ws {
+        checker.check(name, "WsMessage", value);
+    }
+    for (name, value) in &examples.room_event {
+        checker.check(name, "RoomEvent", value);
+    }
+    for (name, value) in &examples.room_command {
+        checker.check(name, "RoomCommand", value);
+    }
+    checker.check("v1.control.hello", "Control", &v1_hello());
+    checker.finish();
 }
 
 #[test]
-fn stream_messages() {
-    check(
-        &request(),
-        "00000014000703474554062f613f623d3101017801ff0100",
+fn a_v1_hello_is_read_for_its_version_and_refused_in_words() {
+    let checker = Checker::new();
+    let old = checker.bytes("v1.control.hello");
+    assert_eq!(peek_hello_version(&old[LEN_PREFIX..]), Some(1));
+    assert!(
+        matches!(
+            decode_frame::<Control>(old, MAX_CONTROL_FRAME),
+            Err(FrameError::Malformed(_))
+        ),
+        "a v1 Hello must not decode as this version's Hello"
     );
-    check(
-        &Reply::Head(ResponseHead {
-            status: 206,
-            headers: vec![Header {
-                name: "content-range".into(),
-                value: b"bytes 0-1/2".to_vec(),
-            }],
-        }),
-        "0000001e00ce01010d636f6e74656e742d72616e67650b627974657320302d312f32",
+    let current = checker.bytes("control.hello");
+    assert_eq!(
+        peek_hello_version(&current[LEN_PREFIX..]),
+        Some(PROTOCOL_VERSION)
     );
-    check(
-        &Reply::Error(StreamError {
-            kind: ErrorKind::UpstreamTimeout,
-            message: "slow".into(),
-        }),
-        "00000007010104736c6f77",
-    );
+
+    // The refusal a v1 agent receives, decoded the way a v1 agent decodes it.
+    let refusal = checker.bytes("control.refused_version");
+    let (seen, _) = decode_frame::<v1::Control>(refusal, MAX_CONTROL_FRAME)
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, v1::Control::Refused(Refusal::unsupported_version(1)));
 }
 
 #[test]
@@ -146,7 +292,7 @@ fn limits_are_checked_before_allocating() {
 
 #[test]
 fn partial_and_malformed_frames() {
-    let frame = encode_frame(&hello(), MAX_CONTROL_FRAME).unwrap();
+    let frame = Checker::new().bytes("control.hello").to_vec();
     for cut in 0..frame.len() {
         assert_eq!(
             decode_frame::<Control>(&frame[..cut], MAX_CONTROL_FRAME).unwrap(),
