@@ -17,8 +17,35 @@ use warren::{
 over_transports!(
     oversized_headers_get_431,
     slow_loris_is_cut_off,
-    garbage_on_the_tunnel_is_refused
+    garbage_on_the_tunnel_is_refused,
+    silent_peer_is_cut_off_at_the_handshake_timeout,
+    protocol_1_agent_is_refused_in_words
 );
+
+/// A peer that completes the transport handshake on the tunnel port but is
+/// not a warren agent.
+async fn rogue_session(stack: &Stack, t: Transport) -> transport::Session {
+    let kind = match t {
+        Transport::Quic => TransportKind::Quic,
+        Transport::Ws => TransportKind::Ws,
+    };
+    let tls = tls::client_config(&Trust::CaFile(stack.ca_path())).unwrap();
+    let host = stack.tunnel.to_string();
+    transport::connect(
+        kind,
+        Dial {
+            addr: stack.tunnel,
+            server_name: "localhost",
+            host: &host,
+            client_id: "rogue",
+            tls,
+            tuning: &TransportTuning::default(),
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .expect("the transport handshake itself works")
+}
 
 async fn oversized_headers_get_431(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;
@@ -55,41 +82,100 @@ async fn slow_loris_is_cut_off(t: Transport) {
 
 async fn garbage_on_the_tunnel_is_refused(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;
-    let kind = match t {
-        Transport::Quic => TransportKind::Quic,
-        Transport::Ws => TransportKind::Ws,
-    };
-    let tls = tls::client_config(&Trust::CaFile(stack.ca_path())).unwrap();
-    let host = stack.tunnel.to_string();
-    for junk in [
+    for (junk, why) in [
         // A frame claiming 4 GiB: refused from its prefix alone.
-        Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        (
+            Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+            "exceeds the limit",
+        ),
         // A well-sized frame that is not a Hello.
-        Bytes::from_static(&[0, 0, 0, 3, 0x63, 0x63, 0x63]),
+        (
+            Bytes::from_static(&[0, 0, 0, 3, 0x63, 0x63, 0x63]),
+            "the first message was not a Hello",
+        ),
     ] {
-        let session = transport::connect(
-            kind,
-            Dial {
-                addr: stack.tunnel,
-                server_name: "localhost",
-                host: &host,
-                client_id: "rogue",
-                tls: tls.clone(),
-                tuning: &TransportTuning::default(),
-                timeout: Duration::from_secs(5),
-            },
-        )
-        .await
-        .expect("the transport handshake itself works");
+        let session = rogue_session(&stack, t).await;
         let (mut send, _recv) = session.open().await.unwrap();
         send.write_chunk(junk).await.unwrap();
         let reason = tokio::time::timeout(Duration::from_secs(15), session.closed())
             .await
             .expect("the server closes a peer that speaks garbage");
-        assert!(!reason.is_empty());
+        // QUIC carries the server's reason; yamux has no close reasons.
+        if t == Transport::Quic {
+            assert!(reason.contains(why), "close reason {reason:?} says {why:?}");
+        }
     }
     // The real agent and its clients never noticed.
     let resp = get(&stack.url("/bytes/1000")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(read_body(resp).await.unwrap().len(), 1000);
+}
+
+/// The handshake timeout covers the Hello too: a peer that opens the control
+/// stream and then stays silent (here: half a length prefix) is closed once
+/// it runs out, while the real agent keeps serving.
+async fn silent_peer_is_cut_off_at_the_handshake_timeout(t: Transport) {
+    let mut opts = StackOptions::new(t);
+    opts.server.handshake_timeout = Duration::from_secs(1);
+    let stack = Stack::start(opts).await;
+    let session = rogue_session(&stack, t).await;
+    let started = tokio::time::Instant::now();
+    let (mut send, _recv) = session.open().await.unwrap();
+    send.write_chunk(Bytes::from_static(&[0, 0])).await.unwrap();
+    // Meanwhile the real agent serves.
+    let resp = get(&stack.url("/bytes/1000")).await;
+    assert_eq!(read_body(resp).await.unwrap().len(), 1000);
+    let reason = tokio::time::timeout(Duration::from_secs(10), session.closed())
+        .await
+        .expect("the server closes a peer that never finishes its Hello");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed only after the timeout, not at once ({took:?})"
+    );
+    if t == Transport::Quic {
+        assert!(
+            reason.contains("no Hello in time"),
+            "close reason: {reason}"
+        );
+    }
+    assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+}
+
+/// An agent of protocol version 1 (whose Hello had five fields) gets a
+/// refusal it can decode, naming both versions, instead of a dropped
+/// connection.
+async fn protocol_1_agent_is_refused_in_words(t: Transport) {
+    let stack = Stack::start(StackOptions::new(t)).await;
+    let session = rogue_session(&stack, t).await;
+    let (mut send, mut recv) = session.open().await.unwrap();
+    // Control::Hello (0), version 1, client_id "music", token "wrn_ab",
+    // agent "warren/0.1.0", capabilities ["rooms"]: the v1 bytes.
+    let mut payload = vec![0x00, 0x01];
+    for s in ["music", "wrn_ab", "warren/0.1.0"] {
+        payload.push(s.len() as u8);
+        payload.extend_from_slice(s.as_bytes());
+    }
+    payload.extend_from_slice(&[0x01, 0x05]);
+    payload.extend_from_slice(b"rooms");
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    send.write_chunk(Bytes::from(frame)).await.unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        recv.read_frame::<warren_proto::Control>(warren_proto::MAX_CONTROL_FRAME),
+    )
+    .await
+    .expect("the server answers")
+    .expect("a readable answer");
+    let warren_proto::Control::Refused(refusal) = reply else {
+        panic!("expected a refusal, got {reply:?}");
+    };
+    assert_eq!(refusal.code, warren_proto::RefusalCode::UnsupportedVersion);
+    assert!(
+        refusal.message.contains('1') && refusal.message.contains('2'),
+        "names both versions: {}",
+        refusal.message
+    );
+    assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
 }

@@ -3,6 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use tracing::{info, warn, Instrument};
 use warren_proto::{
     CloseCode, Control, Hello, Limits, Refusal, RefusalCode, Welcome, MAX_CONTROL_FRAME,
@@ -48,9 +50,13 @@ pub(super) async fn accept_agents(
         tokio::spawn(
             async move {
                 let _done = done;
+                // One deadline for the transport handshake and the Hello: a
+                // peer that completes TLS and then says nothing is cut off
+                // as surely as one that never finishes the handshake.
                 let timeout = shared.config.handshake_timeout;
-                match tokio::time::timeout(timeout, incoming.establish()).await {
-                    Ok(Ok(session)) => serve_agent(shared, session, shutdown).await,
+                let deadline = Instant::now() + timeout;
+                match tokio::time::timeout_at(deadline, incoming.establish()).await {
+                    Ok(Ok(session)) => serve_agent(shared, session, deadline, shutdown).await,
                     Ok(Err(e)) => info!("agent handshake failed: {e}"),
                     Err(_) => info!("agent handshake timed out after {timeout:?}"),
                 }
@@ -61,48 +67,33 @@ pub(super) async fn accept_agents(
 }
 
 /// Runs one agent connection from Hello to goodbye.
-async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) {
-    let timeout = shared.config.handshake_timeout;
-    let (mut send, mut recv) = match tokio::time::timeout(timeout, read_hello(&session)).await {
-        Ok(Ok(parts)) => parts,
-        Ok(Err(why)) => {
-            info!("agent rejected before Hello: {why}");
-            session.close(CloseCode::ProtocolError, &why);
-            return;
-        }
-        Err(_) => {
-            info!("no Hello within {timeout:?}");
-            session.close(CloseCode::Timeout, "no Hello in time");
-            return;
-        }
-    };
-    let hello = match recv.read_frame::<Control>(MAX_CONTROL_FRAME).await {
-        Ok(Control::Hello(hello)) => hello,
-        Ok(other) => {
-            let why = format!("expected Hello, got {other:?}");
-            info!("{why}");
-            session.close(CloseCode::ProtocolError, &why);
-            return;
-        }
-        Err(e) => {
-            info!("reading Hello failed: {e}");
-            session.close(CloseCode::ProtocolError, "unreadable Hello");
-            return;
-        }
-    };
+async fn serve_agent(shared: Arc<Shared>, session: Session, deadline: Instant, shutdown: Shutdown) {
+    let (mut send, recv, hello) =
+        match tokio::time::timeout_at(deadline, read_hello(&session)).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(HelloError::Protocol(why))) => {
+                info!("agent rejected before Hello: {why}");
+                session.close(CloseCode::ProtocolError, &why);
+                return;
+            }
+            Ok(Err(HelloError::Version { mut send, version })) => {
+                refuse(&session, &mut send, Refusal::unsupported_version(version)).await;
+                return;
+            }
+            Err(_) => {
+                let timeout = shared.config.handshake_timeout;
+                info!("no Hello within {timeout:?} of connecting");
+                session.close(CloseCode::Timeout, "no Hello in time");
+                return;
+            }
+        };
     let client_id = hello.client_id.clone();
     let span = tracing::info_span!("client", client_id = %client_id);
     async move {
         let record = match admit(&shared, &session, &hello).await {
             Ok(record) => record,
             Err(refusal) => {
-                info!(code = ?refusal.code, "agent refused: {}", refusal.message);
-                let _ = send
-                    .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
-                    .await;
-                let _ = send.finish().await;
-                let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
-                session.close(CloseCode::Refused, "refused");
+                refuse(&session, &mut send, refusal).await;
                 return;
             }
         };
@@ -119,11 +110,52 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, shutdown: Shutdown) 
     .await
 }
 
-async fn read_hello(session: &Session) -> Result<(SendStream, RecvStream), String> {
-    session
-        .accept()
+/// Why no Hello could be read.
+enum HelloError {
+    /// Not a warren agent, or a broken one: close with a protocol error.
+    Protocol(String),
+    /// An agent speaking another protocol version: refuse it in words it can
+    /// decode (`Refused` is the same in every version).
+    Version { send: SendStream, version: u16 },
+}
+
+/// Accepts the control stream and reads the Hello, checking its version
+/// before decoding the rest (other versions lay out Hello differently).
+async fn read_hello(session: &Session) -> Result<(SendStream, RecvStream, Hello), HelloError> {
+    let (send, mut recv) = session.accept().await.ok_or_else(|| {
+        HelloError::Protocol("connection closed before the control stream opened".into())
+    })?;
+    let payload = recv
+        .read_payload(MAX_CONTROL_FRAME)
         .await
-        .ok_or_else(|| "connection closed before the control stream opened".to_string())
+        .map_err(|e| HelloError::Protocol(format!("unreadable Hello: {e}")))?;
+    match warren_proto::peek_hello_version(&payload) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(version) => return Err(HelloError::Version { send, version }),
+        None => {
+            return Err(HelloError::Protocol(
+                "the first message was not a Hello".into(),
+            ))
+        }
+    }
+    match warren_proto::decode_payload::<Control>(&payload) {
+        Ok(Control::Hello(hello)) => Ok((send, recv, hello)),
+        Ok(_) => Err(HelloError::Protocol(
+            "the first message was not a Hello".into(),
+        )),
+        Err(e) => Err(HelloError::Protocol(format!("unreadable Hello: {e}"))),
+    }
+}
+
+/// Sends a refusal, lets the agent read it (briefly), then closes.
+async fn refuse(session: &Session, send: &mut SendStream, refusal: Refusal) {
+    info!(code = ?refusal.code, "agent refused: {}", refusal.message);
+    let _ = send
+        .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
+        .await;
+    let _ = send.finish().await;
+    let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
+    session.close(CloseCode::Refused, "refused");
 }
 
 /// Checks the Hello and records the connection; returns its `tunnel_ws_id`.
@@ -133,15 +165,6 @@ async fn admit(
     hello: &Hello,
 ) -> Result<ConnectionRecord, Refusal> {
     let refuse = |code, message: String| Refusal { code, message };
-    if hello.version != PROTOCOL_VERSION {
-        return Err(refuse(
-            RefusalCode::UnsupportedVersion,
-            format!(
-                "agent speaks protocol {}, this server speaks {PROTOCOL_VERSION}; upgrade the older side",
-                hello.version
-            ),
-        ));
-    }
     if let Err(why) = auth::check_client_id(&hello.client_id) {
         return Err(refuse(RefusalCode::UnknownClient, why));
     }
@@ -224,18 +247,12 @@ async fn run_admitted(
         )),
     };
     if let Some(message) = refusal {
-        info!("agent refused: {message}");
         let _ = shared.registry.remove_connection(&tunnel_ws_id).await;
         let refusal = Refusal {
             code: RefusalCode::TooManyConnections,
             message,
         };
-        let _ = send
-            .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
-            .await;
-        let _ = send.finish().await;
-        let _ = tokio::time::timeout(REFUSAL_LINGER, session.closed()).await;
-        session.close(CloseCode::Refused, "refused");
+        refuse(&session, &mut send, refusal).await;
         return;
     }
     let config = &shared.config;

@@ -328,15 +328,26 @@ impl RecvStream {
         &mut self,
         limit: usize,
     ) -> Result<T, TransportError> {
+        let payload = self.read_payload(limit).await?;
+        Ok(warren_proto::decode_payload(&payload)?)
+    }
+
+    /// Reads one frame's payload undecoded (for a look at it before decoding,
+    /// as the server does with a Hello's version). Same limits as `read_frame`.
+    pub async fn read_payload(&mut self, limit: usize) -> Result<Bytes, TransportError> {
         let room = limit + LEN_PREFIX;
         let mut staged = match self.read_chunk(room).await? {
             Some(chunk) => chunk,
             None => return Err(TransportError::UnexpectedEnd),
         };
         loop {
-            if let Some((msg, used)) = warren_proto::decode_frame::<T>(&staged, limit)? {
-                self.pending = staged.slice(used..);
-                return Ok(msg);
+            if let Some(prefix) = staged.first_chunk::<LEN_PREFIX>() {
+                let len = warren_proto::frame_len(*prefix, limit)?;
+                let end = LEN_PREFIX + len;
+                if staged.len() >= end {
+                    self.pending = staged.slice(end..);
+                    return Ok(staged.slice(LEN_PREFIX..end));
+                }
             }
             // The frame spans reads: gather it (bounded by the frame limit).
             let Some(more) = self
