@@ -3,6 +3,9 @@
 //! (with `Range` and pacing, like an audio file), echoes requests, and can
 //! misbehave on purpose (truncate, hang) so error paths can be exercised.
 //!
+//! Long because: one route table of small endpoints (each misbehaving in its
+//! own way on purpose); split up, the list of what the sample can do is lost.
+//!
 //! Routes:
 //! - `GET|HEAD /bytes/N[?chunk=K&delay_ms=D]`: N bytes of the pattern, `Range` aware;
 //!   with `delay_ms`, paced as K-byte chunks every D ms.

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use tokio::{net::TcpStream, time::Instant};
 
-use super::BenchError;
+use super::error::BenchError;
 
 /// Where requests go.
 #[derive(Clone)]

@@ -4,7 +4,11 @@
 //! in the same run, next to the raw transport ceiling. Figures are ratios to
 //! their baseline from the same run, since timing on shared machines is noisy.
 //! Prints a Markdown table, writes `tunnel.json` and `tunnel.svg`.
+//!
+//! Long because: `run` and `rows` are the benchmark's two tables (what runs,
+//! in order; what each figure is judged against), each read top to bottom.
 
+mod error;
 mod load;
 mod procs;
 mod raw;
@@ -22,27 +26,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::{auth, lab::UdpGate, registry::Registry, transport::TransportKind};
+pub use error::BenchError;
 use load::Target;
 use procs::{PeakRss, Proc};
 pub use report::{Better, Row};
-
-#[derive(Debug, thiserror::Error)]
-#[error("benchmark: {0}")]
-pub struct BenchError(String);
-
-impl BenchError {
-    pub fn new(message: impl Into<String>) -> Self {
-        BenchError(message.into())
-    }
-
-    fn io(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
-        move |e| BenchError(format!("{what}: {e}"))
-    }
-
-    fn http(what: &'static str) -> impl Fn(hyper::Error) -> BenchError {
-        move |e| BenchError(format!("{what}: {e}"))
-    }
-}
 
 pub struct BenchOptions {
     /// Every scenario small: seconds instead of minutes (CI runs this).

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::BenchError;
+use super::error::BenchError;
 
 /// A child process, killed when dropped.
 pub struct Proc {

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::Path};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::BenchError;
+use super::error::BenchError;
 use crate::{
     sample::pattern,
     tls::{self, ServerIdentity, Trust},

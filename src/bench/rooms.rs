@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::{net::TcpListener, time::Instant};
 use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Message};
 
-use super::{load::percentile_ms, BenchError};
+use super::{error::BenchError, load::percentile_ms};
 
 pub struct RoomFigures {
     pub bytes_per_broadcast: f64,

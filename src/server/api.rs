@@ -67,7 +67,7 @@ async fn handle(
         if path == "/_warren/rooms" {
             return Ok(
                 match target::target(&req, shared.config.base_domain.as_deref()) {
-                    Ok(target) => rooms::list(&shared.rooms, &target.client_id).await,
+                    Ok(target) => rooms::list(&shared.rooms, &target.client_id),
                     Err(resp) => *resp,
                 },
             );

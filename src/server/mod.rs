@@ -142,7 +142,8 @@ impl Server {
             config.rooms.clone(),
             config.ws.clone(),
             config.max_head_frame,
-            config.response_timeout,
+            // A healthy agent answers the opening of its rooms at once.
+            config.open_stream_timeout,
         );
         let shared = Arc::new(Shared {
             registry,

@@ -26,7 +26,7 @@ use tokio::{
 };
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use super::{TransportError, TransportTuning};
+use super::{error::TransportError, tuning::TransportTuning};
 
 pub enum Role {
     Client,
@@ -127,7 +127,12 @@ pub struct MuxSession {
 }
 
 /// Starts the driver for a yamux session over `io`.
-pub fn session<T>(io: T, role: Role, remote: SocketAddr, tuning: &TransportTuning) -> super::Session
+pub fn session<T>(
+    io: T,
+    role: Role,
+    remote: SocketAddr,
+    tuning: &TransportTuning,
+) -> Arc<MuxSession>
 where
     T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -152,12 +157,12 @@ where
     let (in_tx, in_rx) = mpsc::channel(streams);
     let (closed_tx, closed_rx) = watch::channel(None);
     tokio::spawn(drive(conn, cmd_rx, in_tx, closed_tx));
-    super::Session::from_mux(Arc::new(MuxSession {
+    Arc::new(MuxSession {
         commands: cmd_tx,
         inbound: Mutex::new(in_rx),
         closed: closed_rx,
         remote,
-    }))
+    })
 }
 
 async fn drive<T>(

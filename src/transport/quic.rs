@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use quinn::{crypto::rustls::QuicClientConfig, crypto::rustls::QuicServerConfig, VarInt};
 
-use super::{Session, TransportError, TransportTuning};
+use super::{error::TransportError, session::Session, tuning::TransportTuning};
 
 /// Streams the agent may open towards the server: only the control stream today;
 /// a little headroom for future uses.
@@ -140,45 +140,4 @@ pub async fn connect(
         }
     };
     Ok(Session::from_quic(conn, Some(endpoint)))
-}
-
-pub(super) fn conn_error(e: quinn::ConnectionError) -> TransportError {
-    use quinn::ConnectionError as E;
-    TransportError::Closed(match e {
-        E::ApplicationClosed(c) => {
-            let reason = String::from_utf8_lossy(&c.reason).into_owned();
-            format!("closed by peer (code {}): {reason}", c.error_code)
-        }
-        E::LocallyClosed => "closed locally".into(),
-        E::TimedOut => "peer unresponsive (idle timeout)".into(),
-        other => other.to_string(),
-    })
-}
-
-pub(super) fn write_error(e: quinn::WriteError) -> TransportError {
-    match e {
-        quinn::WriteError::Stopped(code) => TransportError::Reset(code.into_inner()),
-        quinn::WriteError::ConnectionLost(e) => conn_error(e),
-        other => TransportError::Closed(other.to_string()),
-    }
-}
-
-pub(super) fn read_error(e: quinn::ReadError) -> TransportError {
-    match e {
-        quinn::ReadError::Reset(code) => TransportError::Reset(code.into_inner()),
-        quinn::ReadError::ConnectionLost(e) => conn_error(e),
-        other => TransportError::Closed(other.to_string()),
-    }
-}
-
-/// quinn's `AsyncRead` reports resets and lost connections as `io::Error`s
-/// wrapping its `ReadError`; recover the precise error where we can.
-pub(super) fn io_read_error(e: std::io::Error) -> TransportError {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
-    {
-        Some(read) => read_error(read.clone()),
-        None => TransportError::Io(e),
-    }
 }

@@ -26,7 +26,7 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-use super::{mux, Session, TransportError, TransportTuning};
+use super::{error::TransportError, mux, session::Session, tuning::TransportTuning};
 
 /// Path agents upgrade on.
 pub const WS_PATH: &str = "/ws";
@@ -187,12 +187,12 @@ impl Acceptor {
             tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()))
                 .await
                 .map_err(|e| fail(format!("WebSocket upgrade failed: {e}")))?;
-        Ok(mux::session(
+        Ok(Session::from_mux(mux::session(
             WsIo::new(ws),
             mux::Role::Server,
             remote,
             &self.tuning,
-        ))
+        )))
     }
 }
 
@@ -230,5 +230,10 @@ pub async fn connect(
     let ws = tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| fail(format!("no WebSocket handshake within {timeout:?}")))??;
-    Ok(mux::session(WsIo::new(ws), mux::Role::Client, addr, tuning))
+    Ok(Session::from_mux(mux::session(
+        WsIo::new(ws),
+        mux::Role::Client,
+        addr,
+        tuning,
+    )))
 }

@@ -1,0 +1,193 @@
+//! The two halves of a stream: writes (owned chunks, frames, FIN, reset) and
+//! reads (chunks as large as what has arrived, frames with hard limits).
+//! Streams end with FIN (complete) or reset (truncated); readers can tell.
+
+use bytes::{Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use warren_proto::{ResetCode, LEN_PREFIX};
+
+use super::{
+    error::{self, TransportError},
+    mux,
+};
+
+/// The sending half of a stream.
+pub enum SendStream {
+    Quic(quinn::SendStream),
+    Mux(mux::MuxSend),
+}
+
+impl SendStream {
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError> {
+        match self {
+            SendStream::Quic(s) => s.write_all(buf).await.map_err(error::write_error),
+            SendStream::Mux(s) => s.write(buf).await,
+        }
+    }
+
+    /// Writes an owned chunk (without copying it, where the transport allows).
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
+        match self {
+            SendStream::Quic(s) => s.write_chunk(chunk).await.map_err(error::write_error),
+            SendStream::Mux(s) => s.write(&chunk).await,
+        }
+    }
+
+    /// Encodes and writes one frame.
+    pub async fn write_frame<T: Serialize>(
+        &mut self,
+        msg: &T,
+        limit: usize,
+    ) -> Result<(), TransportError> {
+        let frame = warren_proto::encode_frame(msg, limit)?;
+        self.write_chunk(Bytes::from(frame)).await
+    }
+
+    /// Ends the stream cleanly (FIN): the reader sees a complete body.
+    pub async fn finish(&mut self) -> Result<(), TransportError> {
+        match self {
+            SendStream::Quic(s) => s
+                .finish()
+                .map_err(|_| TransportError::Closed("stream already closed".into())),
+            SendStream::Mux(s) => s.finish().await,
+        }
+    }
+
+    /// Aborts the stream: the reader sees an error, never a clean end.
+    pub async fn reset(&mut self, code: ResetCode) {
+        match self {
+            SendStream::Quic(s) => {
+                let _ = s.reset(quinn::VarInt::from_u32(code as u32));
+            }
+            SendStream::Mux(s) => s.reset().await,
+        }
+    }
+}
+
+/// The receiving half of a stream. Dropping it before the end tells the writer to
+/// stop (the writer sees its next write fail).
+pub struct RecvStream {
+    inner: RecvInner,
+    /// Reused read buffer: chunks are split off it, and its allocation is
+    /// reclaimed once downstream has dropped them.
+    buf: BytesMut,
+    /// How much to read at once: starts small (most responses are small, and a
+    /// 128 KiB allocation per stream would cost more than the response) and
+    /// doubles whenever a read fills it, up to the caller's maximum.
+    read_size: usize,
+    /// Bytes received past the end of a frame, returned before reading more.
+    pending: Bytes,
+}
+
+/// First read size on a stream; see `RecvStream::read_size`.
+const FIRST_READ: usize = 16 * 1024;
+
+pub(super) enum RecvInner {
+    Quic(quinn::RecvStream),
+    Mux(mux::MuxRecv),
+}
+
+impl RecvStream {
+    pub(super) fn new(inner: RecvInner) -> Self {
+        RecvStream {
+            inner,
+            buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            pending: Bytes::new(),
+        }
+    }
+
+    /// Next chunk: everything already received, up to `max` bytes, in one piece.
+    /// `Ok(None)` at a clean end (FIN); an error if the writer reset the stream or
+    /// the session died.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, TransportError> {
+        use bytes::BufMut;
+        use tokio::io::AsyncReadExt;
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(max);
+            return Ok(Some(self.pending.split_to(n)));
+        }
+        let want = self.read_size.min(max).max(1);
+        self.buf.reserve(want);
+        let n = match &mut self.inner {
+            RecvInner::Quic(s) => s
+                .read_buf(&mut (&mut self.buf).limit(want))
+                .await
+                .map_err(error::io_read_error)?,
+            RecvInner::Mux(s) => s.read_into(&mut self.buf, want).await?,
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        if n == want {
+            self.read_size = (self.read_size * 2).min(max.max(FIRST_READ));
+        }
+        Ok(Some(self.buf.split().freeze()))
+    }
+
+    /// Fills `out` completely, or fails (a clean end before that is `UnexpectedEnd`).
+    pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), TransportError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let Some(chunk) = self.read_chunk(out.len() - filled).await? else {
+                return Err(TransportError::UnexpectedEnd);
+            };
+            out[filled..filled + chunk.len()].copy_from_slice(&chunk);
+            filled += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Reads one frame, never holding more than `limit` bytes for it. Bytes
+    /// that arrived after it (typically the start of a body) are kept for the
+    /// next read, so a head and its body can share one network read.
+    pub async fn read_frame<T: DeserializeOwned>(
+        &mut self,
+        limit: usize,
+    ) -> Result<T, TransportError> {
+        let payload = self.read_payload(limit).await?;
+        Ok(warren_proto::decode_payload(&payload)?)
+    }
+
+    /// Reads one frame's payload undecoded (for a look at it before decoding,
+    /// as the server does with a Hello's version). Same limits as `read_frame`.
+    pub async fn read_payload(&mut self, limit: usize) -> Result<Bytes, TransportError> {
+        let room = limit + LEN_PREFIX;
+        let mut staged = match self.read_chunk(room).await? {
+            Some(chunk) => chunk,
+            None => return Err(TransportError::UnexpectedEnd),
+        };
+        loop {
+            if let Some(prefix) = staged.first_chunk::<LEN_PREFIX>() {
+                let len = warren_proto::frame_len(*prefix, limit)?;
+                let end = LEN_PREFIX + len;
+                if staged.len() >= end {
+                    self.pending = staged.slice(end..);
+                    return Ok(staged.slice(LEN_PREFIX..end));
+                }
+            }
+            // The frame spans reads: gather it (bounded by the frame limit).
+            let Some(more) = self
+                .read_chunk(room.saturating_sub(staged.len()).max(1))
+                .await?
+            else {
+                return Err(TransportError::UnexpectedEnd);
+            };
+            let mut joined = BytesMut::with_capacity(staged.len() + more.len());
+            joined.extend_from_slice(&staged);
+            joined.extend_from_slice(&more);
+            staged = joined.freeze();
+        }
+    }
+
+    /// Tells the writer we will read no more. (On yamux the writer learns it
+    /// when the whole stream is dropped.)
+    pub fn stop(&mut self, code: ResetCode) {
+        match &mut self.inner {
+            RecvInner::Quic(s) => {
+                let _ = s.stop(quinn::VarInt::from_u32(code as u32));
+            }
+            RecvInner::Mux(_) => {}
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! No tenant waits on another: an agent that completes its Hello, keeps its
+//! heartbeat and then never serves a stream (a stalled or malicious tenant)
+//! costs only its own requests. Everyone else's requests, WebSocket upgrades,
+//! room joins and listings go on while the mute agent's are still pending,
+//! and the mute agent's own end with clear errors once their deadlines pass.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use warren::{
+    control,
+    tls::{self, Trust},
+    transport::{self, Dial, TransportKind, TransportTuning},
+};
+use warren_proto::{Control, Hello, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
+
+over_transports!(a_mute_agent_stalls_no_one_else);
+
+/// Connects as `client_id` with a real token, is welcomed, answers pings, and
+/// never accepts a stream. Returns the task keeping it alive.
+async fn mute_agent(
+    stack: &Stack,
+    t: Transport,
+    client_id: &str,
+    token: &str,
+) -> tokio::task::JoinHandle<()> {
+    let kind = match t {
+        Transport::Quic => TransportKind::Quic,
+        Transport::Ws => TransportKind::Ws,
+    };
+    let tls = tls::client_config(&Trust::CaFile(stack.ca_path())).unwrap();
+    let host = stack.tunnel.to_string();
+    let session = transport::connect(
+        kind,
+        Dial {
+            addr: stack.tunnel,
+            server_name: "localhost",
+            host: &host,
+            client_id,
+            tls,
+            tuning: &TransportTuning::default(),
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv) = session.open().await.unwrap();
+    let hello = Control::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_id: client_id.into(),
+        token: token.into(),
+        agent: "mute".into(),
+        capabilities: Vec::new(),
+        transport_note: String::new(),
+        replaces: None,
+    });
+    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
+    let Control::Welcome(welcome) = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.unwrap()
+    else {
+        panic!("the mute agent is welcomed");
+    };
+    let beat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+    tokio::spawn(async move {
+        // Alive on the control stream, deaf on every other.
+        let _session = session;
+        control::keepalive(send, recv, beat, std::future::pending(), |_| {}).await;
+    })
+}
+
+async fn a_mute_agent_stalls_no_one_else(t: Transport) {
+    let mut opts = StackOptions::new(t);
+    opts.server.open_stream_timeout = Duration::from_secs(4);
+    opts.server.response_timeout = Duration::from_secs(4);
+    let stack = Stack::start(opts).await;
+    let mute_id = unique("mute");
+    let mute_token = warren::auth::issue_token(&stack.registry, &mute_id)
+        .await
+        .unwrap();
+    let _mute = mute_agent(&stack, t, &mute_id, &mute_token).await;
+
+    // The mute agent's own requests: a room join and an HTTP request, pending.
+    let api = stack.api;
+    let join_path = format!("/_warren/rooms/lobby?clientId={mute_id}");
+    let mute_join = tokio::spawn(async move { ws_upgrade(api, &join_path, None).await });
+    let mute_url = format!("http://{api}/bytes/10?clientId={mute_id}");
+    let mute_get = tokio::spawn(async move { get(&mute_url).await.status() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!mute_join.is_finished() && !mute_get.is_finished());
+
+    // Everyone else, meanwhile: HTTP, a WebSocket pass-through, the room
+    // listing for the mute agent and for the good one.
+    let resp = get(&stack.url("/bytes/1000")).await;
+    assert_eq!(read_body(resp).await.unwrap().len(), 1000);
+    let ws_path = format!("/ws/echo?clientId={}", stack.client_id);
+    let (ws, _) = ws_upgrade(stack.api, &ws_path, None)
+        .await
+        .expect("pass-through upgrade");
+    drop(ws);
+    for id in [&mute_id, &stack.client_id] {
+        let listing = get(&format!("http://{}/_warren/rooms?clientId={id}", stack.api)).await;
+        assert_eq!(listing.status(), StatusCode::OK);
+    }
+    // A room join for the good agent (which has no rooms backend) gets its
+    // answer from that agent at once, without queueing behind the mute one.
+    let good_join = format!("/_warren/rooms/lobby?clientId={}", stack.client_id);
+    match ws_upgrade(stack.api, &good_join, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("no rooms backend"), "{body}");
+        }
+        other => panic!("expected the agent's refusal, got {other:?}"),
+    }
+    assert!(
+        !mute_join.is_finished() && !mute_get.is_finished(),
+        "all of that was served while the mute agent's requests were still waiting"
+    );
+
+    // The mute agent's requests end with clear errors at their deadlines.
+    let join = tokio::time::timeout(Duration::from_secs(20), mute_join)
+        .await
+        .expect("the mute join ends")
+        .unwrap();
+    match join {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "rooms_unavailable")
+        }
+        other => panic!("expected a refused upgrade, got {other:?}"),
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), mute_get)
+        .await
+        .expect("the mute request ends")
+        .unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    // And the good agent still serves.
+    assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+}
