@@ -373,3 +373,120 @@ impl MuxRecv {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The adapter on its own, over an in-memory pipe: segments, the end
+    //! marker, resets and per-stream backpressure.
+
+    use std::time::Duration;
+
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+
+    use super::*;
+
+    fn pair(tuning: &TransportTuning) -> (Arc<MuxSession>, Arc<MuxSession>) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        (
+            session(a.compat(), Role::Client, addr, tuning),
+            session(b.compat(), Role::Server, addr, tuning),
+        )
+    }
+
+    async fn read_all(recv: &mut MuxRecv) -> Result<Vec<u8>, TransportError> {
+        let mut buf = BytesMut::new();
+        while recv.read_into(&mut buf, 64 * 1024).await? > 0 {}
+        Ok(buf.to_vec())
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_whole_and_finish_is_a_clean_end() {
+        let (client, server) = pair(&TransportTuning::default());
+        let (mut send, _) = client.open().await.unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        send.write(&data[..1]).await.unwrap();
+        let (_, mut recv) = server.accept().await.unwrap();
+        // More than a window: the writer waits for the reader (backpressure).
+        let rest = data[1..].to_vec();
+        let writer = tokio::spawn(async move {
+            send.write(&rest).await.unwrap();
+            send.finish().await.unwrap();
+        });
+        assert_eq!(read_all(&mut recv).await.unwrap(), data);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_an_error_never_a_clean_end() {
+        let (client, server) = pair(&TransportTuning::default());
+        let (mut send, _) = client.open().await.unwrap();
+        send.write(b"partial").await.unwrap();
+        let (_, mut recv) = server.accept().await.unwrap();
+        send.reset().await;
+        assert!(read_all(&mut recv).await.is_err(), "truncation is reported");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_reader_fails_the_writer() {
+        let (client, server) = pair(&TransportTuning::default());
+        let (mut send, _) = client.open().await.unwrap();
+        send.write(b"x").await.unwrap();
+        drop(server.accept().await.unwrap());
+        let failed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if send.write(&[0u8; 16 * 1024]).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "the writer learns the reader is gone");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_stream_does_not_hold_up_another() {
+        let (client, server) = pair(&TransportTuning::default());
+        // Stream 1: written until its window is full, never read.
+        let (mut stalled, _) = client.open().await.unwrap();
+        stalled.write(b"s").await.unwrap();
+        let (_, _stalled_recv) = server.accept().await.unwrap();
+        let filler = tokio::spawn(async move {
+            loop {
+                if stalled.write(&[1u8; 64 * 1024]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Stream 2: 4 MiB goes through meanwhile.
+        let (mut send, _) = client.open().await.unwrap();
+        send.write(b"y").await.unwrap();
+        let (_, mut recv) = server.accept().await.unwrap();
+        let writer = tokio::spawn(async move {
+            for _ in 0..64 {
+                send.write(&[2u8; 64 * 1024]).await.unwrap();
+            }
+            send.finish().await.unwrap();
+        });
+        let got = tokio::time::timeout(Duration::from_secs(20), read_all(&mut recv))
+            .await
+            .expect("the second stream is not blocked by the first")
+            .unwrap();
+        assert_eq!(got.len(), 1 + 64 * 64 * 1024);
+        writer.await.unwrap();
+        assert!(!filler.is_finished(), "the stalled writer is held back, not failed");
+        filler.abort();
+    }
+
+    #[tokio::test]
+    async fn closing_the_session_ends_accept_and_open() {
+        let (client, server) = pair(&TransportTuning::default());
+        client.close();
+        assert!(tokio::time::timeout(Duration::from_secs(5), server.accept())
+            .await
+            .expect("accept ends")
+            .is_none());
+        assert!(client.open().await.is_err());
+        assert!(!client.closed().await.is_empty() || client.close_reason().is_some());
+    }
+}
