@@ -432,8 +432,8 @@ async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
 }
 
 /// warren.js in a real browser (headless Chromium): joins with credentials,
-/// talks, and answers a broadcast. Runs where Chromium is installed; CI
-/// installs it and sets WARREN_TEST_CHROMIUM=1, which makes its absence fatal.
+/// talks, and answers a broadcast. Runs where Chromium is installed; skipped
+/// (and counted as skipped) elsewhere, and a failure under CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warren_js_in_headless_chromium() {
     let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
@@ -443,11 +443,7 @@ async fn warren_js_in_headless_chromium() {
             .is_ok()
     });
     let Some(chromium) = chromium else {
-        assert!(
-            std::env::var("WARREN_TEST_CHROMIUM").is_err(),
-            "WARREN_TEST_CHROMIUM is set but chromium is missing"
-        );
-        eprintln!("chromium not installed: skipping the browser test");
+        skip("Chromium is not installed (apt-get install chromium)");
         return;
     };
     let (stack, backend) = stack_with_rooms(Transport::Quic, true, |_| {}).await;

@@ -474,7 +474,10 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 1 + 64 * 64 * 1024);
         writer.await.unwrap();
-        assert!(!filler.is_finished(), "the stalled writer is held back, not failed");
+        assert!(
+            !filler.is_finished(),
+            "the stalled writer is held back, not failed"
+        );
         filler.abort();
     }
 
@@ -482,10 +485,12 @@ mod tests {
     async fn closing_the_session_ends_accept_and_open() {
         let (client, server) = pair(&TransportTuning::default());
         client.close();
-        assert!(tokio::time::timeout(Duration::from_secs(5), server.accept())
-            .await
-            .expect("accept ends")
-            .is_none());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), server.accept())
+                .await
+                .expect("accept ends")
+                .is_none()
+        );
         assert!(client.open().await.is_err());
         assert!(!client.closed().await.is_empty() || client.close_reason().is_some());
     }

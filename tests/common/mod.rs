@@ -85,14 +85,46 @@ pub enum Db {
     MySql,
 }
 
-/// The MySQL URL CI provides; `None` (test skipped, with a note) when unset.
+/// Where the tests look for MySQL/MariaDB when `WARREN_TEST_MYSQL_URL` is unset.
+const LOCAL_MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// The MySQL URL to test against: `WARREN_TEST_MYSQL_URL`, else a MariaDB
+/// answering on 127.0.0.1:3306. `None` when there is none: the test is then
+/// skipped, and says so (see [`skip`]).
 pub fn mysql_url() -> Option<String> {
-    match std::env::var("WARREN_TEST_MYSQL_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("WARREN_TEST_MYSQL_URL is not set: skipping the MySQL variant");
-            None
+    if let Ok(url) = std::env::var("WARREN_TEST_MYSQL_URL") {
+        if !url.is_empty() {
+            return Some(url);
         }
+    }
+    let addr: SocketAddr = "127.0.0.1:3306".parse().unwrap();
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+        return Some(LOCAL_MYSQL.to_string());
+    }
+    skip("MySQL/MariaDB: set WARREN_TEST_MYSQL_URL or run MariaDB on 127.0.0.1:3306");
+    None
+}
+
+/// Records that the calling test did not run, for `tests/run`'s closing line
+/// (`N passed, N failed, N skipped`). Under CI (`CI` set) a missing
+/// dependency is a failure, never a skip.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string();
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI must run every test, but: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        use std::io::Write;
+        let _ = writeln!(file, "{test}: {why}");
     }
 }
 
@@ -139,9 +171,15 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
+    /// Stops the agent and checks how it ended: in order, without a panic or
+    /// an error (a crash in its background tasks must not pass unseen).
     pub async fn stop(self) {
         self.trigger.fire();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the agent stops within 10 s")
+            .expect("the agent task did not panic")
+            .expect("the agent ended without an error");
     }
 }
 
@@ -175,7 +213,7 @@ impl Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = match opts.db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("warren.db").display()),
-            Db::MySql => mysql_url().expect("MySQL variant needs WARREN_TEST_MYSQL_URL"),
+            Db::MySql => mysql_url().expect("the MySQL variant needs MySQL/MariaDB"),
         };
         let node_id = unique("node");
         let config = ServerConfig {
@@ -320,8 +358,47 @@ pub async fn wait_connected(status: &mut watch::Receiver<AgentStatus>) -> AgentS
     .clone()
 }
 
+/// Panics in spawned tasks (on runtime worker threads), which tokio would
+/// otherwise swallow: a test's `Stack` fails when any happened.
+static TASK_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_task_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some("tokio-runtime-worker") {
+                TASK_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+impl Drop for Stack {
+    /// A test passes only if nothing behind it crashed: the server task (when
+    /// it already ended) ended without a panic, and no spawned task panicked.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some((_, task)) = &mut self.server {
+            use futures_util::FutureExt;
+            if let Some(Err(e)) = task.now_or_never() {
+                panic!("the server task failed: {e}");
+            }
+        }
+        let panics = TASK_PANICS.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            panics, 0,
+            "a spawned task panicked during the tests (see above)"
+        );
+    }
+}
+
 /// Logs to the test output when `WARREN_TEST_LOG` is set (e.g. `debug`).
 pub fn init_logging() {
+    count_task_panics();
     if let Ok(filter) = std::env::var("WARREN_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
