@@ -86,7 +86,8 @@ pub async fn keepalive(
                         continue;
                     }
                     Some(Ok(other)) => {
-                        return ControlEnd::ProtocolError(format!("unexpected {other:?} after handshake"))
+                        // Named, never printed: a Hello carries a token.
+                        return ControlEnd::ProtocolError(format!("unexpected {} after handshake", kind(&other)))
                     }
                     Some(Err(e)) => return ControlEnd::Lost(e),
                     None => return ControlEnd::Lost(TransportError::Closed("control reader ended".into())),
@@ -100,6 +101,19 @@ pub async fn keepalive(
         if let Err(e) = send.write_frame(&outgoing, MAX_CONTROL_FRAME).await {
             return ControlEnd::Lost(e);
         }
+    }
+}
+
+/// A control message's name, for logs and close reasons. Messages are never
+/// printed whole: a `Hello` carries the agent's token.
+pub fn kind(message: &Control) -> &'static str {
+    match message {
+        Control::Hello(_) => "Hello",
+        Control::Welcome(_) => "Welcome",
+        Control::Refused(_) => "Refused",
+        Control::Ping { .. } => "Ping",
+        Control::Pong { .. } => "Pong",
+        Control::GoAway { .. } => "GoAway",
     }
 }
 

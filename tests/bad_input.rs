@@ -19,7 +19,8 @@ over_transports!(
     slow_loris_is_cut_off,
     garbage_on_the_tunnel_is_refused,
     silent_peer_is_cut_off_at_the_handshake_timeout,
-    protocol_1_agent_is_refused_in_words
+    protocol_1_agent_is_refused_in_words,
+    a_second_hello_is_refused_without_echoing_the_token
 );
 
 /// A peer that completes the transport handshake on the tunnel port but is
@@ -177,5 +178,41 @@ async fn protocol_1_agent_is_refused_in_words(t: Transport) {
         "names both versions: {}",
         refusal.message
     );
+    assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+}
+
+/// A second Hello after Welcome is a protocol error, named but never printed:
+/// the token it carries does not go back over the wire in the close reason.
+async fn a_second_hello_is_refused_without_echoing_the_token(t: Transport) {
+    use warren_proto::{Control, Hello, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
+    let stack = Stack::start(StackOptions::new(t)).await;
+    let session = rogue_session(&stack, t).await;
+    let (mut send, mut recv) = session.open().await.unwrap();
+    let hello = Control::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_id: stack.client_id.clone(),
+        token: stack.token.clone(),
+        agent: "replayer".into(),
+        capabilities: Vec::new(),
+        transport_note: String::new(),
+        replaces: None,
+    });
+    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
+    let welcome = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.unwrap();
+    assert!(matches!(welcome, Control::Welcome(_)));
+    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(10), session.closed())
+        .await
+        .expect("the server closes a peer that says Hello twice");
+    assert!(
+        !reason.contains(&stack.token),
+        "the token is not echoed: {reason}"
+    );
+    if t == Transport::Quic {
+        assert!(
+            reason.contains("unexpected Hello"),
+            "close reason: {reason}"
+        );
+    }
     assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
 }

@@ -107,7 +107,8 @@ pub(super) async fn hello(
         other => {
             session.close(CloseCode::ProtocolError, "expected Welcome");
             Err(Attempt::Retry(format!(
-                "server sent {other:?} instead of Welcome"
+                "server sent {} instead of Welcome",
+                control::kind(&other)
             )))
         }
     }
