@@ -9,10 +9,6 @@ use bytes::Bytes;
 use common::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren::{
-    tls::{self, Trust},
-    transport::{self, Dial, TransportKind, TransportTuning},
-};
 
 over_transports!(
     oversized_headers_get_431,
@@ -22,31 +18,6 @@ over_transports!(
     protocol_1_agent_is_refused_in_words,
     a_second_hello_is_refused_without_echoing_the_token
 );
-
-/// A peer that completes the transport handshake on the tunnel port but is
-/// not a warren agent.
-async fn rogue_session(stack: &Stack, t: Transport) -> transport::Session {
-    let kind = match t {
-        Transport::Quic => TransportKind::Quic,
-        Transport::Ws => TransportKind::Ws,
-    };
-    let tls = tls::client_config(&Trust::CaFile(stack.ca_path())).unwrap();
-    let host = stack.tunnel.to_string();
-    transport::connect(
-        kind,
-        Dial {
-            addr: stack.tunnel,
-            server_name: "localhost",
-            host: &host,
-            client_id: "rogue",
-            tls,
-            tuning: &TransportTuning::default(),
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .expect("the transport handshake itself works")
-}
 
 async fn oversized_headers_get_431(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;
@@ -95,7 +66,7 @@ async fn garbage_on_the_tunnel_is_refused(t: Transport) {
             "the first message was not a Hello",
         ),
     ] {
-        let session = rogue_session(&stack, t).await;
+        let session = raw_session(&stack, t, "rogue").await;
         let (mut send, _recv) = session.open().await.unwrap();
         send.write_chunk(junk).await.unwrap();
         let reason = tokio::time::timeout(Duration::from_secs(15), session.closed())
@@ -119,7 +90,7 @@ async fn silent_peer_is_cut_off_at_the_handshake_timeout(t: Transport) {
     let mut opts = StackOptions::new(t);
     opts.server.handshake_timeout = Duration::from_secs(1);
     let stack = Stack::start(opts).await;
-    let session = rogue_session(&stack, t).await;
+    let session = raw_session(&stack, t, "rogue").await;
     let started = tokio::time::Instant::now();
     let (mut send, _recv) = session.open().await.unwrap();
     send.write_chunk(Bytes::from_static(&[0, 0])).await.unwrap();
@@ -148,7 +119,7 @@ async fn silent_peer_is_cut_off_at_the_handshake_timeout(t: Transport) {
 /// connection.
 async fn protocol_1_agent_is_refused_in_words(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;
-    let session = rogue_session(&stack, t).await;
+    let session = raw_session(&stack, t, "rogue").await;
     let (mut send, mut recv) = session.open().await.unwrap();
     // Control::Hello (0), version 1, client_id "music", token "wrn_ab",
     // agent "warren/0.1.0", capabilities ["rooms"]: the v1 bytes.
@@ -186,7 +157,7 @@ async fn protocol_1_agent_is_refused_in_words(t: Transport) {
 async fn a_second_hello_is_refused_without_echoing_the_token(t: Transport) {
     use warren_proto::{Control, Hello, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
     let stack = Stack::start(StackOptions::new(t)).await;
-    let session = rogue_session(&stack, t).await;
+    let session = raw_session(&stack, t, "rogue").await;
     let (mut send, mut recv) = session.open().await.unwrap();
     let hello = Control::Hello(Hello {
         version: PROTOCOL_VERSION,

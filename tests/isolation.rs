@@ -10,11 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use warren::{
-    control,
-    tls::{self, Trust},
-    transport::{self, Dial, TransportKind, TransportTuning},
-};
+use warren::control;
 use warren_proto::{Control, Hello, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
 
 over_transports!(a_mute_agent_stalls_no_one_else);
@@ -27,26 +23,7 @@ async fn mute_agent(
     client_id: &str,
     token: &str,
 ) -> tokio::task::JoinHandle<()> {
-    let kind = match t {
-        Transport::Quic => TransportKind::Quic,
-        Transport::Ws => TransportKind::Ws,
-    };
-    let tls = tls::client_config(&Trust::CaFile(stack.ca_path())).unwrap();
-    let host = stack.tunnel.to_string();
-    let session = transport::connect(
-        kind,
-        Dial {
-            addr: stack.tunnel,
-            server_name: "localhost",
-            host: &host,
-            client_id,
-            tls,
-            tuning: &TransportTuning::default(),
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
+    let session = raw_session(stack, t, client_id).await;
     let (mut send, mut recv) = session.open().await.unwrap();
     let hello = Control::Hello(Hello {
         version: PROTOCOL_VERSION,

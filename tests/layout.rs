@@ -375,7 +375,7 @@ fn readme_lists_every_error_code() {
             let Some(comma) = after.find(',') else {
                 continue;
             };
-            if after[..comma].contains(|c: char| c == ')' || c == ';' || c == '\n') {
+            if after[..comma].contains([')', ';', '\n']) {
                 continue;
             }
             let rest = after[comma + 1..].trim_start();

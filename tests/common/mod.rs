@@ -496,3 +496,37 @@ pub async fn read_at_least(resp: Response<Incoming>, n: usize) -> Incoming {
     }
     body
 }
+
+/// A peer that completes the transport handshake on the stack's tunnel port
+/// and then speaks (or does not speak) whatever the test wants: a rogue or
+/// hand-driven agent.
+pub async fn raw_session(
+    stack: &Stack,
+    t: Transport,
+    client_id: &str,
+) -> warren::transport::Session {
+    use warren::{
+        tls,
+        transport::{self, Dial, TransportKind, TransportTuning},
+    };
+    let kind = match t {
+        Transport::Quic => TransportKind::Quic,
+        Transport::Ws => TransportKind::Ws,
+    };
+    let tls = tls::client_config(&Trust::CaFile(stack.ca_path())).unwrap();
+    let host = stack.tunnel.to_string();
+    transport::connect(
+        kind,
+        Dial {
+            addr: stack.tunnel,
+            server_name: "localhost",
+            host: &host,
+            client_id,
+            tls,
+            tuning: &TransportTuning::default(),
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .expect("the transport handshake itself works")
+}
