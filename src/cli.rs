@@ -427,6 +427,18 @@ impl AgentArgs {
     }
 }
 
+/// `"250ms"` → (`"250ms"`, `"250"`, `"ms"`): the trimmed text, its leading
+/// number (digits and dots; the caller's parse rejects what it cannot use) and
+/// the unit after it.
+fn number_and_unit(text: &str) -> (&str, &str, &str) {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    (text, number, unit.trim())
+}
+
 /// A duration on the command line: `250ms`, `10s`, `2m`, `1h`, or a bare
 /// number of seconds; shown the same way in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -436,15 +448,11 @@ impl FromStr for Human {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
+        let (text, number, unit) = number_and_unit(text);
         let value: f64 = number
             .parse()
             .map_err(|_| format!("{text:?} is not a duration like 250ms, 10s, 2m"))?;
-        let seconds = match unit.trim() {
+        let seconds = match unit {
             "ms" => value / 1000.0,
             "" | "s" => value,
             "m" => value * 60.0,
@@ -482,15 +490,11 @@ impl FromStr for Size {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
+        let (text, number, unit) = number_and_unit(text);
         let value: u64 = number
             .parse()
             .map_err(|_| format!("{text:?} is not a size like 64MiB or 512KiB"))?;
-        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let scale: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
             "kib" => 1 << 10,

@@ -155,19 +155,11 @@ async fn protocol_1_agent_is_refused_in_words(t: Transport) {
 /// A second Hello after Welcome is a protocol error, named but never printed:
 /// the token it carries does not go back over the wire in the close reason.
 async fn a_second_hello_is_refused_without_echoing_the_token(t: Transport) {
-    use warren_proto::{Control, Hello, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
+    use warren_proto::{Control, MAX_CONTROL_FRAME};
     let stack = Stack::start(StackOptions::new(t)).await;
     let session = raw_session(&stack, t, "rogue").await;
     let (mut send, mut recv) = session.open().await.unwrap();
-    let hello = Control::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        client_id: stack.client_id.clone(),
-        token: stack.token.clone(),
-        agent: "replayer".into(),
-        capabilities: Vec::new(),
-        transport_note: String::new(),
-        replaces: None,
-    });
+    let hello = hello(&stack.client_id, &stack.token, "replayer");
     send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
     let welcome = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.unwrap();
     assert!(matches!(welcome, Control::Welcome(_)));

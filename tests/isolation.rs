@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use warren::control;
-use warren_proto::{Control, Hello, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
+use warren_proto::{Control, MAX_CONTROL_FRAME};
 
 over_transports!(a_mute_agent_stalls_no_one_else);
 
@@ -25,15 +25,7 @@ async fn mute_agent(
 ) -> tokio::task::JoinHandle<()> {
     let session = raw_session(stack, t, client_id).await;
     let (mut send, mut recv) = session.open().await.unwrap();
-    let hello = Control::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        client_id: client_id.into(),
-        token: token.into(),
-        agent: "mute".into(),
-        capabilities: Vec::new(),
-        transport_note: String::new(),
-        replaces: None,
-    });
+    let hello = hello(client_id, token, "mute");
     send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
     let Control::Welcome(welcome) = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.unwrap()
     else {

@@ -18,13 +18,6 @@ pub enum SendStream {
 }
 
 impl SendStream {
-    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError> {
-        match self {
-            SendStream::Quic(s) => s.write_all(buf).await.map_err(error::write_error),
-            SendStream::Mux(s) => s.write(buf).await,
-        }
-    }
-
     /// Writes an owned chunk (without copying it, where the transport allows).
     pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
         match self {

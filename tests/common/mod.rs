@@ -530,3 +530,16 @@ pub async fn raw_session(
     .await
     .expect("the transport handshake itself works")
 }
+
+/// The Hello a hand-driven agent sends (current protocol version).
+pub fn hello(client_id: &str, token: &str, agent: &str) -> warren_proto::Control {
+    warren_proto::Control::Hello(warren_proto::Hello {
+        version: warren_proto::PROTOCOL_VERSION,
+        client_id: client_id.into(),
+        token: token.into(),
+        agent: agent.into(),
+        capabilities: Vec::new(),
+        transport_note: String::new(),
+        replaces: None,
+    })
+}
