@@ -206,6 +206,15 @@ pub struct ServerArgs {
     /// Time to wait for an agent's response head.
     #[arg(long, env = "WARREN_RESPONSE_TIMEOUT", default_value_t = Human(ServerConfig::default().response_timeout))]
     response_timeout: Human,
+    /// A request unanswered this long makes the server ping its agent connection.
+    #[arg(long, env = "WARREN_PROBE_AFTER", default_value_t = Human(ServerConfig::default().probe_after))]
+    probe_after: Human,
+    /// An agent that does not answer such a ping within this is dropped as dead.
+    #[arg(long, env = "WARREN_PROBE_TIMEOUT", default_value_t = Human(ServerConfig::default().probe_timeout))]
+    probe_timeout: Human,
+    /// How long a request whose agent connection died waits for another one.
+    #[arg(long, env = "WARREN_FAILOVER_WAIT", default_value_t = Human(ServerConfig::default().failover_wait))]
+    failover_wait: Human,
     /// Time a client has to send its request headers.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value_t = Human(ServerConfig::default().header_read_timeout))]
     header_read_timeout: Human,
@@ -285,6 +294,9 @@ impl ServerArgs {
             open_stream_timeout: self.open_stream_timeout.0,
             response_timeout: self.response_timeout.0,
             header_read_timeout: self.header_read_timeout.0,
+            probe_after: self.probe_after.0,
+            probe_timeout: self.probe_timeout.0,
+            failover_wait: self.failover_wait.0,
             tuning: self.tuning.tuning(),
             ws: self.ws.limits(),
             rooms: RoomLimits {

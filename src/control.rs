@@ -6,7 +6,12 @@
 
 use std::{future::Future, time::Duration};
 
-use tokio::{sync::mpsc, time::Instant};
+use std::sync::Arc;
+
+use tokio::{
+    sync::{mpsc, watch, Notify},
+    time::Instant,
+};
 use warren_proto::{Control, MAX_CONTROL_FRAME};
 
 use crate::transport::{RecvStream, SendStream, TransportError};
@@ -36,13 +41,46 @@ impl std::fmt::Display for ControlEnd {
     }
 }
 
+/// Lets others ask, between heartbeats, whether the peer is still there: a
+/// request that waits unusually long for its agent probes the connection
+/// instead of waiting for three missed beats.
+#[derive(Clone)]
+pub struct Liveness {
+    /// Counts frames heard from the peer.
+    heard: Arc<watch::Sender<u64>>,
+    ping_now: Arc<Notify>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            heard: Arc::new(watch::channel(0).0),
+            ping_now: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl Liveness {
+    /// Pings the peer now; whether it said anything within `within`.
+    pub async fn probe(&self, within: Duration) -> bool {
+        let mut heard = self.heard.subscribe();
+        heard.borrow_and_update();
+        self.ping_now.notify_one();
+        matches!(
+            tokio::time::timeout(within, heard.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
 /// Runs the heartbeat until the peer dies or the connection ends. When `leave`
 /// resolves, sends `GoAway` once (and keeps beating); a `GoAway` from the peer
-/// is reported through `on_goaway`.
+/// is reported through `on_goaway`; `liveness` probes ping at once.
 pub async fn keepalive(
     mut send: SendStream,
     mut recv: RecvStream,
     interval: Duration,
+    liveness: &Liveness,
     leave: impl Future<Output = ()>,
     mut on_goaway: impl FnMut(String),
 ) -> ControlEnd {
@@ -76,8 +114,13 @@ pub async fn keepalive(
                 seq += 1;
                 Control::Ping { seq }
             }
+            _ = liveness.ping_now.notified() => {
+                seq += 1;
+                Control::Ping { seq }
+            }
             frame = rx.recv() => {
                 last_heard = Instant::now();
+                liveness.heard.send_modify(|n| *n += 1);
                 match frame {
                     Some(Ok(Control::Ping { seq })) => Control::Pong { seq },
                     Some(Ok(Control::Pong { .. })) => continue,

@@ -107,6 +107,15 @@ impl ServerIdentity {
         fingerprint(&self.chain[0])
     }
 
+    /// The secret keying QUIC stateless resets: derived from the private key,
+    /// so a restarted server (same key) sends resets its agents recognise.
+    pub fn reset_secret(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(b"warren stateless reset v1\0");
+        hash.update(self.key.secret_der());
+        hash.finalize().into()
+    }
+
     /// A TLS 1.3 server configuration (QUIC requires 1.3; our agents all speak it).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         Ok(rustls::ServerConfig::builder_with_provider(provider())

@@ -35,7 +35,15 @@ async fn mute_agent(
     tokio::spawn(async move {
         // Alive on the control stream, deaf on every other.
         let _session = session;
-        control::keepalive(send, recv, beat, std::future::pending(), |_| {}).await;
+        control::keepalive(
+            send,
+            recv,
+            beat,
+            &control::Liveness::default(),
+            std::future::pending(),
+            |_| {},
+        )
+        .await;
     })
 }
 

@@ -176,8 +176,10 @@ pub(super) async fn serve(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
+        // The agent does not probe the server between heartbeats.
+        let liveness = control::Liveness::default();
         let (code, end) = tokio::select! {
-            end = control::keepalive(send, recv, heartbeat, leaving, on_goaway) => {
+            end = control::keepalive(send, recv, heartbeat, &liveness, leaving, on_goaway) => {
                 let code = match end {
                     ControlEnd::PeerSilent(_) => CloseCode::Timeout,
                     ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,

@@ -23,9 +23,14 @@ pub async fn serve(listen: SocketAddr, certs: &Path) -> Result<(), BenchError> {
     let tls = identity
         .server_config()
         .map_err(|e| BenchError::new(e.to_string()))?;
-    let listener = Listener::bind(listen, tls, &TransportTuning::default())
-        .await
-        .map_err(|e| BenchError::new(e.to_string()))?;
+    let listener = Listener::bind(
+        listen,
+        tls,
+        &TransportTuning::default(),
+        identity.reset_secret(),
+    )
+    .await
+    .map_err(|e| BenchError::new(e.to_string()))?;
     println!(
         "listening on {}",
         listener.local_addr().map_err(BenchError::io("addr"))?

@@ -9,9 +9,15 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
-use crate::{registry::ConnectionRecord, transport::Session};
+use tokio::{sync::Notify, time::Instant};
+use tracing::info;
+use warren_proto::CloseCode;
+
+use super::cache::TtlCache;
+use crate::{control::Liveness, registry::ConnectionRecord, transport::Session};
 
 /// One authenticated agent connection.
 pub struct AgentLink {
@@ -22,6 +28,26 @@ pub struct AgentLink {
     pub record: ConnectionRecord,
     /// Its rooms want first-message authentication.
     pub rooms_auth: bool,
+    /// Asks the agent, between heartbeats, whether it is still there.
+    pub liveness: Liveness,
+}
+
+impl AgentLink {
+    /// Pings the agent; a connection that does not answer within `within` is
+    /// dead (a killed agent leaves a QUIC connection looking open until its
+    /// idle timeout): closed, so no request is routed to it again.
+    pub async fn check(&self, within: Duration) -> bool {
+        if self.session.is_closed() {
+            return false;
+        }
+        if self.liveness.probe(within).await {
+            return true;
+        }
+        info!(client_id = %self.client_id, conn = %self.tunnel_ws_id, "agent silent for {within:?} after a ping: dropping the connection");
+        self.session
+            .close(CloseCode::Timeout, "no answer to a liveness probe");
+        false
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +58,11 @@ pub enum TableFull {
 
 pub struct AgentTable {
     links: Mutex<HashMap<String, Vec<Arc<AgentLink>>>>,
+    /// Woken whenever a connection is added (requests waiting to fail over).
+    inserted: Notify,
+    /// Client ids whose last connection here went within the failover wait:
+    /// their requests wait for a reconnection instead of failing at once.
+    lost: TtlCache<()>,
     total: AtomicUsize,
     next: AtomicUsize,
     max_agents: usize,
@@ -39,9 +70,11 @@ pub struct AgentTable {
 }
 
 impl AgentTable {
-    pub fn new(max_agents: usize, max_per_client: usize) -> Self {
+    pub fn new(max_agents: usize, max_per_client: usize, failover_wait: Duration) -> Self {
         AgentTable {
             links: Mutex::new(HashMap::new()),
+            inserted: Notify::new(),
+            lost: TtlCache::new(failover_wait, max_agents.max(1)),
             total: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_agents,
@@ -61,6 +94,8 @@ impl AgentTable {
         }
         entry.push(link);
         self.total.fetch_add(1, Ordering::Relaxed);
+        drop(links);
+        self.inserted.notify_waiters();
         Ok(())
     }
 
@@ -73,8 +108,15 @@ impl AgentTable {
                 .fetch_sub(before - entry.len(), Ordering::Relaxed);
             if entry.is_empty() {
                 links.remove(client_id);
+                self.lost.put(client_id, ());
             }
         }
+    }
+
+    /// Whether `client_id` lost its last connection here moments ago (a
+    /// restarting agent, likely back soon).
+    pub fn recently_lost(&self, client_id: &str) -> bool {
+        self.lost.get(client_id).is_some()
     }
 
     /// A live connection for `client_id`, rotating among several.
@@ -88,6 +130,42 @@ impl AgentTable {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % count;
         live().nth(i).cloned()
+    }
+
+    /// A live connection for `client_id` other than those in `exclude`; waits
+    /// (until `deadline`) for one to connect when there is none, as when an
+    /// agent is restarting.
+    pub async fn other_than(
+        &self,
+        client_id: &str,
+        exclude: &[String],
+        deadline: Instant,
+    ) -> Option<Arc<AgentLink>> {
+        loop {
+            let inserted = self.inserted.notified();
+            tokio::pin!(inserted);
+            inserted.as_mut().enable();
+            {
+                let links = self.links.lock().expect("agent table poisoned");
+                let found = links.get(client_id).and_then(|entry| {
+                    entry
+                        .iter()
+                        .rev()
+                        .find(|l| !l.session.is_closed() && !exclude.contains(&l.tunnel_ws_id))
+                        .cloned()
+                });
+                if found.is_some() {
+                    return found;
+                }
+            }
+            tokio::time::timeout_at(deadline, inserted).await.ok()?;
+        }
+    }
+
+    /// Every connection of `client_id` (live or not yet noticed dead).
+    pub fn links_of(&self, client_id: &str) -> Vec<Arc<AgentLink>> {
+        let links = self.links.lock().expect("agent table poisoned");
+        links.get(client_id).cloned().unwrap_or_default()
     }
 
     /// The oldest live connection for `client_id`: rooms stick to one, so all

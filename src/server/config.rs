@@ -37,6 +37,17 @@ pub struct ServerConfig {
     /// Time to wait for the agent's response head (the agent applies its own,
     /// shorter, upstream timeout first).
     pub response_timeout: Duration,
+    /// A request whose agent has not answered for this long makes the server
+    /// ping that agent connection (a dead one is otherwise found only after
+    /// three missed heartbeats).
+    pub probe_after: Duration,
+    /// Time an agent has to answer such a ping before its connection is
+    /// dropped as dead.
+    pub probe_timeout: Duration,
+    /// A request whose agent connection died before taking it (no body
+    /// consumed) is retried on another connection of that agent, waiting this
+    /// long for one to appear (an agent restarting).
+    pub failover_wait: Duration,
     /// Time a client has to send its request headers (slow-loris guard).
     pub header_read_timeout: Duration,
     pub tuning: TransportTuning,
@@ -69,6 +80,13 @@ impl Default for ServerConfig {
             open_stream_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
+            // 1 s: longer than any healthy round trip to an agent; a ping is cheap.
+            probe_after: Duration::from_secs(1),
+            // 2 s: a live agent on a poor mobile link still answers; a killed
+            // one costs its clients at most probe_after + this.
+            probe_timeout: Duration::from_secs(2),
+            // 5 s: an agent restarted by a supervisor is back well within it.
+            failover_wait: Duration::from_secs(5),
             tuning: TransportTuning::default(),
             cluster: None,
             ws: WsLimits::default(),

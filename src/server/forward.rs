@@ -9,7 +9,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{debug, info, Instrument};
-use warren_proto::{Mode, Open, Reply, ResetCode};
+use warren_proto::{Mode, Open, Reply, RequestHead, ResetCode, ResponseHead};
 
 use super::{agents::AgentLink, reply::Failure, state::Shared, stream, target::Target};
 use crate::{
@@ -32,7 +32,7 @@ pub(super) async fn forward(
         conn = %link.tunnel_ws_id,
         request_id
     );
-    let mut resp = exchange(shared, &link, req, target, peer, request_id)
+    let mut resp = exchange(shared, link, req, target, peer, request_id)
         .instrument(span)
         .await;
     resp.headers_mut()
@@ -42,7 +42,7 @@ pub(super) async fn forward(
 
 async fn exchange(
     shared: &Shared,
-    link: &AgentLink,
+    link: Arc<AgentLink>,
     req: Request<Incoming>,
     target: Target,
     peer: SocketAddr,
@@ -56,23 +56,37 @@ async fn exchange(
     let (parts, incoming) = req.into_parts();
     let method = parts.method.clone();
     let has_body = !hyper::body::Body::is_end_stream(&incoming);
-    let head = stream::request_head(&parts, request_id, target.uri, target.mode, has_body, peer);
-
-    let (send, mut recv) = match stream::open(shared, link, &Open::Http(head)).await {
-        Ok(pair) => pair,
-        Err(failure) => return failure.respond(client_id),
-    };
-    let mut send = send;
-    if has_body {
-        tokio::spawn(pump_request_body(incoming, send).in_current_span());
-    } else {
-        let _ = send.finish().await;
-    }
-
-    let head = match stream::read_reply(shared, &mut recv).await {
-        Ok(Reply::Head(head)) => head,
-        Ok(Reply::Error(e)) => return Failure::from_agent(e).respond(client_id),
-        Err(failure) => return failure.respond(client_id),
+    let mut body = has_body.then_some(incoming);
+    // A connection that dies under a request before the agent took any of it
+    // (a killed or restarting agent) does not fail the request: it is sent
+    // again on another connection of the agent, waiting briefly for one.
+    let mut link = link;
+    let mut tried: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + config.failover_wait;
+    let (mut recv, head) = loop {
+        let head = stream::request_head(
+            &parts,
+            request_id,
+            target.uri.clone(),
+            target.mode,
+            has_body,
+            peer,
+        );
+        let failure = match send_request(shared, &link, head, &mut body).await {
+            Ok(reply) => break reply,
+            Err(failure) => failure,
+        };
+        if has_body || !stream::connection_lost(&failure) {
+            return failure.respond(client_id);
+        }
+        tried.push(link.tunnel_ws_id.clone());
+        match shared.agents.other_than(client_id, &tried, deadline).await {
+            Some(next) => {
+                info!(conn = %next.tunnel_ws_id, "trying another connection of the agent: {}", failure.message);
+                link = next;
+            }
+            None => return failure.respond(client_id),
+        }
     };
     let Ok(status) = StatusCode::from_u16(head.status) else {
         recv.stop(ResetCode::ProtocolError);
@@ -142,6 +156,29 @@ async fn exchange(
     *resp.status_mut() = status;
     *resp.headers_mut() = resp_headers;
     resp
+}
+
+/// One attempt on one connection: open the stream, send the head (and start
+/// the body, if any), wait for the reply head.
+async fn send_request(
+    shared: &Shared,
+    link: &AgentLink,
+    head: RequestHead,
+    body: &mut Option<Incoming>,
+) -> Result<(RecvStream, ResponseHead), Failure> {
+    let (mut send, mut recv) = stream::open(shared, link, &Open::Http(head)).await?;
+    match body.take() {
+        Some(incoming) => {
+            tokio::spawn(pump_request_body(incoming, send).in_current_span());
+        }
+        None => {
+            let _ = send.finish().await;
+        }
+    }
+    match stream::read_reply(shared, link, &mut recv).await? {
+        Reply::Head(head) => Ok((recv, head)),
+        Reply::Error(e) => Err(Failure::from_agent(e)),
+    }
 }
 
 enum Collect {

@@ -36,8 +36,22 @@ pub(super) async fn serve(
             None => Err((req, target)),
         };
     }
-    let Some(link) = shared.agents.pick(&target.client_id) else {
-        return Err((req, target));
+    let link = match shared.agents.pick(&target.client_id) {
+        Some(link) => link,
+        // Its connection went moments ago: wait (bounded) for the agent to
+        // reconnect rather than failing a request a restart would serve.
+        None if shared.agents.recently_lost(&target.client_id) => {
+            let deadline = tokio::time::Instant::now() + shared.config.failover_wait;
+            match shared
+                .agents
+                .other_than(&target.client_id, &[], deadline)
+                .await
+            {
+                Some(link) => link,
+                None => return Err((req, target)),
+            }
+        }
+        None => return Err((req, target)),
     };
     Ok(if upgrade::is_upgrade(&req) {
         websocket::pass_through(shared, link, req, target, peer).await

@@ -94,6 +94,7 @@ impl Server {
             config.tunnel_listen,
             identity.server_config()?,
             &config.tuning,
+            identity.reset_secret(),
         )
         .await
         .map_err(|source| ServerError::TunnelBind {
@@ -137,7 +138,11 @@ impl Server {
                 )
             }
         };
-        let agents = agents::AgentTable::new(config.max_agents, config.max_connections_per_client);
+        let agents = agents::AgentTable::new(
+            config.max_agents,
+            config.max_connections_per_client,
+            config.failover_wait,
+        );
         let rooms = rooms::RoomHub::new(
             config.rooms.clone(),
             config.ws.clone(),

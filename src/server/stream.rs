@@ -13,6 +13,15 @@ use crate::{
     transport::{RecvStream, SendStream, TransportError},
 };
 
+/// Whether a failure means the connection died under the request (rather
+/// than the agent or its service answering): such a request, if the agent
+/// never consumed anything of it, can be tried on another connection.
+pub(super) fn connection_lost(failure: &Failure) -> bool {
+    // agent_unreachable: the connection failed before the request reached
+    // it; agent_failed: it broke before the agent answered.
+    matches!(failure.code, "agent_unreachable" | "agent_failed")
+}
+
 /// Opens a stream to the agent and sends what it is for.
 pub(super) async fn open(
     shared: &Shared,
@@ -59,15 +68,30 @@ pub(super) async fn open(
     }
 }
 
-/// Waits for the agent's reply head (bounded by the response timeout).
-pub(super) async fn read_reply(shared: &Shared, recv: &mut RecvStream) -> Result<Reply, Failure> {
+/// Waits for the agent's reply head (bounded by the response timeout). When
+/// it is slow to come, the agent connection is pinged: a dead one is dropped,
+/// which ends this wait at once with `agent_failed` (retriable elsewhere).
+pub(super) async fn read_reply(
+    shared: &Shared,
+    link: &AgentLink,
+    recv: &mut RecvStream,
+) -> Result<Reply, Failure> {
     let config = &shared.config;
-    match tokio::time::timeout(
+    let watch = async {
+        tokio::time::sleep(config.probe_after).await;
+        link.check(config.probe_timeout).await;
+        // Alive: keep waiting for the reply; dead: the read below fails.
+        std::future::pending::<()>().await
+    };
+    let read = tokio::time::timeout(
         config.response_timeout,
         recv.read_frame::<Reply>(config.max_head_frame),
-    )
-    .await
-    {
+    );
+    let result = tokio::select! {
+        result = read => result,
+        _ = watch => unreachable!("the watch never ends"),
+    };
+    match result {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(e)) => Err(Failure::new(
             StatusCode::BAD_GATEWAY,

@@ -238,7 +238,9 @@ async fn run_admitted(
         session: session.clone(),
         record,
         rooms_auth,
+        liveness: Default::default(),
     });
+    let liveness = link.liveness.clone();
     let refusal = match shared.agents.insert(link) {
         Ok(()) => None,
         Err(TableFull::Node(n)) => Some(format!("this node already holds {n} agent connections")),
@@ -276,6 +278,15 @@ async fn run_admitted(
         return;
     }
     info!(transport = %session.kind(), remote = %session.remote_addr(), "agent connected");
+    // A new connection for a client id that already has some is often the
+    // same agent restarted: ask the older ones whether they are still there,
+    // so a killed agent's connection stops taking requests at once.
+    for older in shared.agents.links_of(&client_id) {
+        if older.tunnel_ws_id != tunnel_ws_id {
+            let within = config.probe_timeout;
+            tokio::spawn(async move { older.check(within).await }.in_current_span());
+        }
+    }
     let mut stopping = shutdown.clone();
     let leave = async move { stopping.wait().await };
     let on_goaway = |reason: String| {
@@ -286,7 +297,7 @@ async fn run_admitted(
     };
     let mut drained = shutdown.clone();
     let end = tokio::select! {
-        end = control::keepalive(send, recv, config.heartbeat, leave, on_goaway) => end.to_string(),
+        end = control::keepalive(send, recv, config.heartbeat, &liveness, leave, on_goaway) => end.to_string(),
         // Server shutdown: GoAway went out; give the agent a moment to finish.
         _ = async move { drained.wait().await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => {
             "server shutting down".to_string()

@@ -45,7 +45,7 @@ pub(super) async fn pass_through(
         Ok(pair) => pair,
         Err(failure) => return failure.respond(&client_id),
     };
-    let head = match stream::read_reply(shared, &mut recv).await {
+    let head = match stream::read_reply(shared, &link, &mut recv).await {
         Ok(Reply::Head(head)) => head,
         Ok(Reply::Error(e)) => return Failure::from_agent(e).respond(&client_id),
         Err(failure) => return failure.respond(&client_id),

@@ -45,17 +45,20 @@ impl Accepting {
 
 impl Listener {
     /// Binds UDP and TCP on `addr`. With port 0, both get the same free port.
+    /// Binds UDP and TCP on `addr`; `reset_secret` keys QUIC stateless resets
+    /// (keep it stable across restarts: see `quic::Listener::bind`).
     pub async fn bind(
         addr: SocketAddr,
         tls: rustls::ServerConfig,
         tuning: &TransportTuning,
+        reset_secret: [u8; 32],
     ) -> Result<Self, TransportError> {
         // With port 0 the UDP port is picked first; if its TCP twin is taken,
         // try again (a handful of times) with another.
         let attempts = if addr.port() == 0 { 8 } else { 1 };
         let mut last = None;
         for _ in 0..attempts {
-            let quic = quic::Listener::bind(addr, tls.clone(), tuning)?;
+            let quic = quic::Listener::bind(addr, tls.clone(), tuning, reset_secret)?;
             let port = quic.local_addr()?.port();
             match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
                 Ok(tcp) => {

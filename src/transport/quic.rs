@@ -11,7 +11,13 @@ use super::{error::TransportError, session::Session, tuning::TransportTuning};
 /// a little headroom for future uses.
 const AGENT_OPENED_STREAMS: u32 = 8;
 
-fn transport_config(tuning: &TransportTuning, peer_streams: u32) -> Arc<quinn::TransportConfig> {
+/// How often an idle agent sends a QUIC PING. A server that crashed and came
+/// back answers the next packet with a stateless reset (its reset key survives
+/// restarts), so this bounds how long an agent clings to a dead connection:
+/// 2 s costs one small packet per agent every 2 s.
+const AGENT_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+fn transport_config(tuning: &TransportTuning, peer_streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     let window = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);
     t.stream_receive_window(window(tuning.stream_window));
@@ -20,7 +26,7 @@ fn transport_config(tuning: &TransportTuning, peer_streams: u32) -> Arc<quinn::T
     t.max_concurrent_bidi_streams(VarInt::from_u32(peer_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(tuning.idle_timeout).ok());
-    Arc::new(t)
+    t
 }
 
 /// Binds a UDP socket with the tuned buffer sizes (quinn turns on GSO/GRO itself).
@@ -44,10 +50,14 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// `reset_secret` keys stateless resets; derived from the server's own
+    /// key material, it is the same after a restart, so agents of a crashed
+    /// server recognise the restarted one's resets and reconnect at once.
     pub fn bind(
         addr: SocketAddr,
         tls: rustls::ServerConfig,
         tuning: &TransportTuning,
+        reset_secret: [u8; 32],
     ) -> Result<Self, TransportError> {
         let mut tls = tls;
         tls.alpn_protocols = vec![warren_proto::ALPN.to_vec()];
@@ -57,10 +67,18 @@ impl Listener {
             reason: format!("TLS config unusable for QUIC: {e}"),
         })?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(transport_config(tuning, AGENT_OPENED_STREAMS));
+        config.transport_config(Arc::new(transport_config(tuning, AGENT_OPENED_STREAMS)));
         let socket = udp_socket(addr, tuning.udp_buffer)?;
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_secret);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // Connection ids are checked against a keyed hash before a reset is
+        // sent; the same key after a restart makes the old ids recognisable.
+        let cid_key = u64::from_le_bytes(reset_secret[..8].try_into().expect("8 bytes"));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -113,7 +131,9 @@ pub async fn connect(
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| connect_err(format!("TLS config unusable for QUIC: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config(tuning, tuning.max_streams));
+    let mut transport = transport_config(tuning, tuning.max_streams);
+    transport.keep_alive_interval(Some(AGENT_KEEP_ALIVE));
+    config.transport_config(Arc::new(transport));
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse().expect("literal")
     } else {
