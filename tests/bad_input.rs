@@ -16,7 +16,9 @@ over_transports!(
     garbage_on_the_tunnel_is_refused,
     silent_peer_is_cut_off_at_the_handshake_timeout,
     protocol_1_agent_is_refused_in_words,
-    a_second_hello_is_refused_without_echoing_the_token
+    a_second_hello_is_refused_without_echoing_the_token,
+    two_different_client_ids_are_ambiguous,
+    websocket_keys_must_be_nonces
 );
 
 async fn oversized_headers_get_431(t: Transport) {
@@ -178,4 +180,57 @@ async fn a_second_hello_is_refused_without_echoing_the_token(t: Transport) {
         );
     }
     assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+}
+
+/// `?clientId=a&clientId=b` used to go to `a` and pass `clientId=b` on to the
+/// service; it is a clear 400 now. The same id twice is still one id.
+async fn two_different_client_ids_are_ambiguous(t: Transport) {
+    let stack = Stack::start(StackOptions::new(t)).await;
+    let url = format!(
+        "http://{}/headers?clientId={}&clientId=someone-else",
+        stack.api, stack.client_id
+    );
+    let resp = get(&url).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json(resp).await["error"], "ambiguous_client_id");
+    let same = format!(
+        "http://{}/headers?clientId={id}&clientId={id}",
+        stack.api,
+        id = stack.client_id
+    );
+    assert_eq!(get(&same).await.status(), StatusCode::OK);
+}
+
+/// RFC 6455 §4.2.1: the key is a base64-encoded 16-byte nonce. Anything else
+/// is refused before a stream to the agent is opened.
+async fn websocket_keys_must_be_nonces(t: Transport) {
+    let stack = Stack::start(StackOptions::new(t)).await;
+    let huge = "A".repeat(64 * 1024);
+    for key in [
+        "",
+        "not base64 at all!!!!!==",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        huge.as_str(),
+    ] {
+        for path in ["/ws/echo", "/_warren/rooms/lobby"] {
+            let req = http::Request::get(stack.url(path))
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", key)
+                .body(empty())
+                .unwrap();
+            let resp = send(req).await;
+            assert_eq!(
+                resp.status(),
+                StatusCode::BAD_REQUEST,
+                "key of {} bytes on {path}",
+                key.len()
+            );
+            assert_eq!(json(resp).await["error"], "bad_websocket_handshake");
+        }
+    }
+    // A proper key still works.
+    let path = format!("/ws/echo?clientId={}", stack.client_id);
+    assert!(ws_upgrade(stack.api, &path, None).await.is_ok());
 }

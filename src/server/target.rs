@@ -35,7 +35,19 @@ pub(super) fn target<B>(
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match (key, value) {
-                ("clientId", v) if client_id.is_none() => client_id = Some(v.to_string()),
+                ("clientId", v) => {
+                    if client_id.as_deref().is_some_and(|first| first != v) {
+                        // Which one did the client mean? Neither is guessed,
+                        // and neither is passed to the service.
+                        return Err(Box::new(error_response(
+                            StatusCode::BAD_REQUEST,
+                            "ambiguous_client_id",
+                            client_id.as_deref(),
+                            "the request names clientId more than once, differently",
+                        )));
+                    }
+                    client_id = Some(v.to_string());
+                }
                 ("mode", "blocking") => mode = Mode::Blocking,
                 ("mode", "stream") => mode = Mode::Stream,
                 _ => kept.push(pair),

@@ -29,7 +29,21 @@ pub(super) fn accept_key<B>(req: &Request<B>) -> Result<HeaderValue, &'static st
         .headers()
         .get("sec-websocket-key")
         .ok_or("WebSocket upgrades need a Sec-WebSocket-Key")?;
+    if !is_nonce(key.as_bytes()) {
+        return Err("Sec-WebSocket-Key must be a base64-encoded 16-byte nonce (RFC 6455 §4.2.1)");
+    }
     HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| "bad key")
+}
+
+/// Whether `key` is base64 of exactly 16 bytes: 22 base64 characters and `==`.
+fn is_nonce(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    // 16 bytes → 24 characters; the last of the 22 data characters carries
+    // only 2 bits, so it is one of A, Q, g, w.
+    key.len() == 24
+        && key[..22].iter().all(b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
 }
 
 /// The 101 answer completing a client's upgrade.
@@ -47,4 +61,19 @@ pub(super) fn switching(
         h.insert("sec-websocket-protocol", p);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_nonce;
+
+    #[test]
+    fn only_a_16_byte_base64_nonce_is_a_key() {
+        assert!(is_nonce(b"dGhlIHNhbXBsZSBub25jZQ=="), "RFC 6455's example");
+        assert!(!is_nonce(b""));
+        assert!(!is_nonce(b"not base64 at all!!!!!=="));
+        assert!(!is_nonce(b"dGhlIHNhbXBsZSBub25jZQ"), "unpadded");
+        assert!(!is_nonce(b"dGhlIHNhbXBsZSBub25jZR=="), "trailing bits set");
+        assert!(!is_nonce(&[b'A'; 64 * 1024]));
+    }
 }
