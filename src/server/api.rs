@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use super::{builtin, cluster, local, rooms, state::Shared, target};
+use super::{builtin, cluster, local, rooms, state::Shared, target, upgrade::ConnectionSlot};
 use crate::{accept, body::TunnelBody, shutdown::Shutdown};
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
@@ -21,18 +21,22 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
             accepted = accept::next(&listener, "client") => accepted,
             _ = shutdown.wait() => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
             warn!(%peer, limit = shared.config.max_client_connections, "client connection refused: limit reached");
             continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
+        let slot = ConnectionSlot::new(permit);
         tokio::spawn(async move {
             let config = &shared.config;
             let service = {
                 let shared = shared.clone();
-                service_fn(move |req| handle(shared.clone(), peer, req))
+                service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(slot.clone());
+                    handle(shared.clone(), peer, req)
+                })
             };
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -51,7 +55,6 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
             if let Err(e) = result {
                 debug!(%peer, "client connection ended with an error: {e}");
             }
-            drop(slot);
         });
     }
 }

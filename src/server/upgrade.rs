@@ -2,10 +2,36 @@
 //! an upgrade request apart, checking it, and the 101 answer that completes it.
 //! Shared by pass-through WebSockets and room joins.
 
+use std::sync::Arc;
+
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::body::{self, TunnelBody};
+
+/// A client connection's place under `--max-client-connections`, carried on
+/// each of its requests: an upgraded WebSocket takes it along, so it counts
+/// for as long as the socket lives, not just until the upgrade.
+#[derive(Clone)]
+pub(super) struct ConnectionSlot {
+    /// Held, never read: the place is given back when the last clone drops.
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl ConnectionSlot {
+    pub fn new(permit: OwnedSemaphorePermit) -> Self {
+        ConnectionSlot {
+            _permit: Arc::new(permit),
+        }
+    }
+
+    /// The slot of the connection `req` came on (none on the cluster link,
+    /// whose connections are counted by the node the client is on).
+    pub fn of<B>(req: &Request<B>) -> Option<ConnectionSlot> {
+        req.extensions().get::<ConnectionSlot>().cloned()
+    }
+}
 
 /// Whether this is a WebSocket upgrade request.
 pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {

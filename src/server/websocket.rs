@@ -32,6 +32,7 @@ pub(super) async fn pass_through(
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("websocket", client_id = %link.client_id, conn = %link.tunnel_ws_id, request_id);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let slot = upgrade::ConnectionSlot::of(&req);
     let (mut parts, _) = req.into_parts();
     for name in [
         "sec-websocket-key",
@@ -61,6 +62,7 @@ pub(super) async fn pass_through(
     let limits = shared.config.ws.clone();
     tokio::spawn(
         async move {
+            let _slot = slot;
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {

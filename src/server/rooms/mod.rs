@@ -108,8 +108,10 @@ pub(crate) async fn join(
         ws_limits: hub.ws_limits.clone(),
     };
     let span = tracing::info_span!("member", client_id = %client_id, room = %room, member = conn);
+    let slot = upgrade::ConnectionSlot::of(&req);
     tokio::spawn(
         async move {
+            let _slot = slot;
             match on_upgrade.await {
                 Ok(upgraded) => member.run(upgraded).await,
                 Err(e) => debug!("member upgrade failed: {e}"),
