@@ -3,6 +3,8 @@
 //! what keep throughput up). A reset stream becomes a body error, so hyper aborts
 //! the connection instead of ending the message cleanly.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
@@ -16,14 +18,21 @@ pub const CHUNK: usize = 128 * 1024;
 
 pub type TunnelBody = UnsyncBoxBody<Bytes, TransportError>;
 
-/// A body streaming whatever `recv` delivers until FIN.
-pub fn from_recv(recv: RecvStream) -> TunnelBody {
-    let stream = futures_util::stream::unfold(Some(recv), |state| async move {
+/// A body streaming whatever `recv` delivers until FIN. If nothing arrives
+/// for `idle` (a service that sent part of a body and went quiet), the body
+/// fails: the client sees an error, never a clean end, and dropping `recv`
+/// tells the agent to abandon the upstream request.
+pub fn from_recv(recv: RecvStream, idle: Duration) -> TunnelBody {
+    let stream = futures_util::stream::unfold(Some(recv), move |state| async move {
         let mut recv = state?;
-        match recv.read_chunk(CHUNK).await {
-            Ok(Some(chunk)) => Some((Ok(Frame::data(chunk)), Some(recv))),
-            Ok(None) => None,
-            Err(e) => Some((Err(e), None)),
+        match tokio::time::timeout(idle, recv.read_chunk(CHUNK)).await {
+            Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some(recv))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some((Err(e), None)),
+            Err(_) => {
+                recv.stop(warren_proto::ResetCode::Cancelled);
+                Some((Err(TransportError::Timeout(idle)), None))
+            }
         }
     });
     StreamBody::new(stream).boxed_unsync()

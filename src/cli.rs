@@ -215,6 +215,9 @@ pub struct ServerArgs {
     /// How long a request whose agent connection died waits for another one.
     #[arg(long, env = "WARREN_FAILOVER_WAIT", default_value_t = Human(ServerConfig::default().failover_wait))]
     failover_wait: Human,
+    /// A streamed response with no bytes from the agent for this long is cut off (an error to the client).
+    #[arg(long, env = "WARREN_BODY_IDLE_TIMEOUT", default_value_t = Human(ServerConfig::default().body_idle_timeout))]
+    body_idle_timeout: Human,
     /// Time a client has to send its request headers.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value_t = Human(ServerConfig::default().header_read_timeout))]
     header_read_timeout: Human,
@@ -294,6 +297,7 @@ impl ServerArgs {
             open_stream_timeout: self.open_stream_timeout.0,
             response_timeout: self.response_timeout.0,
             header_read_timeout: self.header_read_timeout.0,
+            body_idle_timeout: self.body_idle_timeout.0,
             probe_after: self.probe_after.0,
             probe_timeout: self.probe_timeout.0,
             failover_wait: self.failover_wait.0,
@@ -366,6 +370,9 @@ pub struct AgentArgs {
     /// Time the local service has to send its response head.
     #[arg(long, env = "WARREN_UPSTREAM_TIMEOUT", default_value_t = Human(agent_defaults().upstream.response_timeout))]
     upstream_timeout: Human,
+    /// A request body from the server that stalls this long is cut off.
+    #[arg(long, env = "WARREN_BODY_IDLE_TIMEOUT", default_value_t = Human(agent_defaults().upstream.body_idle_timeout))]
+    body_idle_timeout: Human,
     /// Send the client's Host header to the local service instead of its own.
     #[arg(long, env = "WARREN_PRESERVE_HOST")]
     preserve_host: bool,
@@ -422,6 +429,7 @@ impl AgentArgs {
                 response_timeout: self.upstream_timeout.0,
                 preserve_host: self.preserve_host,
                 ws: self.ws.limits(),
+                body_idle_timeout: self.body_idle_timeout.0,
             },
             tuning: self.tuning.tuning(),
             connect_timeout: self.connect_timeout.0,

@@ -8,7 +8,10 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 
-over_transports!(upgraded_websockets_count_toward_the_client_connection_limit);
+over_transports!(
+    upgraded_websockets_count_toward_the_client_connection_limit,
+    a_body_that_goes_quiet_is_cut_off_as_an_error
+);
 
 async fn upgraded_websockets_count_toward_the_client_connection_limit(t: Transport) {
     let mut opts = StackOptions::new(t);
@@ -45,4 +48,25 @@ async fn upgraded_websockets_count_toward_the_client_connection_limit(t: Transpo
     })
     .await;
     assert!(ok, "the place freed by a closed socket is usable again");
+}
+
+/// An upstream that sends its head and 10 bytes, then nothing: the client
+/// gets those bytes and then an error (never a clean short body), once the
+/// body idle timeout passes, instead of an open connection for ever.
+async fn a_body_that_goes_quiet_is_cut_off_as_an_error(t: Transport) {
+    let mut opts = StackOptions::new(t);
+    opts.server.body_idle_timeout = Duration::from_secs(1);
+    let stack = Stack::start(opts).await;
+    let resp = get(&stack.url("/bytes/1000?chunk=10&delay_ms=60000")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(20), read_body(resp))
+        .await
+        .expect("the quiet body ends well before the upstream would go on");
+    assert!(
+        body.is_err(),
+        "a cut-off body is an error, not a short success"
+    );
+    // Paced bodies with shorter pauses are untouched.
+    let resp = get(&stack.url("/bytes/1000?chunk=250&delay_ms=200")).await;
+    assert_eq!(read_body(resp).await.unwrap().len(), 1000);
 }

@@ -72,6 +72,8 @@ impl AgentConfig {
                 response_timeout: Duration::from_secs(60),
                 preserve_host: false,
                 ws: crate::websocket::WsLimits::default(),
+                // 5 min: the server's own default for response bodies.
+                body_idle_timeout: Duration::from_secs(300),
             },
             transport: TransportChoice::Auto,
             trust,

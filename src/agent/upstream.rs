@@ -44,6 +44,9 @@ pub struct UpstreamConfig {
     pub preserve_host: bool,
     /// Pass-through WebSockets to the upstream: message size, idle timeout.
     pub ws: crate::websocket::WsLimits,
+    /// A request body from the server that stalls this long is cut off (the
+    /// service sees an error, never a clean short body).
+    pub body_idle_timeout: Duration,
 }
 
 pub struct Upstream {
@@ -306,7 +309,7 @@ impl Upstream {
             hdrs.insert(header::HOST, self.authority.clone());
         }
         let body = if head.body {
-            body::from_recv(recv)
+            body::from_recv(recv, self.config.body_idle_timeout)
         } else {
             body::empty()
         };

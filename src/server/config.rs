@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// consumed) is retried on another connection of that agent, waiting this
     /// long for one to appear (an agent restarting).
     pub failover_wait: Duration,
+    /// A streamed response that gets no bytes from the agent for this long is
+    /// cut off (an error to the client). Generous: paused live audio and
+    /// server-sent events with sparse heartbeats must keep working.
+    pub body_idle_timeout: Duration,
     /// Time a client has to send its request headers (slow-loris guard).
     pub header_read_timeout: Duration,
     pub tuning: TransportTuning,
@@ -80,6 +84,9 @@ impl Default for ServerConfig {
             open_stream_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
+            // 5 min: far above any SSE heartbeat or audio pause, yet a service
+            // that hangs mid-body does not hold a client for ever.
+            body_idle_timeout: Duration::from_secs(300),
             // 1 s: longer than any healthy round trip to an agent; a ping is cheap.
             probe_after: Duration::from_secs(1),
             // 2 s: a live agent on a poor mobile link still answers; a killed

@@ -111,7 +111,7 @@ async fn exchange(
     debug!(%status, mode = ?target.mode, "response head");
 
     let body = match target.mode {
-        Mode::Stream => body::from_recv(recv),
+        Mode::Stream => body::from_recv(recv, config.body_idle_timeout),
         Mode::Blocking => {
             let cap = config.max_blocking_body;
             match collect(&mut recv, &resp_headers, cap, config.response_timeout).await {

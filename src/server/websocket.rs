@@ -54,7 +54,7 @@ pub(super) async fn pass_through(
     let resp_headers = headers::from_wire(head.headers).unwrap_or_default();
     if head.status != 101 {
         // The upstream declined the upgrade with an ordinary response: pass it on.
-        let mut resp = Response::new(body::from_recv(recv));
+        let mut resp = Response::new(body::from_recv(recv, shared.config.body_idle_timeout));
         *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
         *resp.headers_mut() = resp_headers;
         return resp;
