@@ -1,7 +1,9 @@
 //! Accepting TCP connections without spinning: a failed accept (typically
 //! EMFILE, out of file descriptors) pauses briefly instead of retrying at once.
 //! Every TCP listener uses it: the client API, the cluster link and the
-//! WebSocket side of the tunnel port.
+//! WebSocket side of the tunnel port. And the descriptors to accept with: at
+//! start the server raises its soft limit to the hard one (1,024 by default
+//! on Linux, which a thousand idle clients would exhaust).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,4 +24,26 @@ pub async fn next(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr)
             }
         }
     }
+}
+
+/// Raises this process's soft limit on open files to its hard limit;
+/// returns `(before, now)`.
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur as u64;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur as u64))
 }

@@ -235,3 +235,57 @@ async fn server_and_agent_processes() {
         assert!(status.success(), "clean exit on SIGTERM");
     }
 }
+
+/// Under a low soft limit on open files (1,024 is common; 256 here), the
+/// server raises it to the hard limit at start and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_raises_its_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let hard: u64 = String::from_utf8(
+        std::process::Command::new("bash")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    if hard <= 256 {
+        return; // nothing to raise to on this machine
+    }
+    let script = format!(
+        "ulimit -Sn 256 && exec {} server --api-listen 127.0.0.1:0 --tunnel-listen 127.0.0.1:0 \
+         --database-url sqlite://{}/w.db --certs {}/certs",
+        env!("CARGO_BIN_EXE_warren"),
+        dir.path().display(),
+        dir.path().display()
+    );
+    let mut child = tokio::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("WARREN_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    read_until(&mut stdout, "tunnel on").await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(
+        numbers[0], numbers[1],
+        "soft limit raised to the hard one: {line}"
+    );
+    assert_ne!(numbers[0], "256");
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("open-file limit raised from 256"), "{log}");
+}

@@ -84,6 +84,13 @@ pub struct Server {
 impl Server {
     /// Opens the registry, loads or generates the certificate, binds both ports.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        match crate::accept::raise_fd_limit() {
+            Ok((before, now)) if now > before => {
+                tracing::info!("open-file limit raised from {before} to {now}")
+            }
+            Ok((_, now)) => tracing::info!("open-file limit: {now}"),
+            Err(e) => tracing::warn!("could not read or raise the open-file limit: {e}"),
+        }
         let registry = Registry::open(&config.database_url).await?;
         let stale = registry.remove_node_connections(&config.node_id).await?;
         if stale > 0 {
