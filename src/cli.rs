@@ -9,7 +9,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warren::{
     agent::{AgentConfig, TransportChoice, UpstreamConfig},
-    server::{ClusterConfig, RoomLimits, ServerConfig},
+    server::{ClusterConfig, GateLimits, RoomLimits, ServerConfig},
     tls::Trust,
     transport::TransportTuning,
     websocket::WsLimits,
@@ -232,6 +232,15 @@ pub struct ServerArgs {
     /// Room members (across all rooms) per agent on this node.
     #[arg(long, env = "WARREN_MAX_ROOM_MEMBERS", default_value_t = RoomLimits::default().max_members_per_agent)]
     max_room_members: usize,
+    /// Agent peers between connecting and a checked Hello, at once (more are turned away).
+    #[arg(long, env = "WARREN_MAX_PENDING_AGENTS", default_value_t = GateLimits::default().max_pending)]
+    max_pending_agents: usize,
+    /// Failed agent authentications an address may have in a burst before it is turned away.
+    #[arg(long, env = "WARREN_AUTH_FAILURE_BURST", default_value_t = GateLimits::default().failure_burst)]
+    auth_failure_burst: u32,
+    /// One more failed authentication is allowed per this much time, per address.
+    #[arg(long, env = "WARREN_AUTH_FAILURE_REFILL", default_value_t = Human(GateLimits::default().failure_refill))]
+    auth_failure_refill: Human,
     /// Run as a cluster node: other nodes forward requests for agents held here
     /// to this address. Needs --node-id, --cluster-secret and a shared MySQL.
     #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
@@ -307,6 +316,11 @@ impl ServerArgs {
                 member_queue: self.room_member_queue.max(1),
                 auth_timeout: self.room_auth_timeout.0,
                 max_members_per_agent: self.max_room_members,
+            },
+            gate: GateLimits {
+                max_pending: self.max_pending_agents,
+                failure_burst: self.auth_failure_burst,
+                failure_refill: self.auth_failure_refill.0,
             },
         })
     }

@@ -10,7 +10,8 @@ use http::StatusCode;
 
 over_transports!(
     upgraded_websockets_count_toward_the_client_connection_limit,
-    a_body_that_goes_quiet_is_cut_off_as_an_error
+    a_body_that_goes_quiet_is_cut_off_as_an_error,
+    a_wrong_token_flood_is_rate_limited_and_summarised
 );
 
 async fn upgraded_websockets_count_toward_the_client_connection_limit(t: Transport) {
@@ -69,4 +70,121 @@ async fn a_body_that_goes_quiet_is_cut_off_as_an_error(t: Transport) {
     // Paced bodies with shorter pauses are untouched.
     let resp = get(&stack.url("/bytes/1000?chunk=250&delay_ms=200")).await;
     assert_eq!(read_body(resp).await.unwrap().len(), 1000);
+}
+
+/// A flood of wrong-token Hellos from one address: the first few are refused
+/// in words (BadToken), the rest are turned away at the gate before any
+/// handshake work; the log has a few lines, not several per attempt; and the
+/// agent that was already connected goes on serving.
+async fn a_wrong_token_flood_is_rate_limited_and_summarised(t: Transport) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use warren_proto::{Control, RefusalCode, MAX_CONTROL_FRAME};
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let dir = stack.dir.path();
+    let mut server = server_process(dir, "127.0.0.1:0", &["--auth-failure-burst", "5"], true).await;
+    let registry =
+        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
+            .await
+            .unwrap();
+    let token = warren::auth::issue_token(&registry, &stack.client_id)
+        .await
+        .unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "agent",
+            "--server",
+            &server.tunnel.to_string(),
+            "--client-id",
+            &stack.client_id,
+        ])
+        .args(["--token", &token, "--upstream", &stack.upstream.url()])
+        .args(["--transport", t.flag()])
+        .arg("--ca")
+        .arg(stack.ca_path())
+        .env("WARREN_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!(
+        "http://{}/bytes/100?clientId={}",
+        server.api, stack.client_id
+    );
+    let up = eventually(Duration::from_secs(15), || {
+        let url = url.clone();
+        async move {
+            client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    assert!(up, "the real agent serves");
+
+    // Hand-driven peers dial the server process, not the in-process one.
+    let mut peer = stack;
+    peer.tunnel = server.tunnel;
+    let attempts = 60;
+    let (mut refused_in_words, mut turned_away) = (0, 0);
+    for _ in 0..attempts {
+        let session = match raw_session_result(&peer, t, &peer.client_id).await {
+            Ok(session) => session,
+            Err(_) => {
+                turned_away += 1;
+                continue;
+            }
+        };
+        let outcome = async {
+            let (mut send, mut recv) = session.open().await.ok()?;
+            send.write_frame(
+                &hello(&peer.client_id, "wrn_wrong", "flood"),
+                MAX_CONTROL_FRAME,
+            )
+            .await
+            .ok()?;
+            recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.ok()
+        }
+        .await;
+        match outcome {
+            Some(Control::Refused(r)) => {
+                assert_eq!(r.code, RefusalCode::BadToken);
+                refused_in_words += 1;
+            }
+            _ => turned_away += 1,
+        }
+    }
+    assert!(
+        refused_in_words >= 5,
+        "the burst is answered in words ({refused_in_words})"
+    );
+    assert!(
+        turned_away >= attempts - 10,
+        "the rest is turned away at the gate ({turned_away} of {attempts})"
+    );
+    // The connected agent never noticed.
+    assert_eq!(get(&url).await.status(), StatusCode::OK);
+
+    server.child.start_kill().unwrap();
+    agent.start_kill().unwrap();
+    let stderr = server.child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
+    {
+        log.push(line);
+    }
+    let about_refusals = log
+        .iter()
+        .filter(|l| l.contains("refused") || l.contains("gate") || l.contains("handshake"))
+        .count();
+    assert!(
+        about_refusals <= 5,
+        "a few summary lines, not one per attempt: {about_refusals} lines\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("wrn_wrong")),
+        "no token in the log"
+    );
 }

@@ -87,46 +87,6 @@ async fn a_killed_agent_restarted_fails_no_request(t: Transport) {
     restarted.start_kill().unwrap();
 }
 
-/// A server as a real process on a fixed tunnel port.
-async fn server_process(
-    dir: &std::path::Path,
-    tunnel: &str,
-) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "server",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--tunnel-listen",
-            tunnel,
-        ])
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.join("warren.db").display()))
-        .arg("--certs")
-        .arg(dir.join("certs"))
-        .env("WARREN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut api = None;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("server process starts")
-        .unwrap()
-    {
-        if let Some(rest) = line.strip_prefix("client API on http://") {
-            api = rest.trim().parse().ok();
-        }
-        if line.starts_with("tunnel on") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, api.expect("API address printed"))
-}
-
 async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport) {
     // The in-process stack only provides the upstream, tokens and certs.
     let stack = Stack::server_only(StackOptions::new(t)).await;
@@ -136,7 +96,11 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
         udp.local_addr().unwrap().port()
     };
     let tunnel = format!("127.0.0.1:{port}");
-    let (mut server, api) = server_process(dir, &tunnel).await;
+    let ServerProcess {
+        child: mut server,
+        api,
+        ..
+    } = server_process(dir, &tunnel, &[], false).await;
     let registry =
         warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
             .await
@@ -168,7 +132,11 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
 
     server.start_kill().unwrap();
     server.wait().await.unwrap();
-    let (mut server, api) = server_process(dir, &tunnel).await;
+    let ServerProcess {
+        child: mut server,
+        api,
+        ..
+    } = server_process(dir, &tunnel, &[], false).await;
     let started = tokio::time::Instant::now();
     let back = eventually(Duration::from_secs(20), || {
         let url = url(api);

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use super::gate::GateLimits;
 use crate::{transport::TransportTuning, websocket::WsLimits};
 
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ pub struct ServerConfig {
     /// Pass-through WebSockets and room members: message size, idle timeout.
     pub ws: WsLimits,
     pub rooms: RoomLimits,
+    /// What unauthenticated agent peers may cost.
+    pub gate: GateLimits,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             cluster: None,
             ws: WsLimits::default(),
             rooms: RoomLimits::default(),
+            gate: GateLimits::default(),
         }
     }
 }

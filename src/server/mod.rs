@@ -17,6 +17,7 @@ mod cache;
 mod cluster;
 mod config;
 mod forward;
+mod gate;
 mod local;
 mod peers;
 mod reply;
@@ -43,6 +44,7 @@ use crate::{
     transport::{Listener, TransportError},
 };
 pub use config::{ClusterConfig, RoomLimits, ServerConfig};
+pub use gate::GateLimits;
 use state::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,7 @@ impl Server {
             // 5 s: a newly issued token is recognised within seconds; a flood
             // of requests for absent agents costs one query per id per 5 s.
             registered: cache::TtlCache::new(Duration::from_secs(5), 10_000),
+            gate: gate::Gate::new(config.gate.clone()),
             config,
         });
         if let Some(peers) = &shared.peers {

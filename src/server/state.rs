@@ -5,7 +5,8 @@
 use std::sync::atomic::AtomicU64;
 
 use super::{
-    agents::AgentTable, cache::TtlCache, config::ServerConfig, peers::Peers, rooms::RoomHub,
+    agents::AgentTable, cache::TtlCache, config::ServerConfig, gate::Gate, peers::Peers,
+    rooms::RoomHub,
 };
 use crate::registry::Registry;
 
@@ -20,4 +21,6 @@ pub(crate) struct Shared {
     /// Whether a client id has a token: answers "unknown" vs "offline"
     /// without a registry query per request for absent agents.
     pub registered: TtlCache<bool>,
+    /// What unauthenticated agent peers may cost (tunnel port).
+    pub gate: Gate,
 }

@@ -3,9 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::time::Instant;
-
-use tracing::{info, warn, Instrument};
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use tracing::{debug, info, warn, Instrument};
 use warren_proto::{
     CloseCode, Control, Hello, Limits, Refusal, RefusalCode, Welcome, MAX_CONTROL_FRAME,
     PROTOCOL_VERSION,
@@ -44,6 +43,16 @@ pub(super) async fn accept_agents(
             _ = shutdown.wait() => break,
         };
         let remote = incoming.remote_addr();
+        // Turned away before any handshake work: too many peers mid-
+        // handshake, or an address that keeps failing to authenticate.
+        let permit = match shared.gate.admit(remote.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                debug!(%remote, ?why, "agent peer turned away at the gate");
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
@@ -56,9 +65,13 @@ pub(super) async fn accept_agents(
                 let timeout = shared.config.handshake_timeout;
                 let deadline = Instant::now() + timeout;
                 match tokio::time::timeout_at(deadline, incoming.establish()).await {
-                    Ok(Ok(session)) => serve_agent(shared, session, deadline, shutdown).await,
-                    Ok(Err(e)) => info!("agent handshake failed: {e}"),
-                    Err(_) => info!("agent handshake timed out after {timeout:?}"),
+                    Ok(Ok(session)) => {
+                        serve_agent(shared, session, deadline, permit, shutdown).await
+                    }
+                    // Per attempt at debug: unauthenticated peers can send
+                    // these at will (the gate summarises refusals).
+                    Ok(Err(e)) => debug!("agent handshake failed: {e}"),
+                    Err(_) => debug!("agent handshake timed out after {timeout:?}"),
                 }
             }
             .instrument(tracing::info_span!("agent", %remote)),
@@ -67,22 +80,29 @@ pub(super) async fn accept_agents(
 }
 
 /// Runs one agent connection from Hello to goodbye.
-async fn serve_agent(shared: Arc<Shared>, session: Session, deadline: Instant, shutdown: Shutdown) {
+async fn serve_agent(
+    shared: Arc<Shared>,
+    session: Session,
+    deadline: Instant,
+    pending: OwnedSemaphorePermit,
+    shutdown: Shutdown,
+) {
     let (mut send, recv, hello) =
         match tokio::time::timeout_at(deadline, read_hello(&session)).await {
             Ok(Ok(parts)) => parts,
             Ok(Err(HelloError::Protocol(why))) => {
-                info!("agent rejected before Hello: {why}");
+                debug!("agent rejected before Hello: {why}");
                 session.close(CloseCode::ProtocolError, &why);
                 return;
             }
             Ok(Err(HelloError::Version { mut send, version })) => {
+                info!("agent of protocol version {version} refused");
                 refuse(&session, &mut send, Refusal::unsupported_version(version)).await;
                 return;
             }
             Err(_) => {
                 let timeout = shared.config.handshake_timeout;
-                info!("no Hello within {timeout:?} of connecting");
+                debug!("no Hello within {timeout:?} of connecting");
                 session.close(CloseCode::Timeout, "no Hello in time");
                 return;
             }
@@ -90,9 +110,20 @@ async fn serve_agent(shared: Arc<Shared>, session: Session, deadline: Instant, s
     let client_id = hello.client_id.clone();
     let span = tracing::info_span!("client", client_id = %client_id);
     async move {
-        let record = match admit(&shared, &session, &hello).await {
+        let record = admit(&shared, &session, &hello).await;
+        // Authenticated (or not): the peer no longer holds a pending place.
+        drop(pending);
+        let record = match record {
             Ok(record) => record,
             Err(refusal) => {
+                if refusal.code.is_transient() {
+                    info!(code = ?refusal.code, "agent refused: {}", refusal.message);
+                } else {
+                    // Wrong token or unknown id: spends the address's budget,
+                    // and is summarised by the gate rather than logged each time.
+                    shared.gate.failed(session.remote_addr().ip());
+                    debug!(code = ?refusal.code, "agent refused: {}", refusal.message);
+                }
                 refuse(&session, &mut send, refusal).await;
                 return;
             }
@@ -149,7 +180,6 @@ async fn read_hello(session: &Session) -> Result<(SendStream, RecvStream, Hello)
 
 /// Sends a refusal, lets the agent read it (briefly), then closes.
 async fn refuse(session: &Session, send: &mut SendStream, refusal: Refusal) {
-    info!(code = ?refusal.code, "agent refused: {}", refusal.message);
     let _ = send
         .write_frame(&Control::Refused(refusal), MAX_CONTROL_FRAME)
         .await;
@@ -250,6 +280,7 @@ async fn run_admitted(
     };
     if let Some(message) = refusal {
         let _ = shared.registry.remove_connection(&tunnel_ws_id).await;
+        info!("agent refused: {message}");
         let refusal = Refusal {
             code: RefusalCode::TooManyConnections,
             message,

@@ -30,6 +30,15 @@ impl Accepting {
         }
     }
 
+    /// Turns the attempt away before any handshake work (QUIC: a
+    /// CONNECTION_REFUSED close; WebSocket: the TCP connection is closed).
+    pub fn refuse(self) {
+        match self {
+            Accepting::Quic(incoming) => incoming.refuse(),
+            Accepting::Ws { .. } => {}
+        }
+    }
+
     /// Completes the transport handshake (TLS, and the upgrade for WS).
     pub async fn establish(self) -> Result<Session, TransportError> {
         match self {

@@ -505,6 +505,17 @@ pub async fn raw_session(
     t: Transport,
     client_id: &str,
 ) -> warren::transport::Session {
+    raw_session_result(stack, t, client_id)
+        .await
+        .expect("the transport handshake itself works")
+}
+
+/// Like [`raw_session`], for tests where the server may turn the peer away.
+pub async fn raw_session_result(
+    stack: &Stack,
+    t: Transport,
+    client_id: &str,
+) -> Result<warren::transport::Session, warren::transport::TransportError> {
     use warren::{
         tls,
         transport::{self, Dial, TransportKind, TransportTuning},
@@ -528,7 +539,6 @@ pub async fn raw_session(
         },
     )
     .await
-    .expect("the transport handshake itself works")
 }
 
 /// The Hello a hand-driven agent sends (current protocol version).
@@ -542,4 +552,63 @@ pub fn hello(client_id: &str, token: &str, agent: &str) -> warren_proto::Control
         transport_note: String::new(),
         replaces: None,
     })
+}
+
+/// `warren server` as a real process (so it can be killed, or its log read).
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub api: SocketAddr,
+    pub tunnel: SocketAddr,
+}
+
+/// Starts `warren server` on `tunnel` (e.g. `127.0.0.1:0`) with its registry
+/// and certificates in `dir`; with `log`, stderr is piped (at info) for the
+/// test to read, else discarded.
+pub async fn server_process(
+    dir: &std::path::Path,
+    tunnel: &str,
+    extra: &[&str],
+    log: bool,
+) -> ServerProcess {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--tunnel-listen",
+            tunnel,
+        ])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("warren.db").display()))
+        .arg("--certs")
+        .arg(dir.join("certs"))
+        .args(extra)
+        .env("WARREN_LOG", if log { "info" } else { "warn" })
+        .stdout(Stdio::piped())
+        .stderr(if log { Stdio::piped() } else { Stdio::null() })
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut api, mut tunnel) = (None, None);
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("server process starts")
+        .unwrap()
+    {
+        if let Some(rest) = line.strip_prefix("client API on http://") {
+            api = rest.trim().parse().ok();
+        }
+        if let Some(rest) = line.strip_prefix("tunnel on ") {
+            tunnel = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    ServerProcess {
+        child,
+        api: api.expect("API address printed"),
+        tunnel: tunnel.expect("tunnel address printed"),
+    }
 }
