@@ -6,6 +6,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warren::{
     agent::{AgentConfig, TransportChoice, UpstreamConfig},
@@ -218,6 +219,9 @@ pub struct ServerArgs {
     /// A streamed response with no bytes from the agent for this long is cut off (an error to the client).
     #[arg(long, env = "WARREN_BODY_IDLE_TIMEOUT", default_value_t = Human(ServerConfig::default().body_idle_timeout))]
     body_idle_timeout: Human,
+    /// Time the registry has to admit an agent (token check and record); keep it under agents' --connect-timeout.
+    #[arg(long, env = "WARREN_REGISTRY_TIMEOUT", default_value_t = Human(ServerConfig::default().registry_timeout))]
+    registry_timeout: Human,
     /// Time a client has to send its request headers.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value_t = Human(ServerConfig::default().header_read_timeout))]
     header_read_timeout: Human,
@@ -307,6 +311,7 @@ impl ServerArgs {
             response_timeout: self.response_timeout.0,
             header_read_timeout: self.header_read_timeout.0,
             body_idle_timeout: self.body_idle_timeout.0,
+            registry_timeout: self.registry_timeout.0,
             probe_after: self.probe_after.0,
             probe_timeout: self.probe_timeout.0,
             failover_wait: self.failover_wait.0,
@@ -359,8 +364,18 @@ pub struct AgentArgs {
     connections: usize,
     #[arg(long, env = "WARREN_CLIENT_ID")]
     client_id: String,
-    #[arg(long, env = "WARREN_TOKEN", hide_env_values = true)]
-    token: String,
+    /// The agent's token. Prefer WARREN_TOKEN or --token-file: a flag is visible in the process list.
+    #[arg(
+        long,
+        env = "WARREN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the agent's token (its first line; e.g. a systemd credential or a mounted secret).
+    #[arg(long, env = "WARREN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// The local service, e.g. http://127.0.0.1:8000.
     #[arg(long, env = "WARREN_UPSTREAM")]
     upstream: String,
@@ -419,7 +434,28 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    pub fn config(self) -> AgentConfig {
+    /// The token, from the flag or environment, or from `--token-file`.
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let path = self
+            .token_file
+            .as_ref()
+            .expect("clap requires one of the two");
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the token file {} is empty",
+            path.display()
+        );
+        Ok(token.to_string())
+    }
+
+    pub fn config(self) -> anyhow::Result<AgentConfig> {
+        let token = self.token()?;
         let trust = match (self.ca, self.fingerprint) {
             (Some(ca), _) => Trust::CaFile(ca),
             (None, Some(fp)) => Trust::Fingerprint(fp),
@@ -428,11 +464,11 @@ impl AgentArgs {
         let base = AgentConfig::new(
             &self.server[0],
             &self.client_id,
-            &self.token,
+            &token,
             &self.upstream,
             trust,
         );
-        AgentConfig {
+        Ok(AgentConfig {
             servers: self.server,
             connections: self.connections,
             server_name: self.server_name,
@@ -457,7 +493,7 @@ impl AgentArgs {
                 .map(warren::agent::rooms::RoomsBackend::WebSocket),
             rooms_auth: self.rooms_auth,
             ..base
-        }
+        })
     }
 }
 
@@ -615,7 +651,7 @@ mod tests {
         let Command::Agent(args) = cli.command else {
             panic!("agent")
         };
-        let parsed = format!("{:?}", args.config());
+        let parsed = format!("{:?}", args.config().unwrap());
         let expected = AgentConfig::new("h:1", "c", "t", "http://u:1", Trust::System);
         assert_eq!(parsed, format!("{expected:?}"));
     }

@@ -164,7 +164,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     let agent = Agent::new(config)?;
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {

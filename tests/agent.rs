@@ -18,6 +18,8 @@ over_transports!(
     fingerprint_pinning,
     a_real_ca_chain_is_trusted,
     two_agents_one_client_id_share_the_load,
+    a_registry_outage_reaches_the_agent_as_a_refusal,
+    the_token_can_come_from_a_file,
 );
 
 async fn wait_exit(child: &mut tokio::process::Child) -> (i32, String) {
@@ -346,4 +348,101 @@ async fn a_real_ca_chain_is_trusted(t: Transport) {
     );
     trigger.fire();
     let _ = task.await;
+}
+
+/// The registry stalls (a writer holds the SQLite database): the server
+/// refuses a connecting agent in words ("cannot reach its registry", a
+/// transient refusal) within its registry timeout, before the agent's own
+/// wait for Welcome runs out; once the registry is back, the agent connects.
+async fn a_registry_outage_reaches_the_agent_as_a_refusal(t: Transport) {
+    use sqlx::Connection;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let url = format!("sqlite://{}", stack.dir.path().join("warren.db").display());
+    let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    let mut child = stack.spawn_agent_process(&stack.token, &[]);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("cannot reach its registry") {
+                return true;
+            }
+            assert!(
+                !line.contains("no Welcome"),
+                "the agent must hear the refusal, not time out: {line}"
+            );
+        }
+        false
+    })
+    .await
+    .expect("the agent hears about the outage in time");
+    assert!(refused);
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("connected") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the agent connects once the registry is back");
+    assert!(connected);
+    assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+}
+
+/// `--token-file` (first line of the file) instead of a token on the command
+/// line; an empty file is an error naming the file.
+async fn the_token_can_come_from_a_file(t: Transport) {
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let file = stack.dir.path().join("token");
+    std::fs::write(&file, "\n").unwrap();
+    let run = |file: &std::path::Path| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("agent")
+            .args(["--server", &stack.tunnel.to_string()])
+            .args(["--client-id", &stack.client_id])
+            .arg("--token-file")
+            .arg(file)
+            .args(["--upstream", &stack.upstream.url()])
+            .args(["--transport", t.flag()])
+            .arg("--ca")
+            .arg(stack.ca_path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let output = tokio::time::timeout(Duration::from_secs(15), run(&file).wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is empty") && stderr.contains("token"),
+        "{stderr}"
+    );
+    std::fs::write(&file, format!("{}\n", stack.token)).unwrap();
+    let _agent = run(&file);
+    let served = eventually(Duration::from_secs(15), || {
+        let url = stack.url("/bytes/10");
+        async move {
+            client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    assert!(
+        served,
+        "the agent authenticated with the token from the file"
+    );
 }

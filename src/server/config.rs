@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// cut off (an error to the client). Generous: paused live audio and
     /// server-sent events with sparse heartbeats must keep working.
     pub body_idle_timeout: Duration,
+    /// Time the registry has to check an agent's token and record its
+    /// connection; past it the agent is refused as transient ("retry later").
+    pub registry_timeout: Duration,
     /// Time a client has to send its request headers (slow-loris guard).
     pub header_read_timeout: Duration,
     pub tuning: TransportTuning,
@@ -87,6 +90,8 @@ impl Default for ServerConfig {
             open_stream_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
+            // 3 s: under an agent's 5 s wait for Welcome (--connect-timeout).
+            registry_timeout: Duration::from_secs(3),
             // 5 min: far above any SSE heartbeat or audio pause, yet a service
             // that hangs mid-body does not hold a client for ever.
             body_idle_timeout: Duration::from_secs(300),

@@ -110,7 +110,19 @@ async fn serve_agent(
     let client_id = hello.client_id.clone();
     let span = tracing::info_span!("client", client_id = %client_id);
     async move {
-        let record = admit(&shared, &session, &hello).await;
+        // Bounded below the agent's own wait for Welcome, so a registry
+        // outage reaches the agent as a refusal in words, not a timeout.
+        let wait = shared.config.registry_timeout;
+        let record = match tokio::time::timeout(wait, admit(&shared, &session, &hello)).await {
+            Ok(record) => record,
+            Err(_) => {
+                warn!("registry did not answer within {wait:?} while admitting an agent");
+                Err(Refusal {
+                    code: RefusalCode::Internal,
+                    message: "server cannot reach its registry; retry later".into(),
+                })
+            }
+        };
         // Authenticated (or not): the peer no longer holds a pending place.
         drop(pending);
         let record = match record {
