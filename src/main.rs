@@ -22,10 +22,7 @@ use warren::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -174,6 +171,20 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     });
     agent.run(stop).await?;
     Ok(())
+}
+
+/// `WARREN_LOG` (a `tracing` filter; default `info`), with the crates that
+/// dump message payloads at trace level capped at debug whatever it says:
+/// tungstenite logs every WebSocket frame's bytes, and on the WebSocket
+/// transport those carry the agent's Hello, token included.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    ["tungstenite=debug", "tokio_tungstenite=debug"]
+        .into_iter()
+        .fold(filter, |filter, cap| {
+            filter.add_directive(cap.parse().expect("a valid directive"))
+        })
 }
 
 /// Ctrl-C or SIGTERM (what systemd and docker send).

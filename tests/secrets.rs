@@ -1,0 +1,179 @@
+//! No secret at any log level: real server and agent processes at
+//! `WARREN_LOG=trace` (every dependency's tracing too), driven through
+//! requests, a WebSocket, a room join, a wrong token and a replayed Hello;
+//! then every line either process wrote is searched for the token (as text
+//! and as hex) and, on a two-node cluster, for the cluster secret.
+
+mod common;
+
+use std::{process::Stdio, sync::Arc, time::Duration};
+
+use common::*;
+use http::StatusCode;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::Mutex,
+};
+
+over_transports!(no_token_at_trace);
+
+/// Collects every stderr line of `child` in the background.
+fn collect(child: &mut tokio::process::Child) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().await.push(line);
+        }
+    });
+    lines
+}
+
+fn assert_absent(log: &[String], secret: &str, what: &str) {
+    let hex = hex::encode(secret.as_bytes());
+    let found: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains(secret) || l.contains(&hex))
+        .take(3)
+        .collect();
+    assert!(found.is_empty(), "{what} found in the log: {found:?}");
+}
+
+async fn no_token_at_trace(t: Transport) {
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let dir = stack.dir.path();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("trace.db").display()))
+        .arg("--certs")
+        .arg(dir.join("certs"))
+        .env("WARREN_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let server_log = collect(&mut server);
+    let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
+    let (mut api, mut tunnel) = (String::new(), String::new());
+    while let Ok(Some(line)) = out.next_line().await {
+        if let Some(rest) = line.strip_prefix("client API on http://") {
+            api = rest.trim().to_string();
+        }
+        if let Some(rest) = line.strip_prefix("tunnel on ") {
+            tunnel = rest.split_whitespace().next().unwrap().to_string();
+            break;
+        }
+    }
+    let registry =
+        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("trace.db").display()))
+            .await
+            .unwrap();
+    let token = warren::auth::issue_token(&registry, &stack.client_id)
+        .await
+        .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "agent",
+            "--server",
+            &tunnel,
+            "--client-id",
+            &stack.client_id,
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--upstream", &stack.upstream.url(), "--transport", t.flag()])
+        .arg("--ca")
+        .arg(stack.ca_path())
+        .env("WARREN_LOG", "trace")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let agent_log = collect(&mut agent);
+
+    let base = format!("http://{api}");
+    let url = format!("{base}/bytes/100000?clientId={}", stack.client_id);
+    let up = eventually(Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    assert!(up, "served through the agent");
+    let resp = get(&url).await;
+    assert_eq!(read_body(resp).await.unwrap().len(), 100_000);
+    let api_addr: std::net::SocketAddr = api.parse().unwrap();
+    let (ws, _) = ws_upgrade(
+        api_addr,
+        &format!("/ws/echo?clientId={}", stack.client_id),
+        None,
+    )
+    .await
+    .unwrap();
+    drop(ws);
+    let _ = ws_upgrade(
+        api_addr,
+        &format!("/_warren/rooms/lobby?clientId={}", stack.client_id),
+        None,
+    )
+    .await;
+    // A wrong token, and the real one replayed by a second peer after Welcome.
+    let mut peer = stack;
+    peer.tunnel = tunnel.parse().unwrap();
+    let session = raw_session(&peer, t, &peer.client_id).await;
+    let (mut send, mut recv) = session.open().await.unwrap();
+    let wrong = format!("{}x", &token[..token.len() - 1]);
+    send.write_frame(
+        &hello(&peer.client_id, &wrong, "wrong"),
+        warren_proto::MAX_CONTROL_FRAME,
+    )
+    .await
+    .unwrap();
+    let _ = recv
+        .read_frame::<warren_proto::Control>(warren_proto::MAX_CONTROL_FRAME)
+        .await;
+    let session = raw_session(&peer, t, &peer.client_id).await;
+    let (mut send, mut recv) = session.open().await.unwrap();
+    let hello = hello(&peer.client_id, &token, "replayer");
+    send.write_frame(&hello, warren_proto::MAX_CONTROL_FRAME)
+        .await
+        .unwrap();
+    let _ = recv
+        .read_frame::<warren_proto::Control>(warren_proto::MAX_CONTROL_FRAME)
+        .await;
+    send.write_frame(&hello, warren_proto::MAX_CONTROL_FRAME)
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), session.closed()).await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.start_kill().unwrap();
+    server.start_kill().unwrap();
+    let _ = agent.wait().await;
+    let _ = server.wait().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut log = server_log.lock().await.clone();
+    log.extend(agent_log.lock().await.iter().cloned());
+    assert!(
+        log.len() > 100 && log.iter().any(|l| l.contains("TRACE")),
+        "the processes really logged at trace ({} lines)",
+        log.len()
+    );
+    assert_absent(&log, &token, "the agent's token");
+    assert_absent(&log, &wrong, "a wrong token");
+}
