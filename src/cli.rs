@@ -222,6 +222,9 @@ pub struct ServerArgs {
     /// Time the registry has to admit an agent (token check and record); keep it under agents' --connect-timeout.
     #[arg(long, env = "WARREN_REGISTRY_TIMEOUT", default_value_t = Human(ServerConfig::default().registry_timeout))]
     registry_timeout: Human,
+    /// On SIGTERM: how long requests in flight may take to finish.
+    #[arg(long, env = "WARREN_DRAIN_GRACE", default_value_t = Human(ServerConfig::default().drain_grace))]
+    drain_grace: Human,
     /// Time a client has to send its request headers.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value_t = Human(ServerConfig::default().header_read_timeout))]
     header_read_timeout: Human,
@@ -312,6 +315,7 @@ impl ServerArgs {
             header_read_timeout: self.header_read_timeout.0,
             body_idle_timeout: self.body_idle_timeout.0,
             registry_timeout: self.registry_timeout.0,
+            drain_grace: self.drain_grace.0,
             probe_after: self.probe_after.0,
             probe_timeout: self.probe_timeout.0,
             failover_wait: self.failover_wait.0,
@@ -416,6 +420,9 @@ pub struct AgentArgs {
     /// After moving to QUIC, how long requests in flight on WebSocket may take to finish.
     #[arg(long, env = "WARREN_MIGRATE_DRAIN", default_value_t = Human(agent_defaults().migrate_drain))]
     migrate_drain: Human,
+    /// When the server goes away or the agent stops: how long requests in flight may take to finish.
+    #[arg(long, env = "WARREN_DRAIN_GRACE", default_value_t = Human(agent_defaults().drain_grace))]
+    drain_grace: Human,
     /// The rooms backend: a local WebSocket speaking warren's room envelope
     /// (see proto/PROTOCOL.md), e.g. ws://127.0.0.1:9000/rooms.
     #[arg(long, env = "WARREN_ROOMS_UPSTREAM")]
@@ -488,6 +495,7 @@ impl AgentArgs {
             ws_head_start: self.ws_head_start.0,
             quic_probe_interval: self.quic_probe_interval.0,
             migrate_drain: self.migrate_drain.0,
+            drain_grace: self.drain_grace.0,
             rooms: self
                 .rooms_upstream
                 .map(warren::agent::rooms::RoomsBackend::WebSocket),

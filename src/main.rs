@@ -178,8 +178,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 /// tungstenite logs every WebSocket frame's bytes, and on the WebSocket
 /// transport those carry the agent's Hello, token included.
 fn log_filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::filter::LevelFilter;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Only a filter that lets trace through needs the cap; adding it to a
+    // quieter one would raise those crates to debug instead.
+    if filter
+        .max_level_hint()
+        .is_some_and(|max| max < LevelFilter::TRACE)
+    {
+        return filter;
+    }
     ["tungstenite=debug", "tokio_tungstenite=debug"]
         .into_iter()
         .fold(filter, |filter, cap| {

@@ -131,13 +131,15 @@ fn now_ms(start: tokio::time::Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-/// Relays `ws` over the tunnel stream until either side closes or the idle
-/// timeout passes; returns the close code that ended it.
+/// Relays `ws` over the tunnel stream until either side closes, the idle
+/// timeout passes, or `stop` resolves (the node is shutting down); returns
+/// the close code that ended it. The last two close both sides with 1001.
 pub async fn relay<S>(
     ws: WebSocketStream<S>,
     mut send: SendStream,
     mut recv: RecvStream,
     limits: &WsLimits,
+    stop: impl std::future::Future<Output = ()>,
 ) -> u16
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -229,19 +231,19 @@ where
             code = &mut outbound => {
                 // Give the other side a moment to answer the close, then stop.
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut inbound).await;
-                Some(code)
+                Ok(code)
             }
             code = &mut inbound => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut outbound).await;
-                Some(code)
+                Ok(code)
             }
-            _ = idle => None,
+            _ = idle => Err("idle timeout"),
+            _ = stop => Err("server shutting down"),
         }
     };
     match code {
-        Some(code) => code,
-        None => {
-            let reason = "idle timeout";
+        Ok(code) => code,
+        Err(reason) => {
             let _ = ws_tx.send(close(1001, reason)).await;
             let bye = WsMessage::Close {
                 code: 1001,

@@ -18,7 +18,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 over_transports!(
     a_killed_agent_restarted_fails_no_request,
-    a_killed_server_restarted_gets_its_agents_back_in_seconds
+    a_killed_server_restarted_gets_its_agents_back_in_seconds,
+    sigterm_lets_requests_in_flight_finish
 );
 
 /// The default heartbeat: the tests show recovery does not wait for it.
@@ -159,4 +160,93 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
     );
     agent.start_kill().unwrap();
     server.start_kill().unwrap();
+}
+
+/// SIGTERM: the server stops accepting clients and tells its agents GoAway,
+/// but a download in flight (3 s, paced) finishes whole, well past the 2 s
+/// the agent connections used to be given, and then the process exits.
+async fn sigterm_lets_requests_in_flight_finish(t: Transport) {
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let dir = stack.dir.path();
+    let mut server = server_process(dir, "127.0.0.1:0", &["--drain-grace", "20s"], false).await;
+    let registry =
+        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
+            .await
+            .unwrap();
+    let token = warren::auth::issue_token(&registry, &stack.client_id)
+        .await
+        .unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "agent",
+            "--server",
+            &server.tunnel.to_string(),
+            "--client-id",
+            &stack.client_id,
+        ])
+        .args(["--token", &token, "--upstream", &stack.upstream.url()])
+        .args(["--transport", t.flag()])
+        .arg("--ca")
+        .arg(stack.ca_path())
+        .env("WARREN_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut agent, "connected").await;
+    let base = format!("http://{}", server.api);
+    let len = 3_000_000usize;
+    let url = format!(
+        "{base}/bytes/{len}?chunk=100000&delay_ms=100&clientId={}",
+        stack.client_id
+    );
+    use http_body_util::BodyExt;
+    let resp = get(&url).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut all = Vec::new();
+    while all.is_empty() {
+        let frame = body.frame().await.expect("a first chunk").unwrap();
+        all.extend_from_slice(&frame.into_data().unwrap_or_default());
+    }
+
+    let pid = server.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // New clients are turned away while the old request drains.
+    let refused = client()
+        .request(
+            http::Request::get(format!("{base}/bytes/10?clientId={}", stack.client_id))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "a new client is not accepted while draining"
+    );
+
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(15), body.frame())
+        .await
+        .expect("the download keeps flowing")
+    {
+        let frame = frame.expect("the download in flight is not cut off");
+        all.extend_from_slice(&frame.into_data().unwrap_or_default());
+    }
+    assert_eq!(all.len(), len, "the whole body arrived");
+    assert_eq!(
+        sha256_hex(&all),
+        warren::sample::pattern_sha256(0, len as u64),
+        "and its bytes are right"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
+        .await
+        .expect("the server exits after draining")
+        .unwrap();
+    assert!(status.success(), "a clean exit: {status}");
+    agent.start_kill().unwrap();
 }

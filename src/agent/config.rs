@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// After moving to QUIC, how long requests in flight on WebSocket may take
     /// to finish before it closes (long downloads and streams keep going).
     pub migrate_drain: Duration,
+    /// When the server says GoAway (it is shutting down) or this agent stops:
+    /// how long requests in flight may take to finish on the old connection.
+    pub drain_grace: Duration,
     /// Where room events go, if this agent hosts rooms.
     pub rooms: Option<rooms::RoomsBackend>,
     /// Rooms require the client's first message as credentials, and the
@@ -88,6 +91,8 @@ impl AgentConfig {
             // unblocks UDP is noticed within a minute.
             quic_probe_interval: Duration::from_secs(60),
             migrate_drain: Duration::from_secs(600),
+            // 30 s: the server's own default drain grace.
+            drain_grace: Duration::from_secs(30),
             rooms: None,
             rooms_auth: false,
         }

@@ -114,12 +114,15 @@ pub(super) async fn hello(
     }
 }
 
-/// Serves one session until it ends; returns why.
+/// Serves one session until it ends; returns why. `went_away` is set when
+/// the server says GoAway, so the slot can connect anew while this drains.
 pub(super) async fn serve(
     dispatch: Arc<Dispatch>,
     status: &watch::Sender<AgentStatus>,
     conn: Connection,
     mut leave: Leave,
+    drain_grace: Duration,
+    went_away: watch::Sender<bool>,
 ) -> String {
     let Connection {
         session,
@@ -162,14 +165,15 @@ pub(super) async fn serve(
             let _ = leave_signal.wait_for(Option::is_some).await;
         };
         let on_goaway = |reason: String| {
-            info!("server going away: {reason}");
+            info!("server going away: {reason}; requests in flight finish here, new ones go to a new connection");
             server_leaving.notify_one();
+            went_away.send_replace(true);
         };
         // Leaving (ours or the server's): wait for requests in flight, bounded.
         let drain = async {
             let limit = tokio::select! {
-                limit = leave.wait_for(Option::is_some) => limit.ok().and_then(|l| *l).unwrap_or(DRAIN),
-                _ = server_leaving.notified() => DRAIN,
+                limit = leave.wait_for(Option::is_some) => limit.ok().and_then(|l| *l).unwrap_or(drain_grace),
+                _ = server_leaving.notified() => drain_grace,
             };
             let deadline = Instant::now() + limit;
             while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -197,10 +201,6 @@ pub(super) async fn serve(
     .instrument(span)
     .await
 }
-
-/// Time given to in-flight requests when the agent stops or the server goes
-/// away (the server waits 2 s for us).
-pub(super) const DRAIN: Duration = Duration::from_millis(1500);
 
 struct InFlight(Arc<AtomicUsize>);
 

@@ -13,7 +13,7 @@ use super::{
     config::{AgentConfig, AgentError, TransportChoice},
     dial::Dialer,
     dispatch::Dispatch,
-    session::{self, Attempt, Connection, DRAIN},
+    session::{self, Attempt, Connection},
     status::AgentStatus,
 };
 use crate::{shutdown::Shutdown, transport::TransportKind};
@@ -65,11 +65,14 @@ impl Slots {
                     let probing = conn.session.kind() == TransportKind::Ws
                         && config.transport == TransportChoice::Auto;
                     let (leave, leave_rx) = watch::channel(None);
+                    let (went_away, mut server_left) = watch::channel(false);
                     let dispatch = self.dispatch.clone();
                     let inner = self.clone();
+                    let grace = config.drain_grace;
                     let mut task = tokio::spawn(
                         async move {
-                            session::serve(dispatch, &inner.status[slot], conn, leave_rx).await
+                            let status = &inner.status[slot];
+                            session::serve(dispatch, status, conn, leave_rx, grace, went_away).await
                         }
                         .in_current_span(),
                     );
@@ -95,9 +98,22 @@ impl Slots {
                             // The old session's task drains and closes by itself.
                             conn = upgraded;
                         }
+                        _ = async {
+                            // A dropped sender means the task ended: that is the
+                            // branch above, not this one.
+                            if server_left.wait_for(|left| *left).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        } => {
+                            // The server is going away: requests in flight finish
+                            // on this connection (its task drains and closes by
+                            // itself); new ones need a new connection, now.
+                            break "the server is going away".to_string();
+                        }
                         _ = shutdown.wait() => {
-                            leave.send_replace(Some(DRAIN));
-                            let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), task).await;
+                            let grace = config.drain_grace;
+                            leave.send_replace(Some(grace));
+                            let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
                             return Ok(());
                         }
                     }

@@ -289,7 +289,8 @@ impl Upstream {
         if send.write_frame(&reply, max_head).await.is_err() {
             return;
         }
-        let code = crate::websocket::relay(ws, send, recv, &limits).await;
+        // The agent's own shutdown ends its connections, and with them this.
+        let code = crate::websocket::relay(ws, send, recv, &limits, std::future::pending()).await;
         debug!(code, "WebSocket closed");
     }
 

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{builtin, cluster, local, rooms, state::Shared, target, upgrade::ConnectionSlot};
 use crate::{accept, body::TunnelBody, shutdown::Shutdown};
@@ -56,6 +56,21 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
                 debug!(%peer, "client connection ended with an error: {e}");
             }
         });
+    }
+    // Stopped accepting; every connection's task was told to finish its
+    // requests and close. Wait until all have given their places back.
+    let everyone = shared.config.max_client_connections.min(u32::MAX as usize) as u32;
+    let grace = shared.config.drain_grace;
+    let drained = tokio::time::timeout(grace, slots.acquire_many(everyone))
+        .await
+        .is_ok();
+    if drained {
+        info!("client connections drained");
+    } else {
+        warn!(
+            open = everyone as usize - slots.available_permits(),
+            "client connections still open after the {grace:?} drain grace; closing them"
+        );
     }
 }
 

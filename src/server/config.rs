@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Time the registry has to check an agent's token and record its
     /// connection; past it the agent is refused as transient ("retry later").
     pub registry_timeout: Duration,
+    /// On shutdown (SIGTERM): how long requests in flight may take to finish
+    /// before their connections are closed.
+    pub drain_grace: Duration,
     /// Time a client has to send its request headers (slow-loris guard).
     pub header_read_timeout: Duration,
     pub tuning: TransportTuning,
@@ -90,6 +93,8 @@ impl Default for ServerConfig {
             open_stream_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
+            // 30 s: what systemd and Kubernetes wait before SIGKILL by default.
+            drain_grace: Duration::from_secs(30),
             // 3 s: under an agent's 5 s wait for Welcome (--connect-timeout).
             registry_timeout: Duration::from_secs(3),
             // 5 min: far above any SSE heartbeat or audio pause, yet a service

@@ -169,6 +169,8 @@ impl Server {
             // of requests for absent agents costs one query per id per 5 s.
             registered: cache::TtlCache::new(Duration::from_secs(5), 10_000),
             gate: gate::Gate::new(config.gate.clone()),
+            clients_drained: tokio::sync::watch::channel(false).0,
+            stopping: tokio::sync::watch::channel(false).0,
             config,
         });
         if let Some(peers) = &shared.peers {
@@ -225,6 +227,18 @@ impl Server {
             )
         });
         let tunnel = Arc::new(tunnel);
+        {
+            // WebSockets (pass-through and room members) live until closed:
+            // told at once that the node is going away, their clients
+            // reconnect elsewhere while requests in flight drain.
+            let shared = shared.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.wait().await;
+                shared.stopping.send_replace(true);
+                shared.rooms.close_all(1001, "server shutting down");
+            });
+        }
         // Every agent task holds a clone of `done_tx`; when all are dropped,
         // `done_rx` reports that the last agent connection has wound down.
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -235,9 +249,13 @@ impl Server {
             done_tx,
         ));
         let clients = tokio::spawn(api::serve(shared.clone(), api, shutdown.clone()));
+        // The client API stops accepting and returns once the requests in
+        // flight have finished (bounded by --drain-grace); agent connections
+        // stay up until then, since those requests travel on them.
         let _ = tokio::join!(agents, clients);
-        // Agent tasks saw the same signal, sent GoAway and wait (bounded) for
-        // their agents to close; wait for them, then close whatever is left.
+        shared.clients_drained.send_replace(true);
+        // Agent tasks sent GoAway when the signal came and now close; wait
+        // for them (bounded), then close whatever is left.
         let grace = tunnel::SHUTDOWN_DRAIN + Duration::from_secs(1);
         let _ = tokio::time::timeout(grace, done_rx.recv()).await;
         for link in shared.agents.all() {

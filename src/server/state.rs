@@ -23,4 +23,10 @@ pub(crate) struct Shared {
     pub registered: TtlCache<bool>,
     /// What unauthenticated agent peers may cost (tunnel port).
     pub gate: Gate,
+    /// Set when shutdown begins: long-lived WebSockets close (1001) then,
+    /// as they are not requests that finish by themselves.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Set during shutdown once the client API's requests in flight are done
+    /// (or the drain grace ran out): agent connections may close then.
+    pub clients_drained: tokio::sync::watch::Sender<bool>,
 }

@@ -25,7 +25,8 @@ use crate::{
 /// How long a refused agent gets to read the refusal before we close.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
-/// How long a shutting-down server waits for an agent to close after GoAway.
+/// How long a shutting-down server, its clients drained, waits for an agent
+/// to close (it was told GoAway when the shutdown began).
 pub(super) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 pub(super) async fn accept_agents(
@@ -339,10 +340,17 @@ async fn run_admitted(
         shared.agents.remove(&client_id, &tunnel_ws_id);
     };
     let mut drained = shutdown.clone();
+    let mut clients_drained = shared.clients_drained.subscribe();
     let end = tokio::select! {
         end = control::keepalive(send, recv, config.heartbeat, &liveness, leave, on_goaway) => end.to_string(),
-        // Server shutdown: GoAway went out; give the agent a moment to finish.
-        _ = async move { drained.wait().await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => {
+        // Server shutdown: GoAway went out at once; the connection stays up
+        // until the client API's requests in flight are done, then the agent
+        // gets a moment to close first.
+        _ = async move {
+            drained.wait().await;
+            let _ = clients_drained.wait_for(|done| *done).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await
+        } => {
             "server shutting down".to_string()
         }
     };

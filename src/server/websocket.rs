@@ -60,6 +60,7 @@ pub(super) async fn pass_through(
         return resp;
     }
     let limits = shared.config.ws.clone();
+    let mut stopping = shared.stopping.subscribe();
     tokio::spawn(
         async move {
             let _slot = slot;
@@ -76,7 +77,10 @@ pub(super) async fn pass_through(
                 Some(limits.config()),
             )
             .await;
-            let code = websocket::relay(ws, send, recv, &limits).await;
+            let stop = async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            };
+            let code = websocket::relay(ws, send, recv, &limits, stop).await;
             debug!(code, "WebSocket closed");
         }
         .instrument(span),

@@ -277,6 +277,20 @@ impl RoomHub {
         Ok(channel)
     }
 
+    /// Closes every member of every room (the node is shutting down).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        let slots: Vec<Arc<Slot>> = {
+            let channels = self.channels.lock().expect("rooms poisoned");
+            channels.values().map(|(_, slot)| slot.clone()).collect()
+        };
+        for channel in slots.iter().filter_map(|slot| slot.live()) {
+            let state = channel.state.lock().expect("rooms poisoned");
+            for member in state.rooms.values().flat_map(|m| m.values()) {
+                member.close(code, reason);
+            }
+        }
+    }
+
     /// `(room, members)` of an agent's listed rooms (names not starting with `_`).
     pub(super) fn list(&self, client_id: &str) -> Vec<(String, usize)> {
         let slots: Vec<Arc<Slot>> = {
