@@ -239,6 +239,9 @@ pub struct ServerArgs {
     /// Room members (across all rooms) per agent on this node.
     #[arg(long, env = "WARREN_MAX_ROOM_MEMBERS", default_value_t = RoomLimits::default().max_members_per_agent)]
     max_room_members: usize,
+    /// Members of one room on this node.
+    #[arg(long, env = "WARREN_MAX_ROOM_SIZE", default_value_t = RoomLimits::default().max_members_per_room)]
+    max_room_size: usize,
     /// Agent peers between connecting and a checked Hello, at once (more are turned away).
     #[arg(long, env = "WARREN_MAX_PENDING_AGENTS", default_value_t = GateLimits::default().max_pending)]
     max_pending_agents: usize,
@@ -325,6 +328,7 @@ impl ServerArgs {
                 member_queue: self.room_member_queue.max(1),
                 auth_timeout: self.room_auth_timeout.0,
                 max_members_per_agent: self.max_room_members,
+                max_members_per_room: self.max_room_size,
             },
             gate: GateLimits {
                 max_pending: self.max_pending_agents,

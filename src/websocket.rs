@@ -48,6 +48,10 @@ impl WsLimits {
         WebSocketConfig::default()
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message))
+            // tungstenite allocates its read buffer up front (128 KiB by
+            // default): a room of thousands of members would cost that
+            // each. Larger messages still arrive whole, in more reads.
+            .read_buffer_size(READ_BUFFER)
     }
 
     /// Frame limit on the tunnel stream: the message plus its envelope.
@@ -55,6 +59,10 @@ impl WsLimits {
         self.max_message + 1024
     }
 }
+
+/// Bytes read from a WebSocket at once: a few frames of chat or playback
+/// state; 4 KiB keeps an idle member's socket small.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// No close code given (RFC 6455 §7.1.5).
 pub const NO_STATUS: u16 = 1005;

@@ -21,6 +21,7 @@ over_transports!(
     first_message_authentication,
     rooms_of_two_agents_are_isolated,
     a_stalled_member_is_dropped_and_the_room_goes_on,
+    a_full_room_turns_joins_away,
 );
 
 /// A rooms backend: records joins and leaves, answers a few commands sent as
@@ -499,4 +500,28 @@ async fn warren_js_in_headless_chromium() {
     .await;
     assert!(answered, "the browser received the broadcast and answered");
     let _ = browser.kill().await;
+}
+
+/// `--max-room-size`: a room at its cap turns further joins away with 503
+/// `rooms_full`; other rooms of the same agent still take members.
+async fn a_full_room_turns_joins_away(t: Transport) {
+    let (stack, backend) =
+        stack_with_rooms(t, false, |o| o.server.rooms.max_members_per_room = 3).await;
+    let id = stack.client_id.clone();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(member(&stack, &id, "small").await);
+    }
+    wait_joins(&backend, 3).await;
+    let path = format!("/_warren/rooms/small?clientId={id}");
+    match ws_upgrade(stack.api, &path, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("rooms_full"), "{body}");
+        }
+        other => panic!("a fourth member is turned away, got {other:?}"),
+    }
+    let _other_room = member(&stack, &id, "another").await;
+    wait_joins(&backend, 4).await;
 }

@@ -54,6 +54,7 @@ struct Sizes {
     idle_agents: usize,
     room_members: usize,
     room_broadcasts: usize,
+    idle_clients: usize,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -75,6 +76,7 @@ impl Sizes {
                 idle_agents: 50,
                 room_members: 100,
                 room_broadcasts: 20,
+                idle_clients: 200,
             }
         } else {
             Sizes {
@@ -90,6 +92,7 @@ impl Sizes {
                 idle_agents: 1000,
                 room_members: 1000,
                 room_broadcasts: 100,
+                idle_clients: 1000,
             }
         }
     }
@@ -271,6 +274,33 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         server.proc.stop().await;
     }
 
+    // Idle clients: server memory per keep-alive connection that made one
+    // request and then sits idle (what a crowd of browsers costs).
+    progress.step(&format!("{} idle client connections", sizes.idle_clients));
+    let idle_client_kib = {
+        let server = Server::start(&bin, &dir, "idle-clients", &[]).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = server.proc.rss();
+        let mut held = Vec::with_capacity(sizes.idle_clients);
+        for _ in 0..sizes.idle_clients {
+            let mut tcp = tokio::net::TcpStream::connect(server.api)
+                .await
+                .map_err(BenchError::io("idle client"))?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tcp.write_all(b"GET /_warren/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .map_err(BenchError::io("idle client"))?;
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            held.push(tcp);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = server.proc.rss();
+        drop(held);
+        server.proc.stop().await;
+        after.saturating_sub(before) as f64 / sizes.idle_clients as f64 / 1024.0
+    };
+
     // Fallback: agent start to first served request, UDP silently dropped.
     let mut fallback = Vec::new();
     for udp_open in [true, false] {
@@ -340,6 +370,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
             sizes.room_broadcasts,
             10,
             || gate.bytes_up(),
+            || server.proc.rss(),
         )
         .await?;
         room_figures.push(figures);
@@ -383,6 +414,22 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     rows.push(Row::new(&room, "delivery latency p50", "ms", Better::Lower).tunnel(q, w));
     let (q, w) = pick(|r| r.p99_ms);
     rows.push(Row::new(&room, "delivery latency p99", "ms", Better::Lower).tunnel(q, w));
+    let (q, w) = pick(|r| r.kib_per_member);
+    rows.push(
+        Row::new(&room, "server memory per member", "KiB", Better::Lower)
+            .tunnel(q, w)
+            .target("≤ 16 KiB", 16.0, true),
+    );
+    rows.push(
+        Row::new(
+            &format!("idle clients, {}", sizes.idle_clients),
+            "server memory per idle keep-alive connection",
+            "KiB",
+            Better::Lower,
+        )
+        .tunnel(Some(idle_client_kib), None)
+        .target("≤ 16 KiB", 16.0, true),
+    );
     write_report(
         &opts.out,
         &rows,

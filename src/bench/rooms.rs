@@ -25,6 +25,8 @@ pub struct RoomFigures {
     pub p99_ms: f64,
     /// Messages delivered / expected (members × broadcasts).
     pub delivered: f64,
+    /// Growth of the server's RSS per member joined (KiB).
+    pub kib_per_member: f64,
 }
 
 /// A backend on a local WebSocket: counts joins, then broadcasts on demand.
@@ -91,7 +93,9 @@ pub async fn measure(
     count: usize,
     rate: u32,
     up: impl Fn() -> u64,
+    server_rss: impl Fn() -> u64,
 ) -> Result<RoomFigures, BenchError> {
+    let rss_before = server_rss();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(members);
     for _ in 0..members {
@@ -125,6 +129,10 @@ pub async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Settled joins (the backend heard them all): what members cost at rest.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kib_per_member =
+        server_rss().saturating_sub(rss_before) as f64 / members.max(1) as f64 / 1024.0;
     let before = up();
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
     for _ in 0..count {
@@ -148,6 +156,7 @@ pub async fn measure(
         p50_ms: percentile_ms(&all, 50.0),
         p99_ms: percentile_ms(&all, 99.0),
         delivered: all.len() as f64 / (members * count) as f64,
+        kib_per_member,
     })
 }
 

@@ -156,6 +156,8 @@ pub struct RoomLimits {
     pub auth_timeout: Duration,
     /// Members across all rooms of one agent on this node.
     pub max_members_per_agent: usize,
+    /// Members of one room.
+    pub max_members_per_room: usize,
 }
 
 impl Default for RoomLimits {
@@ -163,7 +165,10 @@ impl Default for RoomLimits {
         RoomLimits {
             member_queue: 256,
             auth_timeout: Duration::from_secs(20),
+            // 10,000 (and 5,000 in one room): at ~10 KiB each, 100 MB of a
+            // node for one tenant at most; raise for bigger audiences.
             max_members_per_agent: 10_000,
+            max_members_per_room: 5_000,
         }
     }
 }

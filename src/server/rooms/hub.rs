@@ -126,6 +126,12 @@ impl Channel {
         state.pending.clear();
     }
 
+    /// Members of `room` (joined, past any authentication).
+    pub fn room_size(&self, room: &str) -> usize {
+        let state = self.state.lock().expect("rooms poisoned");
+        state.rooms.get(room).map_or(0, |members| members.len())
+    }
+
     pub fn member_count(&self) -> usize {
         self.state.lock().expect("rooms poisoned").room_of.len()
     }

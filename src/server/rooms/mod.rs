@@ -83,6 +83,13 @@ pub(crate) async fn join(
             "this agent's rooms are full on this node",
         );
     }
+    if channel.room_size(room) >= hub.limits.max_members_per_room {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rooms_full",
+            "this room is full on this node",
+        );
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let mut client_headers = req.headers().clone();
     headers::strip_hop_by_hop(&mut client_headers);
