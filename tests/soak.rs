@@ -1,0 +1,318 @@
+//! Fault-injection soak, short (the suite's version; `WARREN_SOAK_REQUESTS`
+//! and `WARREN_SOAK_KILLS` make it long): mixed requests — streamed and
+//! blocking downloads of 1 KiB to 4 MiB, uploads, WebSocket echoes — from
+//! several clients at once, while the agent process is SIGKILLed and
+//! restarted at random. Every response that completes is byte-exact
+//! (SHA-256); every one that was cut is an error to its client, never a
+//! clean short body. Afterwards nothing is left over: one registry row for
+//! the one live agent, and the server's memory back near where it was.
+
+mod common;
+
+use std::{
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio_tungstenite::tungstenite::Message;
+
+over_transports!(mixed_requests_through_agent_kills);
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    /// Cut short or refused, and the client was told so.
+    failed_loudly: AtomicUsize,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One request of the mix; panics on a silent corruption or truncation.
+async fn one(api: std::net::SocketAddr, client_id: &str, i: usize, tally: &Tally) {
+    let sizes = [1024u64, 64 * 1024, 1 << 20, 4 << 20];
+    let size = sizes[i % sizes.len()];
+    let base = format!("http://{api}");
+    let ok = match i % 5 {
+        // Streamed and blocking downloads.
+        0 | 1 | 2 => {
+            let mode = if i % 5 == 1 { "&mode=blocking" } else { "" };
+            let url = format!("{base}/bytes/{size}?clientId={client_id}{mode}");
+            match client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+            {
+                Ok(resp) if resp.status() == StatusCode::OK => {
+                    let declared = resp
+                        .headers()
+                        .get("content-length")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    match resp.into_body().collect().await {
+                        Ok(body) => {
+                            let body = body.to_bytes();
+                            // A complete body must be the whole, exact body.
+                            assert_eq!(
+                                body.len() as u64,
+                                size,
+                                "request {i}: a short body ended cleanly"
+                            );
+                            assert_eq!(
+                                sha256_hex(&body),
+                                warren::sample::pattern_sha256(0, size),
+                                "request {i}: corrupted body"
+                            );
+                            if let Some(declared) = declared {
+                                assert_eq!(declared, size);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+                Ok(resp) => {
+                    assert!(
+                        resp.status().is_server_error(),
+                        "request {i}: unexpected status {}",
+                        resp.status()
+                    );
+                    false
+                }
+                Err(_) => false,
+            }
+        }
+        // Uploads: the service reports what it received.
+        3 => {
+            let body = warren::sample::pattern().slice(0..(size as usize).min(1 << 20));
+            let url = format!("{base}/sha256?clientId={client_id}");
+            match client()
+                .request(http::Request::post(url).body(full(body.clone())).unwrap())
+                .await
+            {
+                Ok(resp) if resp.status() == StatusCode::OK => match read_body(resp).await {
+                    Ok(bytes) => {
+                        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                        assert_eq!(
+                            v["sha256"],
+                            sha256_hex(&body),
+                            "request {i}: upload corrupted"
+                        );
+                        true
+                    }
+                    Err(_) => false,
+                },
+                Ok(resp) => {
+                    assert!(
+                        resp.status().is_server_error(),
+                        "request {i}: {}",
+                        resp.status()
+                    );
+                    false
+                }
+                Err(_) => false,
+            }
+        }
+        // A WebSocket: ten echoes, each exact, or the socket breaks.
+        _ => {
+            let path = format!("/ws/echo?clientId={client_id}");
+            match ws_upgrade(api, &path, None).await {
+                Ok((mut ws, _)) => {
+                    let mut fine = true;
+                    for n in 0..10u32 {
+                        let payload = format!("soak-{i}-{n}");
+                        if ws
+                            .send(Message::Text(payload.clone().into()))
+                            .await
+                            .is_err()
+                        {
+                            fine = false;
+                            break;
+                        }
+                        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                            Ok(Some(Ok(Message::Text(t)))) => {
+                                assert_eq!(t.as_str(), payload, "request {i}: echo corrupted")
+                            }
+                            _ => {
+                                fine = false;
+                                break;
+                            }
+                        }
+                    }
+                    fine
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    if ok {
+        tally.ok.fetch_add(1, Ordering::Relaxed);
+    } else {
+        tally.failed_loudly.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn mixed_requests_through_agent_kills(t: Transport) {
+    let requests = env_or("WARREN_SOAK_REQUESTS", 400);
+    let kills = env_or("WARREN_SOAK_KILLS", 4);
+    let clients = 8;
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let dir = stack.dir.path();
+    let server = server_process(dir, "127.0.0.1:0", &[], false).await;
+    let registry =
+        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
+            .await
+            .unwrap();
+    let token = warren::auth::issue_token(&registry, &stack.client_id)
+        .await
+        .unwrap();
+    let spawn_agent = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args([
+                "agent",
+                "--server",
+                &server.tunnel.to_string(),
+                "--client-id",
+                &stack.client_id,
+            ])
+            .args(["--token", &token, "--upstream", &stack.upstream.url()])
+            .args(["--transport", t.flag(), "--backoff-max", "500ms"])
+            .arg("--ca")
+            .arg(stack.ca_path())
+            .env("WARREN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut agent = spawn_agent();
+    let api = server.api;
+    let id = stack.client_id.clone();
+    let health = format!("http://{api}/_warren/health");
+    let up = eventually(Duration::from_secs(15), || {
+        let url = format!("http://{api}/bytes/10?clientId={id}");
+        async move {
+            client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    assert!(up);
+    let server_pid = server.child.id().unwrap();
+    let rss_start = rss_kib(server_pid);
+
+    let tally = Arc::new(Tally::default());
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (tally, next, id) = (tally.clone(), next.clone(), stack.client_id.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return;
+                }
+                one(api, &id, i, &tally).await;
+            }
+        }));
+    }
+    // The chaos: SIGKILL the agent at random moments, restart it at once.
+    let chaos = {
+        let done = done.clone();
+        async move {
+            let mut killed = 0;
+            while killed < kills && !done.load(Ordering::Relaxed) {
+                let wait = 300 + rand::random::<u64>() % 1200;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                agent.start_kill().unwrap();
+                agent.wait().await.unwrap();
+                agent = spawn_agent();
+                killed += 1;
+            }
+            (agent, killed)
+        }
+    };
+    let workers_done = async {
+        for w in workers {
+            w.await.expect("no silent corruption or truncation");
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    let ((agent, killed), ()) = tokio::time::timeout(Duration::from_secs(170), async {
+        tokio::join!(chaos, workers_done)
+    })
+    .await
+    .expect("the soak finishes");
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let failed = tally.failed_loudly.load(Ordering::Relaxed);
+    eprintln!(
+        "{t:?}: {requests} requests, {killed} agent kills: {ok} complete and exact, {failed} cut or refused with an error"
+    );
+    assert_eq!(ok + failed, requests);
+    assert!(
+        ok > requests / 2,
+        "most requests complete ({ok} of {requests})"
+    );
+
+    // Afterwards: the agent is back, one row for its one connection, and the
+    // server holds nothing for the connections that died.
+    let back = eventually(Duration::from_secs(15), || {
+        let url = health.clone();
+        async move {
+            match client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+            {
+                Ok(resp) => json(resp).await["agents"] == 1,
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(back, "exactly one live agent connection at the end");
+    let rows = eventually(Duration::from_secs(15), || {
+        let registry = registry.clone();
+        let id = stack.client_id.clone();
+        async move {
+            registry
+                .connections_for(&id)
+                .await
+                .map(|r| r.len())
+                .unwrap_or(0)
+                == 1
+        }
+    })
+    .await;
+    assert!(rows, "one registry row: dead connections' rows are gone");
+    let rss_end = rss_kib(server_pid);
+    eprintln!("{t:?}: server RSS {rss_start} KiB → {rss_end} KiB");
+    assert!(
+        rss_end < rss_start + 64 * 1024,
+        "server memory did not keep growing: {rss_start} KiB → {rss_end} KiB"
+    );
+    drop(agent);
+}
