@@ -10,6 +10,9 @@ mod error;
 mod listener;
 mod mux;
 pub mod quic;
+// Public for the fuzz targets in tests/fuzz; not part of the transport seam.
+#[doc(hidden)]
+pub mod segment;
 mod session;
 mod stream;
 mod tuning;

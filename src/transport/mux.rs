@@ -26,7 +26,11 @@ use tokio::{
 };
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use super::{error::TransportError, tuning::TransportTuning};
+use super::{
+    error::TransportError,
+    segment::{Next, Segments},
+    tuning::TransportTuning,
+};
 
 pub enum Role {
     Client,
@@ -279,8 +283,7 @@ fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
         MuxSend { write },
         MuxRecv {
             read,
-            remaining: 0,
-            ended: false,
+            segments: Segments::default(),
         },
     )
 }
@@ -321,10 +324,8 @@ impl MuxSend {
 /// Reading half: undoes the segmenting.
 pub struct MuxRecv {
     read: Half,
-    /// Bytes left in the current segment.
-    remaining: usize,
-    /// The end marker was seen.
-    ended: bool,
+    /// Where the reader stands in the segments (`segment`).
+    segments: Segments,
 }
 
 fn truncated() -> TransportError {
@@ -332,25 +333,23 @@ fn truncated() -> TransportError {
 }
 
 impl MuxRecv {
-    /// Makes sure a segment is in progress; `false` at the clean end.
-    async fn next_segment(&mut self) -> Result<bool, TransportError> {
-        if self.ended {
-            return Ok(false);
-        }
-        if self.remaining == 0 {
-            let mut header = [0u8; 4];
-            self.read
-                .read_exact(&mut header)
-                .await
-                .map_err(|_| truncated())?;
-            let len = u32::from_be_bytes(header) as usize;
-            if len == 0 {
-                self.ended = true;
-                return Ok(false);
+    /// Makes sure a segment is in progress and returns the bytes left in it;
+    /// `None` at the clean end.
+    async fn next_segment(&mut self) -> Result<Option<usize>, TransportError> {
+        loop {
+            match self.segments.next() {
+                Next::End => return Ok(None),
+                Next::Body(remaining) => return Ok(Some(remaining)),
+                Next::Header => {
+                    let mut header = [0u8; 4];
+                    self.read
+                        .read_exact(&mut header)
+                        .await
+                        .map_err(|_| truncated())?;
+                    self.segments.header(header);
+                }
             }
-            self.remaining = len;
         }
-        Ok(true)
     }
 
     /// Reads at most `max` bytes of the current segment into `buf`; 0 at the
@@ -360,16 +359,13 @@ impl MuxRecv {
         buf: &mut BytesMut,
         max: usize,
     ) -> Result<usize, TransportError> {
-        if !self.next_segment().await? {
+        let Some(remaining) = self.next_segment().await? else {
             return Ok(0);
-        }
-        let want = max.min(self.remaining);
+        };
+        let want = max.min(remaining);
         buf.reserve(want);
         let n = self.read.read_buf(&mut (&mut *buf).limit(want)).await?;
-        if n == 0 {
-            return Err(truncated());
-        }
-        self.remaining -= n;
+        self.segments.body(n).map_err(|_| truncated())?;
         Ok(n)
     }
 }
