@@ -209,32 +209,15 @@ async fn json_bridge(ws: BackendWs, mut bridge: RoomsBridge) {
             let Message::Text(text) = message else {
                 continue;
             };
-            let envelope: serde_json::Value = match serde_json::from_str(text.as_str()) {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!("rooms backend sent invalid JSON ({e}); ignored");
-                    continue;
-                }
-            };
-            let conn = envelope["conn"].as_u64();
-            let code = envelope["code"].as_u64().unwrap_or(1000) as u16;
-            let reason = envelope["reason"].as_str().unwrap_or("").to_string();
-            let command = match (envelope["type"].as_str(), conn) {
-                (Some("accept"), Some(conn)) => RoomCommand::Accept { conn },
-                (Some("refuse"), Some(conn)) => RoomCommand::Refuse { conn, code, reason },
-                (Some("kick"), Some(conn)) => RoomCommand::Kick { conn, code, reason },
-                (Some("send"), Some(conn)) => {
+            let command = match parse_command(text.as_str()) {
+                Ok(Envelope::Command(command)) => command,
+                Ok(Envelope::Send { conn }) => {
                     let Some(payload) = next_payload(&mut rx).await else {
                         return;
                     };
                     RoomCommand::Send { conn, payload }
                 }
-                (Some("broadcast"), _) => {
-                    let Some(room) = envelope["room"].as_str().map(str::to_owned) else {
-                        warn!("rooms backend: broadcast without a room; ignored");
-                        continue;
-                    };
-                    let except = envelope["except"].as_u64();
+                Ok(Envelope::Broadcast { room, except }) => {
                     let Some(payload) = next_payload(&mut rx).await else {
                         return;
                     };
@@ -244,8 +227,8 @@ async fn json_bridge(ws: BackendWs, mut bridge: RoomsBridge) {
                         except,
                     }
                 }
-                _ => {
-                    warn!("rooms backend sent an unknown envelope {envelope}; ignored");
+                Err(ignored) => {
+                    warn!("{ignored}");
                     continue;
                 }
             };
@@ -260,6 +243,49 @@ async fn json_bridge(ws: BackendWs, mut bridge: RoomsBridge) {
     }
 }
 
+/// What one text message from the rooms backend asks for (§6.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Envelope {
+    /// A command complete in itself (`accept`, `refuse`, `kick`).
+    Command(RoomCommand),
+    /// `send`: the backend's next message is the payload for member `conn`.
+    Send { conn: u64 },
+    /// `broadcast`: the backend's next message is the payload for `room`.
+    Broadcast { room: String, except: Option<u64> },
+}
+
+/// Reads one text message from the rooms backend as an envelope. `Err` says
+/// why it is ignored, as the line to log: invalid JSON, an unknown `type`, a
+/// command without its `conn`, a broadcast without its `room`. A missing
+/// `code` is 1000 and a missing `reason` empty.
+pub fn parse_command(text: &str) -> Result<Envelope, String> {
+    let envelope: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("rooms backend sent invalid JSON ({e}); ignored"))?;
+    let conn = envelope["conn"].as_u64();
+    let code = envelope["code"].as_u64().unwrap_or(1000) as u16;
+    let reason = envelope["reason"].as_str().unwrap_or("").to_string();
+    Ok(match (envelope["type"].as_str(), conn) {
+        (Some("accept"), Some(conn)) => Envelope::Command(RoomCommand::Accept { conn }),
+        (Some("refuse"), Some(conn)) => {
+            Envelope::Command(RoomCommand::Refuse { conn, code, reason })
+        }
+        (Some("kick"), Some(conn)) => Envelope::Command(RoomCommand::Kick { conn, code, reason }),
+        (Some("send"), Some(conn)) => Envelope::Send { conn },
+        (Some("broadcast"), _) => {
+            let Some(room) = envelope["room"].as_str().map(str::to_owned) else {
+                return Err("rooms backend: broadcast without a room; ignored".into());
+            };
+            let except = envelope["except"].as_u64();
+            Envelope::Broadcast { room, except }
+        }
+        _ => {
+            return Err(format!(
+                "rooms backend sent an unknown envelope {envelope}; ignored"
+            ))
+        }
+    })
+}
+
 async fn next_payload(rx: &mut futures_util::stream::SplitStream<BackendWs>) -> Option<Payload> {
     while let Some(Ok(message)) = rx.next().await {
         if let Some(payload) = message_payload(message) {
@@ -267,4 +293,98 @@ async fn next_payload(rx: &mut futures_util::stream::SplitStream<BackendWs>) -> 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    //! The backend envelope parser on its own (§6.1).
+
+    use super::*;
+
+    fn command(text: &str) -> RoomCommand {
+        match parse_command(text) {
+            Ok(Envelope::Command(command)) => command,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_complete_in_themselves() {
+        assert_eq!(
+            command(r#"{"type": "accept", "conn": 8}"#),
+            RoomCommand::Accept { conn: 8 }
+        );
+        assert_eq!(
+            command(r#"{"type": "refuse", "conn": 8, "code": 4003, "reason": "bad token"}"#),
+            RoomCommand::Refuse {
+                conn: 8,
+                code: 4003,
+                reason: "bad token".into()
+            }
+        );
+        assert_eq!(
+            command(r#"{"type": "kick", "conn": 7, "code": 4000, "reason": "bye"}"#),
+            RoomCommand::Kick {
+                conn: 7,
+                code: 4000,
+                reason: "bye".into()
+            }
+        );
+        // Without code and reason: 1000 and empty.
+        assert_eq!(
+            command(r#"{"type": "kick", "conn": 7}"#),
+            RoomCommand::Kick {
+                conn: 7,
+                code: 1000,
+                reason: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn send_and_broadcast_wait_for_their_payload() {
+        assert_eq!(
+            parse_command(r#"{"type": "send", "conn": 7}"#),
+            Ok(Envelope::Send { conn: 7 })
+        );
+        assert_eq!(
+            parse_command(r#"{"type": "broadcast", "room": "lobby", "except": 7}"#),
+            Ok(Envelope::Broadcast {
+                room: "lobby".into(),
+                except: Some(7)
+            })
+        );
+        assert_eq!(
+            parse_command(r#"{"type": "broadcast", "room": "lobby"}"#),
+            Ok(Envelope::Broadcast {
+                room: "lobby".into(),
+                except: None
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_or_malformed_envelopes_are_ignored_with_a_reason() {
+        let why = |text: &str| parse_command(text).unwrap_err();
+        assert!(why("{").starts_with("rooms backend sent invalid JSON"));
+        assert!(why("").starts_with("rooms backend sent invalid JSON"));
+        assert_eq!(
+            why(r#"{"type": "broadcast", "except": 7}"#),
+            "rooms backend: broadcast without a room; ignored"
+        );
+        for unknown in [
+            r#"{"type": "join", "conn": 7}"#,
+            r#"{"type": "accept"}"#,
+            r#"{"type": "send", "conn": -1}"#,
+            r#"{"type": "accept", "conn": "8"}"#,
+            r#"{"conn": 8}"#,
+            "[1, 2]",
+            "null",
+        ] {
+            assert!(
+                why(unknown).starts_with("rooms backend sent an unknown envelope"),
+                "{unknown}"
+            );
+        }
+    }
 }
