@@ -53,6 +53,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
+    // WARREN_CHECK_ARGS=1: parse and validate the command line and build the
+    // configuration it describes, then stop without running (how the deploy
+    // files are checked against the real CLI).
+    if std::env::var_os("WARREN_CHECK_ARGS").is_some() {
+        match command {
+            Command::Server(args) => drop(args.config()?),
+            Command::Agent(args) => drop(warren::agent::Agent::new(args.config()?)?),
+            _ => {}
+        }
+        println!("arguments ok");
+        return Ok(());
+    }
     match command {
         Command::Server(args) => server(args).await,
         Command::Agent(args) => agent(args).await,

@@ -210,7 +210,13 @@ async fn fingerprint_pinning(t: Transport) {
 
 async fn two_agents_one_client_id_share_the_load(t: Transport) {
     let mut stack = Stack::start(StackOptions::new(t)).await;
-    let config = stack.agent_config();
+    // The second agent has an upstream of its own, so each one's share of the
+    // requests can be counted where it lands.
+    let second_upstream = warren::sample::SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut config = stack.agent_config();
+    config.upstream.url = second_upstream.url();
     stack.add_agent(config).await;
     let rows = stack
         .registry
@@ -219,9 +225,29 @@ async fn two_agents_one_client_id_share_the_load(t: Transport) {
         .unwrap();
     assert_eq!(rows.len(), 2, "both connections are recorded");
     assert_ne!(rows[0].tunnel_ws_id, rows[1].tunnel_ws_id);
+    let first_before = stack
+        .upstream
+        .stats()
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
     for _ in 0..10 {
         assert_eq!(get(&stack.url("/bytes/100")).await.status(), StatusCode::OK);
     }
+    let first = stack
+        .upstream
+        .stats()
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - first_before;
+    let second = second_upstream
+        .stats()
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(first + second, 10);
+    assert!(
+        first >= 3 && second >= 3,
+        "both agents served a share (round robin): {first} and {second}"
+    );
     // Losing one leaves the client id reachable through the other.
     let mut agents = stack.take_agents();
     agents.pop().unwrap().stop().await;

@@ -15,14 +15,6 @@ fn warren() -> tokio::process::Command {
     cmd
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Reads stdout lines until one contains `needle`; returns all lines so far.
 async fn read_until(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -129,9 +121,10 @@ async fn certs_are_generated_once_and_fingerprinted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_the_sample_through_the_tunnel_and_stops_on_sigint() {
-    let port = free_port();
+    // Port 0: the demo binds a free port itself and prints its URLs (no port
+    // picked here and handed over, which another process could take first).
     let mut child = warren()
-        .args(["demo", "--api-listen", &format!("127.0.0.1:{port}")])
+        .args(["demo", "--api-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -169,8 +162,6 @@ async fn server_and_agent_processes() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("w.db").display());
     let certs = dir.path().join("certs");
-    let api = format!("127.0.0.1:{}", free_port());
-    let tunnel = format!("127.0.0.1:{}", free_port());
     let upstream = warren::sample::SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -188,7 +179,8 @@ async fn server_and_agent_processes() {
         .to_string();
 
     let mut server = warren()
-        .args(["server", "--api-listen", &api, "--tunnel-listen", &tunnel])
+        .args(["server", "--api-listen", "127.0.0.1:0"])
+        .args(["--tunnel-listen", "127.0.0.1:0"])
         .args(["--database-url", &db])
         .arg("--certs")
         .arg(&certs)
@@ -198,6 +190,19 @@ async fn server_and_agent_processes() {
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let seen = read_until(&mut lines, "tunnel on").await;
     assert!(seen.iter().any(|l| l.contains("fingerprint")), "{seen:?}");
+    // The addresses the server bound, as it prints them.
+    let api = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("client API on http://"))
+        .expect("the API address is printed")
+        .trim()
+        .to_string();
+    let tunnel = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("tunnel on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the tunnel address is printed")
+        .to_string();
 
     let mut agent = warren()
         .args(["agent", "--server", &tunnel, "--client-id", "home"])

@@ -22,7 +22,7 @@ fn compose_commands(text: &str) -> Vec<Vec<String>> {
         let list: Vec<String> =
             serde_json::from_str(rest.trim()).expect("commands are JSON-style lists");
         if list.len() == 1 && list[0].contains("warren ") {
-            // A shell line: take the words from `warren` on.
+            // A shell line: take the words from `warren` on, to the pipe.
             let shell = &list[0];
             let from = &shell[shell.find("warren ").unwrap() + "warren ".len()..];
             let words: Vec<String> = from
@@ -53,17 +53,37 @@ fn compose_commands_parse_with_the_real_cli() {
     }
     let commands = compose_commands(&text);
     assert!(commands.len() >= 5, "{commands:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "wrn_placeholder").unwrap();
+    let certs = dir.path().join("certs");
+    let made = warren(&["certs", "--certs", certs.to_str().unwrap()]);
+    assert!(made.status.success());
     for args in &commands {
-        // `--help` after the real arguments: clap still rejects unknown flags
-        // and malformed values that come before it.
-        let mut with_help: Vec<&str> = args.iter().map(String::as_str).collect();
-        if args[0] == "token" {
-            with_help.truncate(3);
+        // The whole command line, required arguments and conflicts included,
+        // parsed and turned into a configuration by the real binary; the
+        // environment the compose file gives each service, plus files it
+        // expects to exist.
+        let mut args: Vec<String> = args.clone();
+        for arg in args.iter_mut() {
+            if arg == "/shared/token" {
+                *arg = token_file.display().to_string();
+            } else if let Some(rest) = arg.strip_prefix("/shared/certs") {
+                *arg = format!("{}{rest}", certs.display());
+            }
         }
-        with_help.push("--help");
-        let out = warren(&with_help);
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(&args)
+            .env("WARREN_CHECK_ARGS", "1")
+            .env(
+                "WARREN_DATABASE_URL",
+                "mysql://warren:warren-db-password@mariadb:3306/warren",
+            )
+            .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
+            .output()
+            .unwrap();
         assert!(
-            out.status.success(),
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("arguments ok"),
             "`warren {}` is rejected: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)

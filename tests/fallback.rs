@@ -84,10 +84,23 @@ async fn auto_moves_back_to_quic_without_failing_a_request() {
     // A paced download in flight on WebSocket: 8 MiB in 64 KiB chunks every 20 ms
     // (~2.5 s), so it is still running when the agent moves.
     let long_url = stack.url("/bytes/8388608?chunk=65536&delay_ms=20");
+    let (started_tx, started) = tokio::sync::oneshot::channel();
     let long = tokio::spawn(async move {
+        use http_body_util::BodyExt;
         let resp = get(&long_url).await;
         assert_eq!(resp.status(), StatusCode::OK);
-        read_body(resp).await
+        let mut body = resp.into_body();
+        let mut all = Vec::new();
+        // Bytes are flowing on WebSocket before UDP opens: really mid-download.
+        while all.is_empty() {
+            let frame = body.frame().await.expect("a first chunk")?;
+            all.extend_from_slice(&frame.into_data().unwrap_or_default());
+        }
+        let _ = started_tx.send(());
+        while let Some(frame) = body.frame().await {
+            all.extend_from_slice(&frame?.into_data().unwrap_or_default());
+        }
+        Ok::<_, hyper::Error>(all)
     });
     // Meanwhile a steady stream of short requests.
     let url = stack.url("/bytes/1000");
@@ -108,7 +121,7 @@ async fn auto_moves_back_to_quic_without_failing_a_request() {
         }
         served
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    started.await.expect("the download started");
     gate.set_udp(true);
     tokio::time::timeout(
         Duration::from_secs(15),
@@ -117,6 +130,10 @@ async fn auto_moves_back_to_quic_without_failing_a_request() {
     .await
     .expect("the agent moves to QUIC once UDP gets through")
     .unwrap();
+    assert!(
+        !long.is_finished(),
+        "the move happened while the download was in flight (else this test proves nothing)"
+    );
 
     let body = long
         .await

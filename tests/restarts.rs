@@ -92,16 +92,13 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
     // The in-process stack only provides the upstream, tokens and certs.
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let dir = stack.dir.path();
-    let port = {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        udp.local_addr().unwrap().port()
-    };
-    let tunnel = format!("127.0.0.1:{port}");
+    // The first start picks a free port; the restart takes the same one.
     let ServerProcess {
         child: mut server,
         api,
-        ..
-    } = server_process(dir, &tunnel, &[], false).await;
+        tunnel,
+    } = server_process(dir, "127.0.0.1:0", &[], false).await;
+    let tunnel = tunnel.to_string();
     let registry =
         warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
             .await
