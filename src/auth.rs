@@ -10,6 +10,8 @@ use crate::registry::{Registry, RegistryError};
 
 /// Prefix that makes a leaked token recognisable to secret scanners.
 const TOKEN_PREFIX: &str = "wrn_";
+/// The same for client tokens (what an agent's clients present).
+const CLIENT_TOKEN_PREFIX: &str = "wcl_";
 
 /// Longest client id: fits a DNS label (63) with room to spare in the schema.
 pub const MAX_CLIENT_ID: usize = 63;
@@ -40,6 +42,31 @@ pub fn check_client_id(id: &str) -> Result<(), String> {
 pub fn generate_token() -> String {
     let bytes: [u8; 32] = rand::random();
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Adds a client token for `client_id`'s clients; returns it (shown once).
+/// From then on, that agent answers only clients presenting one of its
+/// client tokens.
+pub async fn issue_client_token(
+    registry: &Registry,
+    client_id: &str,
+) -> Result<String, IssueError> {
+    check_client_id(client_id).map_err(IssueError::BadClientId)?;
+    let bytes: [u8; 32] = rand::random();
+    let token = format!("{CLIENT_TOKEN_PREFIX}{}", hex::encode(bytes));
+    registry
+        .add_client_token(client_id, &hash_token(&token))
+        .await?;
+    Ok(token)
+}
+
+/// Whether `presented` is one of the client tokens whose hashes are given;
+/// every hash is compared, in constant time.
+pub fn client_token_matches(hashes: &[String], presented: &str) -> bool {
+    let hash = hash_token(presented);
+    hashes.iter().fold(false, |found, stored| {
+        found | bool::from(stored.as_bytes().ct_eq(hash.as_bytes()))
+    })
 }
 
 /// The stored form of a token: its SHA-256, as 64 hex digits.

@@ -94,6 +94,21 @@ pub enum TokenCommand {
         #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
         database_url: String,
     },
+    /// Add a client token for CLIENT_ID: from then on its clients must present
+    /// one (Authorization: Bearer, or ?token=). Prints it as the last line.
+    IssueClient {
+        client_id: String,
+        #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+        database_url: String,
+    },
+    /// Remove one client token of CLIENT_ID (the agent is open again once it has none).
+    RevokeClient {
+        client_id: String,
+        /// The client token to revoke; read from standard input when absent.
+        token: Option<String>,
+        #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+        database_url: String,
+    },
 }
 
 #[derive(Args)]

@@ -68,20 +68,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Server(args) => server(args).await,
         Command::Agent(args) => agent(args).await,
-        Command::Token {
-            command:
-                TokenCommand::Issue {
-                    client_id,
-                    database_url,
-                },
-        } => {
-            let registry = Registry::open(&database_url).await?;
-            let token = auth::issue_token(&registry, &client_id).await?;
-            registry.close().await;
-            println!("Token for client id {client_id:?} (shown once; only its hash is stored):");
-            println!("{token}");
-            Ok(())
-        }
+        Command::Token { command } => token(command).await,
         Command::Certs(args) => {
             let identity = ServerIdentity::load_or_generate(&args.certs, &args.cert_names)?;
             let verb = if identity.generated {
@@ -144,6 +131,64 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Issue {
+            client_id,
+            database_url,
+        } => {
+            let registry = Registry::open(&database_url).await?;
+            let token = auth::issue_token(&registry, &client_id).await?;
+            registry.close().await;
+            println!("Token for client id {client_id:?} (shown once; only its hash is stored):");
+            println!("{token}");
+        }
+        TokenCommand::IssueClient {
+            client_id,
+            database_url,
+        } => {
+            let registry = Registry::open(&database_url).await?;
+            let token = auth::issue_client_token(&registry, &client_id).await?;
+            registry.close().await;
+            println!(
+                "Client token for {client_id:?}: its clients now need one (shown once; only its hash is stored):"
+            );
+            println!("{token}");
+        }
+        TokenCommand::RevokeClient {
+            client_id,
+            token,
+            database_url,
+        } => {
+            let token = match token {
+                Some(token) => token,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the client token from standard input")?;
+                    line.trim().to_string()
+                }
+            };
+            let registry = Registry::open(&database_url).await?;
+            let removed = registry
+                .remove_client_token(&client_id, &auth::hash_token(&token))
+                .await?;
+            let left = registry.client_token_hashes(&client_id).await?.len();
+            registry.close().await;
+            anyhow::ensure!(removed, "no such client token for {client_id:?}");
+            if left == 0 {
+                println!(
+                    "revoked; {client_id:?} has no client tokens left, so its clients need none"
+                );
+            } else {
+                println!("revoked; {client_id:?} has {left} client token(s) left");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {

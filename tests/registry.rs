@@ -122,7 +122,40 @@ macro_rules! over_databases {
     };
 }
 
-over_databases!(tokens, connections, migrations_are_idempotent);
+over_databases!(
+    tokens,
+    client_tokens,
+    connections,
+    migrations_are_idempotent
+);
+
+/// Client tokens: none (open), issued (hash stored, token matches), a second
+/// one, one revoked.
+async fn client_tokens(db: common::Db) {
+    let Some((registry, _dir)) = open(db).await else {
+        return;
+    };
+    let id = unique("cl");
+    assert!(registry.client_token_hashes(&id).await.unwrap().is_empty());
+    let first = auth::issue_client_token(&registry, &id).await.unwrap();
+    let second = auth::issue_client_token(&registry, &id).await.unwrap();
+    let hashes = registry.client_token_hashes(&id).await.unwrap();
+    assert_eq!(hashes.len(), 2);
+    assert!(
+        !hashes.iter().any(|h| h.contains(&first[4..])),
+        "only hashes are stored"
+    );
+    assert!(auth::client_token_matches(&hashes, &first));
+    assert!(auth::client_token_matches(&hashes, &second));
+    assert!(!auth::client_token_matches(&hashes, "wcl_guess"));
+    assert!(registry
+        .remove_client_token(&id, &auth::hash_token(&first))
+        .await
+        .unwrap());
+    let hashes = registry.client_token_hashes(&id).await.unwrap();
+    assert!(!auth::client_token_matches(&hashes, &first));
+    assert!(auth::client_token_matches(&hashes, &second));
+}
 
 #[tokio::test]
 async fn unsupported_url_is_a_clear_error() {

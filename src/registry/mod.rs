@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
+mod client_tokens;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("unsupported database URL {0:?}: use sqlite://PATH or mysql://USER@HOST/DB")]
@@ -32,11 +34,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/sqlite/0001_init.sql")),
     (2, include_str!("schema/sqlite/0002_transport_note.sql")),
     (3, include_str!("schema/sqlite/0003_nodes.sql")),
+    (4, include_str!("schema/sqlite/0004_client_tokens.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/mysql/0001_init.sql")),
     (2, include_str!("schema/mysql/0002_transport_note.sql")),
     (3, include_str!("schema/mysql/0003_nodes.sql")),
+    (4, include_str!("schema/mysql/0004_client_tokens.sql")),
 ];
 
 /// One live agent connection, as recorded in `connections`.

@@ -11,7 +11,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, info, warn};
 
-use super::{builtin, cluster, local, rooms, state::Shared, target, upgrade::ConnectionSlot};
+use super::{
+    access, builtin, cluster, local, rooms, state::Shared, target, upgrade::ConnectionSlot,
+};
 use crate::{accept, body::TunnelBody, shutdown::Shutdown};
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
@@ -77,25 +79,31 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
     let path = req.uri().path();
     let joining_room = path.starts_with("/_warren/rooms/");
-    if path.starts_with("/_warren/") && !joining_room {
-        if path == "/_warren/rooms" {
-            return Ok(
-                match target::target(&req, shared.config.base_domain.as_deref()) {
-                    Ok(target) => rooms::list(&shared.rooms, &target.client_id),
-                    Err(resp) => *resp,
-                },
-            );
-        }
+    if path.starts_with("/_warren/") && !joining_room && path != "/_warren/rooms" {
         return Ok(builtin::respond(&shared, path));
     }
-    let target = match target::target(&req, shared.config.base_domain.as_deref()) {
+    let base_domain = shared.config.base_domain.as_deref();
+    let target = match target::target(&req, base_domain) {
         Ok(t) => t,
         Err(resp) => return Ok(*resp),
     };
+    // An agent with client tokens: checked (and the token removed) here, at
+    // the edge, before anything reaches the agent or another node.
+    let target = match access::check(&shared, &mut req, &target.client_id).await {
+        Ok(false) => target,
+        Ok(true) => match target::target(&req, base_domain) {
+            Ok(t) => t,
+            Err(resp) => return Ok(*resp),
+        },
+        Err(resp) => return Ok(*resp),
+    };
+    if req.uri().path() == "/_warren/rooms" {
+        return Ok(rooms::list(&shared.rooms, &target.client_id));
+    }
     let (req, target) = match local::serve(&shared, req, target, peer).await {
         Ok(resp) => return Ok(resp),
         Err(unserved) => unserved,

@@ -10,6 +10,7 @@
 //! (the node that holds it, over the link in `peers`). `tunnel` admits agents
 //! into `agents`; `state` is what they all share.
 
+mod access;
 mod agents;
 mod api;
 mod builtin;
@@ -168,6 +169,9 @@ impl Server {
             // 5 s: a newly issued token is recognised within seconds; a flood
             // of requests for absent agents costs one query per id per 5 s.
             registered: cache::TtlCache::new(Duration::from_secs(5), 10_000),
+            // 5 s: a new or revoked client token applies within seconds; a
+            // busy agent's clients cost one lookup per 5 s.
+            client_tokens: cache::TtlCache::new(Duration::from_secs(5), 10_000),
             gate: gate::Gate::new(config.gate.clone()),
             clients_drained: tokio::sync::watch::channel(false).0,
             stopping: tokio::sync::watch::channel(false).0,

@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     /// Whether a client id has a token: answers "unknown" vs "offline"
     /// without a registry query per request for absent agents.
     pub registered: TtlCache<bool>,
+    /// Each client id's client token hashes (empty: open), briefly cached.
+    pub client_tokens: TtlCache<std::sync::Arc<Vec<String>>>,
     /// What unauthenticated agent peers may cost (tunnel port).
     pub gate: Gate,
     /// Set when shutdown begins: long-lived WebSockets close (1001) then,
