@@ -118,6 +118,10 @@ pub struct CertsArgs {
     /// DNS names or IP addresses the certificate is valid for (repeatable).
     #[arg(long = "cert-name", env = "WARREN_CERT_NAMES", value_delimiter = ',', default_values_t = ServerConfig::default().cert_names)]
     pub cert_names: Vec<String>,
+    /// Instead: create the cluster CA and node identity in --certs (for
+    /// --cluster-tls; copy cluster-ca.pem, cluster.pem, cluster.key to every node).
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// Flow-control and stream limits, shared by server and agent.
@@ -279,6 +283,10 @@ pub struct ServerArgs {
     /// A node silent for this long is dead: others stop routing to it and remove its rows.
     #[arg(long, env = "WARREN_NODE_LEASE", default_value_t = Human(cluster_defaults().lease))]
     node_lease: Human,
+    /// Directory with the cluster CA and node identity (`warren certs --cluster`):
+    /// mutual TLS between nodes. Without it the link is plain HTTP + secret.
+    #[arg(long, env = "WARREN_CLUSTER_TLS")]
+    cluster_tls: Option<PathBuf>,
     /// How long a client-id → node lookup is cached.
     #[arg(long, env = "WARREN_ROUTE_CACHE_TTL", default_value_t = Human(cluster_defaults().route_ttl))]
     route_cache_ttl: Human,
@@ -308,6 +316,7 @@ impl ServerArgs {
                     advertise: self.cluster_advertise.clone(),
                     lease: self.node_lease.0,
                     route_ttl: self.route_cache_ttl.0,
+                    tls_dir: self.cluster_tls.clone(),
                     ..ClusterConfig::new(listen, self.cluster_secret.as_deref().unwrap_or(""))
                 })
             }

@@ -17,6 +17,7 @@ pub mod auth;
 #[cfg(feature = "tools")]
 pub mod bench;
 pub mod body;
+pub mod cluster_tls;
 pub mod control;
 pub mod headers;
 #[cfg(feature = "tools")]

@@ -69,6 +69,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Server(args) => server(args).await,
         Command::Agent(args) => agent(args).await,
         Command::Token { command } => token(command).await,
+        Command::Certs(args) if args.cluster => {
+            let created = warren::cluster_tls::create(&args.certs)?;
+            let verb = if created { "created" } else { "found" };
+            println!(
+                "{verb} the cluster CA and node identity in {} (cluster-ca.pem, cluster.pem, cluster.key; \
+                 keep cluster-ca.key off the nodes)",
+                args.certs.display()
+            );
+            Ok(())
+        }
         Command::Certs(args) => {
             let identity = ServerIdentity::load_or_generate(&args.certs, &args.cert_names)?;
             let verb = if identity.generated {

@@ -9,6 +9,7 @@ use std::{process::Stdio, time::Duration};
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use warren::{
     agent::{Agent, AgentConfig, AgentStatus},
@@ -35,8 +36,19 @@ struct Node {
 
 impl Node {
     async fn start(url: &str, certs: &std::path::Path, id: &str) -> Node {
+        Node::start_with(url, certs, id, None).await
+    }
+
+    /// A node whose cluster link uses the cluster CA in `tls` (mutual TLS).
+    async fn start_with(
+        url: &str,
+        certs: &std::path::Path,
+        id: &str,
+        tls: Option<&std::path::Path>,
+    ) -> Node {
         let mut cluster = ClusterConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
         cluster.lease = Duration::from_secs(2);
+        cluster.tls_dir = tls.map(|d| d.to_path_buf());
         let config = ServerConfig {
             api_listen: "127.0.0.1:0".parse().unwrap(),
             tunnel_listen: "127.0.0.1:0".parse().unwrap(),
@@ -394,4 +406,98 @@ async fn agent_keeps_connections_on_several_nodes() {
     let _ = task.await;
     a.stop().await;
     let _ = AgentStatus::Connecting;
+}
+
+/// `--cluster-tls`: the link between nodes is mutual TLS under the cluster
+/// CA. Requests and WebSockets cross it as before; a peer without the
+/// cluster's certificate (plain HTTP even with the secret, or TLS without a
+/// client certificate) gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_is_mutual_tls_with_the_cluster_ca() {
+    let Some(fx) = fixture().await else { return };
+    let tls_dir = fx.dir.path().join("cluster-tls");
+    assert!(warren::cluster_tls::create(&tls_dir).unwrap(), "created");
+    assert!(
+        !warren::cluster_tls::create(&tls_dir).unwrap(),
+        "kept on a second run"
+    );
+    let mut a = Node::start_with(&fx.url, &fx.certs(), &unique("tls-a"), Some(&tls_dir)).await;
+    let mut b = Node::start_with(&fx.url, &fx.certs(), &unique("tls-b"), Some(&tls_dir)).await;
+    let (agent, trigger, stop) = fx.agent(vec![b.tunnel.to_string()], 1);
+    let mut status = agent.status();
+    let task = tokio::spawn(agent.run(stop));
+    wait_connected(&mut status).await;
+
+    let resp = get(&fx.url(a.api, &format!("/bytes/{}", 4 * MIB))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = read_body(resp).await.unwrap();
+    assert_eq!(
+        sha256_hex(&body),
+        pattern_sha256(0, 4 * MIB),
+        "via A over TLS to B"
+    );
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let path = format!("/ws/echo?clientId={}", fx.client_id);
+        let (mut ws, _) = ws_upgrade(a.api, &path, None).await.expect("upgrade via A");
+        ws.send(Message::Text("over the TLS link".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Text("over the TLS link".into())
+        );
+    }
+
+    // Plain HTTP with the right secret: no HTTP answer at all.
+    let req = Request::get(fx.url(b.cluster, "/bytes/10"))
+        .header("x-warren-cluster-secret", SECRET)
+        .body(empty())
+        .unwrap();
+    assert!(
+        client().request(req).await.is_err(),
+        "plain HTTP gets nothing"
+    );
+    // TLS trusting the cluster CA but without a client certificate: refused.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls_pki_types::CertificateDer::pem_file_iter(tls_dir.join("cluster-ca.pem")).unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(b.cluster).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let refused = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = connector
+            .connect(warren::cluster_tls::server_name(), tcp)
+            .await
+            .ok()?;
+        tls.write_all(b"GET /_warren/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).await.ok()?;
+        (n > 0).then_some(())
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .expect("refused in time")
+            .is_none(),
+        "no answer without a cluster certificate"
+    );
+
+    trigger.fire();
+    let _ = task.await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -45,7 +45,14 @@ fn compose_commands_parse_with_the_real_cli() {
         "/deploy/docker-compose.yml"
     ))
     .unwrap();
-    for service in ["mariadb:", "node-a:", "node-b:", "agent:", "upstream:"] {
+    for service in [
+        "mariadb:",
+        "cluster-ca:",
+        "node-a:",
+        "node-b:",
+        "agent:",
+        "upstream:",
+    ] {
         assert!(
             text.contains(&format!("  {service}")),
             "compose defines {service}"
@@ -70,6 +77,8 @@ fn compose_commands_parse_with_the_real_cli() {
                 *arg = token_file.display().to_string();
             } else if let Some(rest) = arg.strip_prefix("/shared/certs") {
                 *arg = format!("{}{rest}", certs.display());
+            } else if let Some(rest) = arg.strip_prefix("/shared/") {
+                *arg = dir.path().join(rest).display().to_string();
             }
         }
         let out = Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -95,6 +104,10 @@ fn compose_commands_parse_with_the_real_cli() {
     for node in &nodes {
         assert!(node.contains(&"--cluster-listen".to_string()));
         assert!(node.contains(&"--cluster-advertise".to_string()));
+        assert!(
+            node.contains(&"--cluster-tls".to_string()),
+            "mutual TLS between nodes"
+        );
     }
     assert_ne!(nodes[0][2], nodes[1][2], "distinct --node-id");
 }

@@ -104,15 +104,39 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| from_node(shared.clone(), peer, req));
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            let tls = shared.peers.as_ref().and_then(|p| p.tls.clone());
+            match tls {
+                None => serve_link(shared, stream, peer).await,
+                Some(tls) => {
+                    // Only a peer with a certificate of the cluster CA gets
+                    // past the handshake (bounded, like every wait on a peer).
+                    let accept = tls.acceptor.accept(stream);
+                    match tokio::time::timeout(LINK_HANDSHAKE, accept).await {
+                        Ok(Ok(stream)) => serve_link(shared, stream, peer).await,
+                        Ok(Err(e)) => warn!(%peer, "cluster link refused: TLS: {e}"),
+                        Err(_) => warn!(%peer, "cluster link refused: no TLS handshake in time"),
+                    }
+                }
+            }
         });
     }
+}
+
+/// Time a peer node has to complete the link's TLS handshake.
+const LINK_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// HTTP/1.1 from another node over one link connection.
+async fn serve_link<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |req| from_node(shared.clone(), peer, req));
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
 }
 
 /// A request another node forwarded to us.

@@ -128,6 +128,10 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// How long a client-id → node lookup is reused without asking the database.
     pub route_ttl: Duration,
+    /// Directory with the cluster CA and node identity (`warren certs
+    /// --cluster`): mutual TLS on the link. Without it the link is plain
+    /// HTTP guarded by the secret only (keep it on a private network).
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -142,6 +146,7 @@ impl ClusterConfig {
             // 2 s: fresh enough to follow agents moving between nodes, long
             // enough to take the database off the per-request path.
             route_ttl: Duration::from_secs(2),
+            tls_dir: None,
         }
     }
 }

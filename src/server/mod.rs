@@ -142,8 +142,18 @@ impl Server {
                     }
                     None => bound.to_string(),
                 };
+                let tls = match &cc.tls_dir {
+                    Some(dir) => Some(crate::cluster_tls::load(dir)?),
+                    None => {
+                        tracing::warn!(
+                            "the cluster link is plain HTTP guarded by the shared secret only; \
+                             create a cluster CA with `warren certs --cluster` and pass --cluster-tls"
+                        );
+                        None
+                    }
+                };
                 (
-                    Some(peers::Peers::new(cc.clone(), advertise)),
+                    Some(peers::Peers::new(cc.clone(), advertise, tls)),
                     Some(listener),
                 )
             }

@@ -8,7 +8,10 @@ use hyper::{body::Incoming, client::conn::http1 as client_http1};
 use hyper_util::rt::TokioIo;
 
 use super::{cache::TtlCache, config::ClusterConfig};
-use crate::registry::now_ms;
+use crate::{
+    cluster_tls::{self, ClusterTls},
+    registry::now_ms,
+};
 
 /// `(node_id, cluster_addr)` pairs a client id can be reached through.
 pub(crate) type Routes = Vec<(String, String)>;
@@ -21,6 +24,8 @@ const IDLE_LINKS_PER_NODE: usize = 64;
 /// Pooled HTTP/1.1 connections to peer nodes.
 pub(crate) struct NodeLinks {
     idle: Mutex<HashMap<String, Vec<client_http1::SendRequest<Incoming>>>>,
+    /// Mutual TLS to peers, when the cluster has its CA.
+    tls: Option<ClusterTls>,
 }
 
 impl NodeLinks {
@@ -40,13 +45,17 @@ impl NodeLinks {
             .map_err(|_| format!("connecting to node {addr} timed out"))?
             .map_err(|e| format!("connecting to node {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = client_http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("handshake with node {addr}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        match &self.tls {
+            None => handshake(addr, tcp).await,
+            Some(tls) => {
+                let connect = tls.connector.connect(cluster_tls::server_name(), tcp);
+                let tls = tokio::time::timeout(Duration::from_secs(2), connect)
+                    .await
+                    .map_err(|_| format!("TLS with node {addr} timed out"))?
+                    .map_err(|e| format!("TLS with node {addr}: {e}"))?;
+                handshake(addr, tls).await
+            }
+        }
     }
 
     pub fn put(&self, addr: &str, sender: client_http1::SendRequest<Incoming>) {
@@ -58,6 +67,20 @@ impl NodeLinks {
     }
 }
 
+/// HTTP/1.1 over an established connection to a peer node.
+async fn handshake<IO>(addr: &str, io: IO) -> Result<client_http1::SendRequest<Incoming>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = client_http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake with node {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
 /// This node's view of the cluster.
 pub(crate) struct Peers {
     pub config: ClusterConfig,
@@ -65,10 +88,12 @@ pub(crate) struct Peers {
     pub advertise: String,
     pub routes: TtlCache<Routes>,
     pub links: NodeLinks,
+    /// Mutual TLS on the link, both ways (None: plain HTTP + secret).
+    pub tls: Option<ClusterTls>,
 }
 
 impl Peers {
-    pub fn new(config: ClusterConfig, advertise: String) -> Self {
+    pub fn new(config: ClusterConfig, advertise: String, tls: Option<ClusterTls>) -> Self {
         let ttl = config.route_ttl;
         Peers {
             config,
@@ -76,7 +101,9 @@ impl Peers {
             routes: TtlCache::new(ttl, ROUTE_CACHE_MAX),
             links: NodeLinks {
                 idle: Mutex::new(HashMap::new()),
+                tls: tls.clone(),
             },
+            tls,
         }
     }
 
