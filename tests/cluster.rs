@@ -85,25 +85,27 @@ impl Node {
 /// A node as a real process, so it can be killed with SIGKILL.
 struct NodeProcess {
     child: tokio::process::Child,
+    api: String,
     tunnel: String,
+    cluster: String,
 }
 
 async fn node_process(url: &str, certs: &std::path::Path, id: &str) -> NodeProcess {
+    node_process_on(url, certs, id, ["127.0.0.1:0"; 3]).await
+}
+
+/// A node process on given `[api, tunnel, cluster]` addresses (a restart
+/// takes the addresses its first start was given).
+async fn node_process_on(
+    url: &str,
+    certs: &std::path::Path,
+    id: &str,
+    [api, tunnel, cluster]: [&str; 3],
+) -> NodeProcess {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "server",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--tunnel-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["server", "--api-listen", api, "--tunnel-listen", tunnel])
         .args(["--database-url", url, "--node-id", id])
-        .args([
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--cluster-secret",
-            SECRET,
-        ])
+        .args(["--cluster-listen", cluster, "--cluster-secret", SECRET])
         .args(["--node-lease", "2s", "--heartbeat", "500ms"])
         .arg("--certs")
         .arg(certs)
@@ -113,23 +115,29 @@ async fn node_process(url: &str, certs: &std::path::Path, id: &str) -> NodeProce
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut tunnel = None;
+    let (mut api, mut tunnel, mut cluster) = (None, None, None);
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
         .expect("node process starts")
         .unwrap()
     {
+        if let Some(rest) = line.strip_prefix("client API on http://") {
+            api = Some(rest.trim().to_owned());
+        }
         if let Some(rest) = line.strip_prefix("tunnel on ") {
             tunnel = rest.split_whitespace().next().map(str::to_owned);
         }
-        if line.starts_with("cluster link on") {
+        if let Some(rest) = line.strip_prefix("cluster link on ") {
+            cluster = Some(rest.trim().to_owned());
             break;
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     NodeProcess {
         child,
+        api: api.expect("API address printed"),
         tunnel: tunnel.expect("tunnel address printed"),
+        cluster: cluster.expect("cluster address printed"),
     }
 }
 
@@ -500,4 +508,112 @@ async fn the_link_is_mutual_tls_with_the_cluster_ca() {
     let _ = task.await;
     a.stop().await;
     b.stop().await;
+}
+
+/// A rolling restart under steady load: each node in turn is sent SIGTERM
+/// (it stops accepting, drains, tells the agent GoAway) and started again on
+/// the same addresses, while clients — like a load balancer, moving to the
+/// other node when one refuses connections — keep requesting. Every request
+/// a node accepted is answered in full: none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_request() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    };
+    let Some(fx) = fixture().await else { return };
+    let ids = [unique("roll-a"), unique("roll-b")];
+    let mut nodes = Vec::new();
+    for id in &ids {
+        nodes.push(node_process(&fx.url, &fx.certs(), id).await);
+    }
+    let apis: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(nodes.iter().map(|n| n.api.clone()).collect()));
+    let (agent, trigger, stop) = fx.agent(nodes.iter().map(|n| n.tunnel.clone()).collect(), 2);
+    let task = tokio::spawn(agent.run(stop));
+    let spread = eventually(Duration::from_secs(20), || async {
+        fx.nodes_of_rows().await.len() == 2
+    })
+    .await;
+    assert!(spread, "the agent holds a connection to each node");
+
+    let done = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for worker in 0..4usize {
+        let (apis, done, served) = (apis.clone(), done.clone(), served.clone());
+        let id = fx.client_id.clone();
+        load.push(tokio::spawn(async move {
+            let mut i = worker;
+            while !done.load(Ordering::Relaxed) {
+                i += 1;
+                // Some requests take ~0.5 s, to be in flight across a drain.
+                let size = if i % 4 == 0 { 512 * 1024 } else { 4096 };
+                let path = if i % 4 == 0 {
+                    format!("/bytes/{size}?chunk=65536&delay_ms=60&clientId={id}")
+                } else {
+                    format!("/bytes/{size}?clientId={id}")
+                };
+                let mut attempt = 0;
+                loop {
+                    let api = apis.lock().unwrap()[(i + attempt) % 2].clone();
+                    let req = Request::get(format!("http://{api}{path}"))
+                        .body(empty())
+                        .unwrap();
+                    match client().request(req).await {
+                        // Turned away at connect (draining or down): the
+                        // balancer tries the other node; nothing was lost.
+                        Err(e) if e.is_connect() => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Err(e) => panic!("request {i} via {api} accepted, then failed: {e}"),
+                        Ok(resp) => {
+                            assert_eq!(resp.status(), StatusCode::OK, "request {i} via {api}");
+                            let body = read_body(resp)
+                                .await
+                                .unwrap_or_else(|e| panic!("request {i} via {api}: body cut: {e}"));
+                            assert_eq!(sha256_hex(&body), pattern_sha256(0, size as u64));
+                            served.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..2 {
+        let node = &mut nodes[n];
+        let pid = node.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = tokio::time::timeout(Duration::from_secs(40), node.child.wait())
+            .await
+            .expect("the node drains and exits")
+            .unwrap();
+        assert!(status.success());
+        let restarted = node_process_on(
+            &fx.url,
+            &fx.certs(),
+            &ids[n],
+            [&node.api, &node.tunnel, &node.cluster],
+        )
+        .await;
+        *node = restarted;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    for worker in load {
+        worker.await.expect("no request a node accepted was lost");
+    }
+    let served = served.load(Ordering::Relaxed);
+    eprintln!("rolling restart: {served} requests served, none lost");
+    assert!(served > 50, "steady load throughout ({served})");
+    trigger.fire();
+    let _ = task.await;
 }

@@ -110,7 +110,7 @@ async fn handle(
     };
     // Not here: another node of the cluster may hold it.
     if let Some(peers) = &shared.peers {
-        return Ok(cluster::forward_remote(&shared, peers, req, &target.client_id, peer).await);
+        return Ok(cluster::forward_remote(&shared, peers, req, target, peer).await);
     }
     Ok(local::not_connected(&shared, &target.client_id).await)
 }

@@ -186,12 +186,13 @@ async fn from_node(
 /// Forwards a client request to the node holding its agent, or answers that
 /// the agent is not connected anywhere.
 pub(super) async fn forward_remote(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peers: &Peers,
     req: Request<Incoming>,
-    client_id: &str,
+    target: target::Target,
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
+    let client_id = target.client_id.as_str();
     let lookup = || async {
         match shared.registry.routes_for(client_id, now_ms()).await {
             Ok(routes) => {
@@ -212,11 +213,15 @@ pub(super) async fn forward_remote(
         Some(cached) => (cached, false),
         None => (lookup().await, true),
     };
+    let mut unreachable = false;
     loop {
         for (node, addr) in &routes {
             match peers.links.get(addr).await {
                 Ok(sender) => return send(peers, addr, sender, req, client_id, peer).await,
-                Err(e) => info!(%node, "cannot reach node: {e}"),
+                Err(e) => {
+                    info!(%node, "cannot reach node: {e}");
+                    unreachable = true;
+                }
             }
         }
         if fresh {
@@ -226,6 +231,25 @@ pub(super) async fn forward_remote(
         peers.routes.invalidate(client_id);
         routes = lookup().await;
         fresh = true;
+    }
+    if unreachable {
+        // The node that held the agent is going or gone (a rolling restart,
+        // a crash): its connections are moving, often to this node. Wait
+        // briefly for one instead of failing a request a moment would serve.
+        let deadline = tokio::time::Instant::now() + shared.config.failover_wait;
+        let client_id = target.client_id.clone();
+        if shared
+            .agents
+            .other_than(&client_id, &[], deadline)
+            .await
+            .is_some()
+        {
+            return match local::serve(shared, req, target, peer).await {
+                Ok(resp) => resp,
+                Err(_) => local::not_connected(shared, &client_id).await,
+            };
+        }
+        return local::not_connected(shared, &client_id).await;
     }
     local::not_connected(shared, client_id).await
 }
