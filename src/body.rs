@@ -47,3 +47,38 @@ pub fn full(bytes: impl Into<Bytes>) -> TunnelBody {
 pub fn empty() -> TunnelBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
+
+/// `body`, keeping `guard` alive until the body is dropped (finished,
+/// failed or abandoned): for bookkeeping that must outlive the handler.
+pub fn guarded<G: Send + Unpin + 'static>(body: TunnelBody, guard: G) -> TunnelBody {
+    Guarded {
+        body,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+struct Guarded<G> {
+    body: TunnelBody,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = TransportError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, TransportError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -11,7 +11,8 @@ use http::StatusCode;
 over_transports!(
     upgraded_websockets_count_toward_the_client_connection_limit,
     a_body_that_goes_quiet_is_cut_off_as_an_error,
-    a_wrong_token_flood_is_rate_limited_and_summarised
+    a_wrong_token_flood_is_rate_limited_and_summarised,
+    idle_connections_make_room_busy_ones_do_not
 );
 
 async fn upgraded_websockets_count_toward_the_client_connection_limit(t: Transport) {
@@ -187,4 +188,59 @@ async fn a_wrong_token_flood_is_rate_limited_and_summarised(t: Transport) {
         !log.iter().any(|l| l.contains("wrn_wrong")),
         "no token in the log"
     );
+}
+
+/// At --max-client-connections, a new client takes the place of the oldest
+/// idle keep-alive connection (which is closed); when every connection is
+/// busy (a response in flight), the new one is refused instead.
+async fn idle_connections_make_room_busy_ones_do_not(t: Transport) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut opts = StackOptions::new(t);
+    opts.server.max_client_connections = 3;
+    let stack = Stack::start(opts).await;
+    // Three keep-alive connections, each done with one request and idle.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
+        tcp.write_all(b"GET /_warren/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(tcp.read(&mut buf).await.unwrap() > 0);
+        idle.push(tcp);
+    }
+    // A fourth client is served; an idle one made room.
+    assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+    let mut closed = 0;
+    for tcp in &mut idle {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "an idle connection was closed to make room");
+    drop(idle);
+
+    // Three connections each with a slow response in flight: nothing idle
+    // to close, so a fourth is refused, and the three finish whole.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let resp = get(&stack.url("/bytes/200000?chunk=20000&delay_ms=100")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        busy.push(tokio::spawn(read_body(resp)));
+    }
+    let refused = client()
+        .request(
+            http::Request::get(stack.url("/bytes/10"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(refused.is_err(), "every connection busy: refused");
+    for b in busy {
+        assert_eq!(b.await.unwrap().unwrap().len(), 200_000);
+    }
 }

@@ -12,32 +12,64 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, info, warn};
 
 use super::{
-    access, builtin, cluster, local, rooms, state::Shared, target, upgrade::ConnectionSlot,
+    access, builtin, cluster, idle::IdleConns, local, rooms, state::Shared, target,
+    upgrade::ConnectionSlot,
 };
-use crate::{accept, body::TunnelBody, shutdown::Shutdown};
+use crate::{
+    accept,
+    body::{self, TunnelBody},
+    shutdown::Shutdown,
+};
+
+/// How long a new client waits for the place of an idle connection it
+/// displaced (that connection closes at once; this bounds the wait).
+const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
     let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
+    let idle = Arc::new(IdleConns::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept::next(&listener, "client") => accepted,
             _ = shutdown.wait() => break,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, limit = shared.config.max_client_connections, "client connection refused: limit reached");
-            continue;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // At the limit: close the oldest idle keep-alive connection and
+            // take its place; refuse only when every connection is busy.
+            Err(_) if idle.shed_one() => {
+                match tokio::time::timeout(SHED_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        warn!(%peer, "client connection refused: limit reached");
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                warn!(%peer, limit = shared.config.max_client_connections, "client connection refused: limit reached, every connection busy");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
         let slot = ConnectionSlot::new(permit);
+        let registration = idle.register();
         tokio::spawn(async move {
             let config = &shared.config;
+            let state = registration.state.clone();
             let service = {
                 let shared = shared.clone();
                 service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(slot.clone());
-                    handle(shared.clone(), peer, req)
+                    // Busy from the request's start to its body's end.
+                    let busy = state.busy();
+                    let shared = shared.clone();
+                    async move {
+                        let resp = handle(shared, peer, req).await?;
+                        Ok::<_, Infallible>(resp.map(|body| body::guarded(body, busy)))
+                    }
                 })
             };
             let conn = http1::Builder::new()
@@ -53,10 +85,16 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                _ = registration.state.shed.notified() => {
+                    debug!(%peer, "idle keep-alive connection closed to make room");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
             };
             if let Err(e) = result {
                 debug!(%peer, "client connection ended with an error: {e}");
             }
+            drop(registration);
         });
     }
     // Stopped accepting; every connection's task was told to finish its

@@ -19,6 +19,7 @@ mod cluster;
 mod config;
 mod forward;
 mod gate;
+mod idle;
 mod local;
 mod peers;
 mod reply;

@@ -1,0 +1,114 @@
+//! Client connections that sit idle between requests (keep-alive), oldest
+//! first: at the connection limit the oldest idle one is closed to make room,
+//! so a crowd of idle browsers cannot lock new clients out while connections
+//! that are serving something are never touched.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use tokio::sync::Notify;
+
+/// One client connection's state, as its requests and the shedder see it.
+#[derive(Default)]
+pub(super) struct ConnState {
+    /// Requests (and response bodies still streaming) on this connection.
+    busy: AtomicUsize,
+    /// Told when this connection should close to make room.
+    pub shed: Notify,
+}
+
+impl ConnState {
+    /// Marks a request in progress until the returned guard drops (with the
+    /// response body, when it has one).
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+}
+
+pub(super) struct Busy(Arc<ConnState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every open client connection, by age.
+#[derive(Default)]
+pub(super) struct IdleConns {
+    next: AtomicU64,
+    conns: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+}
+
+impl IdleConns {
+    /// A new connection; it stays listed until [`Registration`] drops.
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::default());
+        self.conns
+            .lock()
+            .expect("connections poisoned")
+            .insert(id, state.clone());
+        Registration {
+            id,
+            state,
+            conns: self.clone(),
+        }
+    }
+
+    /// Asks the oldest idle connection to close; whether there was one.
+    pub fn shed_one(&self) -> bool {
+        let conns = self.conns.lock().expect("connections poisoned");
+        match conns.values().find(|c| c.busy.load(Ordering::Acquire) == 0) {
+            Some(idle) => {
+                idle.shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+pub(super) struct Registration {
+    id: u64,
+    pub state: Arc<ConnState>,
+    conns: Arc<IdleConns>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.id);
+    }
+}
+
+impl IdleConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnState>>> {
+        self.conns.lock().expect("connections poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_idle_connection_is_shed_and_busy_ones_never() {
+        let conns = Arc::new(IdleConns::default());
+        let old = conns.register();
+        let young = conns.register();
+        let busy_old = old.state.busy();
+        assert!(conns.shed_one(), "the young one is idle");
+        drop(young);
+        assert!(!conns.shed_one(), "the only one left is busy");
+        drop(busy_old);
+        assert!(conns.shed_one());
+        drop(old);
+        assert!(conns.lock().is_empty());
+    }
+}
