@@ -12,7 +12,11 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, info, warn};
 
 use super::{
-    access, builtin, cluster, idle::IdleConns, local, rooms, state::Shared, target,
+    access, builtin, cluster,
+    idle::{IdleConns, Registration},
+    local, rooms,
+    state::Shared,
+    target,
     upgrade::ConnectionSlot,
 };
 use crate::{
@@ -51,52 +55,29 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let mut shutdown = shutdown.clone();
-        let slot = ConnectionSlot::new(permit);
         let registration = idle.register();
-        tokio::spawn(async move {
-            let config = &shared.config;
-            let state = registration.state.clone();
-            let service = {
-                let shared = shared.clone();
-                service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(slot.clone());
-                    // Busy from the request's start to its body's end.
-                    let busy = state.busy();
-                    let shared = shared.clone();
-                    async move {
-                        let resp = handle(shared, peer, req).await?;
-                        Ok::<_, Infallible>(resp.map(|body| body::guarded(body, busy)))
-                    }
-                })
-            };
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
-                .max_buf_size(config.max_head_frame.max(8192))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shutdown.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                _ = registration.state.shed.notified() => {
-                    debug!(%peer, "idle keep-alive connection closed to make room");
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(%peer, "client connection ended with an error: {e}");
-            }
-            drop(registration);
-        });
+        let slot = ConnectionSlot::new(permit);
+        spawn_connection(
+            &shared,
+            stream,
+            peer,
+            slot,
+            registration,
+            Some(shutdown.clone()),
+        );
     }
+    // Connections already waiting in the listen backlog finished their TCP
+    // handshake before we stopped: each gets its one request answered (then
+    // is closed) instead of a reset that would look like a lost request.
+    use futures_util::FutureExt;
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            break;
+        };
+        let slot = ConnectionSlot::new(permit);
+        spawn_connection(&shared, stream, peer, slot, idle.register(), None);
+    }
+    drop(listener);
     // Stopped accepting; every connection's task was told to finish its
     // requests and close. Wait until all have given their places back.
     let everyone = shared.config.max_client_connections.min(u32::MAX as usize) as u32;
@@ -112,6 +93,67 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
             "client connections still open after the {grace:?} drain grace; closing them"
         );
     }
+}
+
+/// Serves one client connection. Without `shutdown` (a connection taken
+/// from the backlog after shutdown began) it answers one request and closes.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    registration: Registration,
+    shutdown: Option<Shutdown>,
+) {
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let config = &shared.config;
+        let state = registration.state.clone();
+        let service = {
+            let shared = shared.clone();
+            service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(slot.clone());
+                // Busy from the request's start to its body's end.
+                let busy = state.busy();
+                let shared = shared.clone();
+                async move {
+                    let resp = handle(shared, peer, req).await?;
+                    Ok::<_, Infallible>(resp.map(|body| body::guarded(body, busy)))
+                }
+            })
+        };
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_head_frame.max(8192))
+            .keep_alive(shutdown.is_some())
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let stopping = async {
+            match shutdown {
+                Some(mut shutdown) => shutdown.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            _ = stopping => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            _ = registration.state.shed.notified() => {
+                debug!(%peer, "idle keep-alive connection closed to make room");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(%peer, "client connection ended with an error: {e}");
+        }
+        drop(registration);
+    });
 }
 
 async fn handle(

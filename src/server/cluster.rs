@@ -96,47 +96,95 @@ pub(super) async fn heartbeat(shared: Arc<Shared>, mut shutdown: Shutdown) {
 
 /// Serves forwarded requests from other nodes, for agents held here.
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
+    // Every link connection's task holds a clone; when all are gone, the
+    // forwarded requests they carried are done.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept::next(&listener, "cluster") => accepted,
             _ = shutdown.wait() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let tls = shared.peers.as_ref().and_then(|p| p.tls.clone());
-            match tls {
-                None => serve_link(shared, stream, peer).await,
-                Some(tls) => {
-                    // Only a peer with a certificate of the cluster CA gets
-                    // past the handshake (bounded, like every wait on a peer).
-                    let accept = tls.acceptor.accept(stream);
-                    match tokio::time::timeout(LINK_HANDSHAKE, accept).await {
-                        Ok(Ok(stream)) => serve_link(shared, stream, peer).await,
-                        Ok(Err(e)) => warn!(%peer, "cluster link refused: TLS: {e}"),
-                        Err(_) => warn!(%peer, "cluster link refused: no TLS handshake in time"),
-                    }
+        spawn_link(&shared, stream, peer, Some(shutdown.clone()), open.clone());
+    }
+    // Link connections that already sit in the backlog: served (one request
+    // each) rather than reset, as on the client API.
+    use futures_util::FutureExt;
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        spawn_link(&shared, stream, peer, None, open.clone());
+    }
+    drop(listener);
+    drop(open);
+    // Requests other nodes forwarded here finish before this node's agent
+    // connections (which carry them) may close: bounded by the drain grace.
+    let grace = shared.config.drain_grace;
+    if tokio::time::timeout(grace, all_closed.recv())
+        .await
+        .is_err()
+    {
+        warn!("cluster link connections still open after the {grace:?} drain grace");
+    }
+}
+
+/// Serves one link connection from another node (TLS first, when the
+/// cluster has its CA). Without `shutdown`, one request and then close.
+fn spawn_link(
+    shared: &Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shutdown: Option<Shutdown>,
+    open: tokio::sync::mpsc::Sender<()>,
+) {
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _open = open;
+        let tls = shared.peers.as_ref().and_then(|p| p.tls.clone());
+        match tls {
+            None => serve_link(shared, stream, peer, shutdown).await,
+            Some(tls) => {
+                // Only a peer with a certificate of the cluster CA gets
+                // past the handshake (bounded, like every wait on a peer).
+                let accept = tls.acceptor.accept(stream);
+                match tokio::time::timeout(LINK_HANDSHAKE, accept).await {
+                    Ok(Ok(stream)) => serve_link(shared, stream, peer, shutdown).await,
+                    Ok(Err(e)) => warn!(%peer, "cluster link refused: TLS: {e}"),
+                    Err(_) => warn!(%peer, "cluster link refused: no TLS handshake in time"),
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// Time a peer node has to complete the link's TLS handshake.
 const LINK_HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// HTTP/1.1 from another node over one link connection.
-async fn serve_link<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr)
+/// HTTP/1.1 from another node over one link connection, until it closes or
+/// (gracefully: requests in flight finish) this node shuts down.
+async fn serve_link<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr, shutdown: Option<Shutdown>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = service_fn(move |req| from_node(shared.clone(), peer, req));
-    let _ = http1::Builder::new()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(shutdown.is_some())
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stopping = async {
+        match shutdown {
+            Some(mut shutdown) => shutdown.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopping => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// A request another node forwarded to us.
@@ -214,10 +262,18 @@ pub(super) async fn forward_remote(
         None => (lookup().await, true),
     };
     let mut unreachable = false;
+    let mut req = req;
     loop {
         for (node, addr) in &routes {
             match peers.links.get(addr).await {
-                Ok(sender) => return send(peers, addr, sender, req, client_id, peer).await,
+                Ok(sender) => match send(peers, addr, sender, req, client_id, peer).await {
+                    Ok(resp) => return resp,
+                    Err(unsent) => {
+                        info!(%node, "the link to the node closed before the request went");
+                        req = unsent;
+                        unreachable = true;
+                    }
+                },
                 Err(e) => {
                     info!(%node, "cannot reach node: {e}");
                     unreachable = true;
@@ -254,6 +310,9 @@ pub(super) async fn forward_remote(
     local::not_connected(shared, client_id).await
 }
 
+/// Sends `req` to the node at `addr`. `Err` gives the request back when it
+/// was never sent (the link connection closed first, as when that node is
+/// draining), so it can go elsewhere.
 async fn send(
     peers: &Peers,
     addr: &str,
@@ -261,7 +320,7 @@ async fn send(
     req: Request<Incoming>,
     client_id: &str,
     peer: SocketAddr,
-) -> Response<TunnelBody> {
+) -> Result<Response<TunnelBody>, Request<Incoming>> {
     let mut req = req;
     // WebSocket upgrades (pass-through and room joins) cross the link too: the
     // node's 101 is passed on and the two upgraded connections are spliced.
@@ -293,9 +352,24 @@ async fn send(
     if let Some(pq) = parts.uri.path_and_query() {
         parts.uri = pq.as_str().parse().expect("path and query");
     }
-    let result = sender.send_request(Request::from_parts(parts, body)).await;
+    let result = sender
+        .try_send_request(Request::from_parts(parts, body))
+        .await;
     peers.links.put(addr, sender);
-    match result {
+    let result = match result {
+        Ok(resp) => Ok(resp),
+        Err(mut unsent) => match unsent.take_message() {
+            // Not sent, and not an upgrade (whose client side was taken out
+            // of the request above): give it back, without the link's headers.
+            Some(mut req) if upgrade.is_none() => {
+                req.headers_mut().remove(SECRET_HEADER);
+                req.headers_mut().remove(PEER_HEADER);
+                return Err(req);
+            }
+            _ => Err(unsent.into_error()),
+        },
+    };
+    Ok(match result {
         Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() => {
             let node_side = hyper::upgrade::on(&mut resp);
             let client_side = upgrade.expect("checked");
@@ -327,5 +401,5 @@ async fn send(
                 &format!("the node holding this agent failed: {e}"),
             )
         }
-    }
+    })
 }

@@ -235,12 +235,20 @@ impl Server {
             cluster_listener,
             ..
         } = self;
-        let cluster_tasks = cluster_listener.map(|listener| {
-            (
-                tokio::spawn(cluster::serve(shared.clone(), listener, shutdown.clone())),
-                tokio::spawn(cluster::heartbeat(shared.clone(), shutdown.clone())),
-            )
-        });
+        let (cluster_serve, cluster_heartbeat) = match cluster_listener {
+            Some(listener) => (
+                Some(tokio::spawn(cluster::serve(
+                    shared.clone(),
+                    listener,
+                    shutdown.clone(),
+                ))),
+                Some(tokio::spawn(cluster::heartbeat(
+                    shared.clone(),
+                    shutdown.clone(),
+                ))),
+            ),
+            None => (None, None),
+        };
         let tunnel = Arc::new(tunnel);
         {
             // WebSockets (pass-through and room members) live until closed:
@@ -267,7 +275,14 @@ impl Server {
         // The client API stops accepting and returns once the requests in
         // flight have finished (bounded by --drain-grace); agent connections
         // stay up until then, since those requests travel on them.
-        let _ = tokio::join!(agents, clients);
+        let link = async {
+            if let Some(serve) = cluster_serve {
+                let _ = serve.await;
+            }
+        };
+        // The cluster link drains the same way: requests other nodes
+        // forwarded here travel on these agent connections too.
+        let _ = tokio::join!(agents, clients, link);
         shared.clients_drained.send_replace(true);
         // Agent tasks sent GoAway when the signal came and now close; wait
         // for them (bounded), then close whatever is left.
@@ -279,8 +294,8 @@ impl Server {
         }
         tunnel.close().await;
         drop(tunnel);
-        if let Some((serve, heartbeat)) = cluster_tasks {
-            let _ = tokio::join!(serve, heartbeat);
+        if let Some(heartbeat) = cluster_heartbeat {
+            let _ = heartbeat.await;
         }
         let removed = shared
             .registry
