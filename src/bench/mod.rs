@@ -192,10 +192,21 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let mut raw_figures = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
         progress.step(&format!("raw {kind} stream"));
-        let (cpu0, me0) = (raw.cpu_seconds(), procs::cpu_seconds(std::process::id()));
-        let secs = raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk).await?;
-        let cpu = raw.cpu_seconds() - cpu0 + procs::cpu_seconds(std::process::id()) - me0;
-        raw_figures.push((mbps(sizes.bulk, secs), cpu / (sizes.bulk as f64 / GIB)));
+        // A warm-up transfer first (window growth, allocator, caches), then
+        // the best of three: a ceiling taken from one cold run reads low and
+        // makes every "≥ x× raw" look better than it is.
+        raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk / 4).await?;
+        let mut best: Option<(f64, f64)> = None;
+        for _ in 0..3 {
+            let (cpu0, me0) = (raw.cpu_seconds(), procs::cpu_seconds(std::process::id()));
+            let secs = raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk).await?;
+            let cpu = raw.cpu_seconds() - cpu0 + procs::cpu_seconds(std::process::id()) - me0;
+            let run = (mbps(sizes.bulk, secs), cpu / (sizes.bulk as f64 / GIB));
+            if best.is_none_or(|b| run.0 > b.0) {
+                best = Some(run);
+            }
+        }
+        raw_figures.push(best.expect("three runs"));
     }
     raw.stop().await;
 
@@ -269,7 +280,8 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = server.proc.rss();
         idle_per_agent
-            .push(after.saturating_sub(before) as f64 / sizes.idle_agents as f64 / 1024.0);
+            // Signed: a drop shows as a drop, not as a met target of zero.
+            .push((after as f64 - before as f64) / sizes.idle_agents as f64 / 1024.0);
         agents.stop().await;
         server.proc.stop().await;
     }
@@ -298,7 +310,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let after = server.proc.rss();
         drop(held);
         server.proc.stop().await;
-        after.saturating_sub(before) as f64 / sizes.idle_clients as f64 / 1024.0
+        (after as f64 - before as f64) / sizes.idle_clients as f64 / 1024.0
     };
 
     // Fallback: agent start to first served request, UDP silently dropped.
@@ -409,6 +421,12 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         Row::new(&room, "delivered / expected", "ratio", Better::Higher)
             .tunnel(q, w)
             .target("all", 1.0, true),
+    );
+    let (q, w) = pick(|r| r.duplicates);
+    rows.push(
+        Row::new(&room, "duplicate deliveries", "count", Better::Lower)
+            .tunnel(q, w)
+            .target("none", 0.0, true),
     );
     let (q, w) = pick(|r| r.p50_ms);
     rows.push(Row::new(&room, "delivery latency p50", "ms", Better::Lower).tunnel(q, w));
@@ -799,7 +817,8 @@ fn rows(
                 Some(q.audio_kept_rate as f64),
                 Some(w.audio_kept_rate as f64),
             )
-            .target("all", 1.0, false),
+            // Absolute: every listener, not as many as direct managed.
+            .target("all", sizes.listeners as f64, true),
     );
     let (gq, gw) = both(|f| f.audio_worst_gap_ms);
     rows.push(

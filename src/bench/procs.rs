@@ -4,10 +4,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
     time::Duration,
 };
 
@@ -135,48 +131,45 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident set size in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// A `/proc/PID/status` field in KiB (0 when the process is gone).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 
-/// Samples the RSS of some processes every 20 ms and keeps each one's peak.
+/// Peak RSS of some processes over a stretch of the run, from the kernel's
+/// own high-water mark (`VmHWM`, reset through `clear_refs` at the start),
+/// so no short peak is missed between samples.
 pub struct PeakRss {
-    stop: Arc<AtomicBool>,
-    peaks: Vec<Arc<AtomicU64>>,
-    task: tokio::task::JoinHandle<()>,
+    pids: Vec<u32>,
 }
 
 impl PeakRss {
     pub fn start(pids: &[u32]) -> PeakRss {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peaks: Vec<Arc<AtomicU64>> = pids.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
-        let (pids, task_peaks, task_stop) = (pids.to_vec(), peaks.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !task_stop.load(Ordering::Relaxed) {
-                for (pid, peak) in pids.iter().zip(&task_peaks) {
-                    peak.fetch_max(rss_bytes(*pid), Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        PeakRss { stop, peaks, task }
+        for pid in pids {
+            // "5" resets the peak RSS to the current RSS (Linux ≥ 4.0).
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+        PeakRss {
+            pids: pids.to_vec(),
+        }
     }
 
-    /// Peak RSS per process, in the order given to `start`.
+    /// Peak RSS per process since `start`, in the order given to it.
     pub async fn finish(self) -> Vec<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.peaks
+        self.pids
             .iter()
-            .map(|p| p.load(Ordering::Relaxed))
+            .map(|pid| status_kib(*pid, "VmHWM:") * 1024)
             .collect()
     }
 }

@@ -23,8 +23,10 @@ pub struct RoomFigures {
     pub bytes_per_broadcast: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// Messages delivered / expected (members × broadcasts).
+    /// Distinct messages delivered / expected (members × broadcasts).
     pub delivered: f64,
+    /// Messages a member received more than once.
+    pub duplicates: f64,
     /// Growth of the server's RSS per member joined (KiB).
     pub kib_per_member: f64,
 }
@@ -97,29 +99,38 @@ pub async fn measure(
 ) -> Result<RoomFigures, BenchError> {
     let rss_before = server_rss();
     let t0 = Instant::now();
+    // Members read until told to stop (a while after the last broadcast), not
+    // until they have the expected count: a duplicate must show, not hide a
+    // missing message.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(members);
     for _ in 0..members {
         let ws = join(api, client_id).await?;
+        let mut stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let (_tx, mut rx) = ws.split();
             let mut latencies = Vec::with_capacity(count);
-            let deadline = tokio::time::sleep(Duration::from_secs(count as u64 / rate as u64 + 20));
-            tokio::pin!(deadline);
-            while latencies.len() < count {
+            let mut seen = std::collections::HashSet::with_capacity(count);
+            let mut duplicates = 0usize;
+            loop {
                 tokio::select! {
                     message = rx.next() => match message {
                         Some(Ok(Message::Binary(b))) if b.len() >= 8 => {
                             let sent = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                            if !seen.insert(sent) {
+                                duplicates += 1;
+                                continue;
+                            }
                             let now = t0.elapsed().as_nanos() as u64;
                             latencies.push(Duration::from_nanos(now.saturating_sub(sent)));
                         }
                         Some(Ok(_)) => {}
                         _ => break,
                     },
-                    _ = &mut deadline => break,
+                    _ = stopped.wait_for(|s| *s) => break,
                 }
             }
-            latencies
+            (latencies, duplicates)
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -131,8 +142,7 @@ pub async fn measure(
     }
     // Settled joins (the backend heard them all): what members cost at rest.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let kib_per_member =
-        server_rss().saturating_sub(rss_before) as f64 / members.max(1) as f64 / 1024.0;
+    let kib_per_member = (server_rss() as f64 - rss_before as f64) / members.max(1) as f64 / 1024.0;
     let before = up();
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
     for _ in 0..count {
@@ -145,9 +155,15 @@ pub async fn measure(
             .await
             .map_err(|_| BenchError::new("the rooms backend went away"))?;
     }
+    // Late deliveries still count; then everyone stops listening.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send_replace(true);
     let mut all = Vec::new();
+    let mut duplicates = 0;
     for task in tasks {
-        all.extend(task.await.map_err(|e| BenchError::new(e.to_string()))?);
+        let (latencies, dup) = task.await.map_err(|e| BenchError::new(e.to_string()))?;
+        all.extend(latencies);
+        duplicates += dup;
     }
     let crossed = up() - before;
     all.sort();
@@ -156,6 +172,7 @@ pub async fn measure(
         p50_ms: percentile_ms(&all, 50.0),
         p99_ms: percentile_ms(&all, 99.0),
         delivered: all.len() as f64 / (members * count) as f64,
+        duplicates: duplicates as f64,
         kib_per_member,
     })
 }
