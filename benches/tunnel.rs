@@ -1,4 +1,4 @@
-//! `cargo bench --bench tunnel [-- --quick] [-- --out DIR]`: the end-to-end
+//! `cargo bench --bench tunnel [-- --quick] [-- --out DIR] [-- --runs N]`: the end-to-end
 //! harness (see `warren::bench`), using the `warren` binary cargo built.
 
 fn main() {
@@ -16,10 +16,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
     let options = warren::bench::BenchOptions {
         quick,
         out,
         warren: env!("CARGO_BIN_EXE_warren").into(),
+        runs,
     };
     if let Err(e) = runtime.block_on(warren::bench::run(options)) {
         eprintln!("\n{e}");

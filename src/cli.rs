@@ -53,6 +53,10 @@ pub enum Command {
         /// Where tunnel.json, tunnel.md, tunnel.svg and logs are written.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
+        /// Runs of the headline scenarios per target (median and range shown);
+        /// default 3, or 1 with --quick.
+        #[arg(long)]
+        runs: Option<usize>,
     },
     /// Benchmark helper: a raw transport peer (no HTTP, no tunnel).
     #[command(hide = true)]

@@ -96,9 +96,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             wait_for_signal().await;
             Ok(())
         }
-        Command::Bench { quick, out } => {
+        Command::Bench { quick, out, runs } => {
             let warren = std::env::current_exe().context("locating the warren binary")?;
-            warren::bench::run(warren::bench::BenchOptions { quick, out, warren }).await?;
+            let runs = runs.unwrap_or(if quick { 1 } else { 3 });
+            warren::bench::run(warren::bench::BenchOptions {
+                quick,
+                out,
+                warren,
+                runs,
+            })
+            .await?;
             Ok(())
         }
         Command::BenchRaw { listen, certs } => Ok(warren::bench::raw_server(listen, &certs).await?),

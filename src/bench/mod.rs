@@ -38,6 +38,10 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// The `warren` binary to run as upstream, server, agent and raw peer.
     pub warren: PathBuf,
+    /// How often the headline scenarios (bulk, small requests, latency,
+    /// audio, isolation) run per target: the table shows the median and the
+    /// range, and a target counts as met only when the median meets it.
+    pub runs: usize,
 }
 
 /// Scenario sizes, full and quick.
@@ -156,10 +160,11 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     std::fs::create_dir_all(&opts.out).map_err(BenchError::io("output directory"))?;
     let dir = procs::scratch_dir(&opts.out)?;
     let bin = opts.warren.clone();
-    // 7 steps per target (3 targets), 2 raw, 2 idle, 2 fallback.
+    let runs = opts.runs.max(1);
+    // 7 steps per target and run (3 targets), 2 raw, 2 idle, 2 fallback, …
     let mut progress = Progress {
         done: 0,
-        total: 7 * 3 + 8,
+        total: 7 * 3 * runs + 9,
         started: Instant::now(),
     };
 
@@ -214,9 +219,13 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         addr: upstream_addr,
         client_id: None,
     };
-    let direct_figures = http_scenarios(&direct, &[], &sizes, &mut progress, "direct").await?;
+    let mut direct_figures = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        direct_figures.push(http_scenarios(&direct, &[], &sizes, &mut progress, "direct").await?);
+    }
 
-    let mut tunnel_figures = Vec::new();
+    // Per transport, one set of figures per run.
+    let mut tunnel_figures: Vec<Vec<HttpFigures>> = Vec::new();
     let mut agent_idle_rss = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
         let server = Server::start(&bin, &dir, &format!("main-{kind}"), &[]).await?;
@@ -232,7 +241,11 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
             client_id: Some("bench".into()),
         };
         let procs = [&server.proc, &agent];
-        let figures = http_scenarios(&target, &procs, &sizes, &mut progress, kind.as_str()).await?;
+        let mut figures = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            figures
+                .push(http_scenarios(&target, &procs, &sizes, &mut progress, kind.as_str()).await?);
+        }
         tunnel_figures.push(figures);
         agent.stop().await;
         server.proc.stop().await;
@@ -392,14 +405,20 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     upstream.stop().await;
     eprintln!();
 
-    let mut rows = rows(
-        &direct_figures,
-        &tunnel_figures,
-        &raw_figures,
-        &idle_per_agent,
-        &agent_idle_rss,
-        &fallback,
-        &sizes,
+    let mut rows = report::merge_runs(
+        (0..runs)
+            .map(|i| {
+                rows(
+                    &direct_figures[i],
+                    &[tunnel_figures[0][i].clone(), tunnel_figures[1][i].clone()],
+                    &raw_figures,
+                    &idle_per_agent,
+                    &agent_idle_rss,
+                    &fallback,
+                    &sizes,
+                )
+            })
+            .collect(),
     );
     let room = format!("room, {} members, 10×1 KiB/s", sizes.room_members);
     let pick = |f: fn(&rooms::RoomFigures) -> f64| {
@@ -905,9 +924,10 @@ struct Json<'a> {
     quick: bool,
     machine: String,
     rows: &'a [Row],
-    direct: &'a HttpFigures,
-    quic: &'a HttpFigures,
-    ws: &'a HttpFigures,
+    /// Every run's figures, per target.
+    direct: &'a [HttpFigures],
+    quic: &'a [HttpFigures],
+    ws: &'a [HttpFigures],
 }
 
 fn machine() -> String {
@@ -929,10 +949,15 @@ fn write_report(
     out: &Path,
     rows: &[Row],
     quick: bool,
-    direct: &HttpFigures,
-    tunnel: &[HttpFigures],
+    direct: &[HttpFigures],
+    tunnel: &[Vec<HttpFigures>],
 ) -> Result<(), BenchError> {
-    let kind = if quick { "quick run" } else { "full run" };
+    let kind = match (quick, direct.len()) {
+        (true, 1) => "quick run".to_string(),
+        (true, n) => format!("quick run, median of {n}"),
+        (false, 1) => "full run".to_string(),
+        (false, n) => format!("full run, median of {n} with ranges"),
+    };
     let table = report::table(rows);
     println!("\nwarren tunnel benchmark ({kind}; {})\n", machine());
     println!("{table}");

@@ -34,6 +34,10 @@ pub struct Row {
     /// Through QUIC, through WebSocket.
     pub tunnel: [Option<f64>; 2],
     pub target: Option<Target>,
+    /// Over several runs: the range (lowest, highest) behind each baseline
+    /// and tunnel value, which are then medians.
+    pub baseline_range: [Option<(f64, f64)>; 2],
+    pub tunnel_range: [Option<(f64, f64)>; 2],
 }
 
 impl Row {
@@ -46,6 +50,8 @@ impl Row {
             baseline: [None, None],
             tunnel: [None, None],
             target: None,
+            baseline_range: [None, None],
+            tunnel_range: [None, None],
         }
     }
 
@@ -94,6 +100,54 @@ impl Row {
     }
 }
 
+/// Rows of several runs (the same rows in the same order each run) as one
+/// set: each value the median of its runs, with the range alongside. A target
+/// is met only when the median meets it.
+pub fn merge_runs(runs: Vec<Vec<Row>>) -> Vec<Row> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let median_range = |values: Vec<Option<f64>>| -> (Option<f64>, Option<(f64, f64)>) {
+        let mut v: Vec<f64> = values
+            .into_iter()
+            .flatten()
+            .filter(|x| x.is_finite())
+            .collect();
+        if v.is_empty() {
+            return (None, None);
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        (Some(median), Some((v[0], v[v.len() - 1])))
+    };
+    (0..first.len())
+        .map(|i| {
+            let mut row = first[i].clone();
+            for col in 0..2 {
+                let (m, r) = median_range(runs.iter().map(|run| run[i].baseline[col]).collect());
+                row.baseline[col] = m;
+                row.baseline_range[col] = r;
+                let (m, r) = median_range(runs.iter().map(|run| run[i].tunnel[col]).collect());
+                row.tunnel[col] = m;
+                row.tunnel_range[col] = r;
+            }
+            row
+        })
+        .collect()
+}
+
+/// A value, with its range over several runs when they differed.
+fn spread(v: Option<f64>, range: Option<(f64, f64)>) -> String {
+    match range {
+        Some((lo, hi)) if lo != hi => format!("{} ({}–{})", num(v), num(Some(lo)), num(Some(hi))),
+        _ => num(v),
+    }
+}
+
 fn num(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
@@ -123,9 +177,13 @@ pub fn table(rows: &[Row]) -> String {
     out.push_str("|---|---|---:|---:|---:|---:|---:|---|---|\n");
     for r in rows {
         let base = if r.baseline[0] == r.baseline[1] {
-            num(r.baseline[0])
+            spread(r.baseline[0], r.baseline_range[0])
         } else {
-            format!("{} / {}", num(r.baseline[0]), num(r.baseline[1]))
+            format!(
+                "{} / {}",
+                spread(r.baseline[0], r.baseline_range[0]),
+                spread(r.baseline[1], r.baseline_range[1])
+            )
         };
         let met = match (r.met(0), r.met(1)) {
             (None, None) => String::new(),
@@ -138,8 +196,8 @@ pub fn table(rows: &[Row]) -> String {
             r.metric,
             r.unit,
             base,
-            num(r.tunnel[0]),
-            num(r.tunnel[1]),
+            spread(r.tunnel[0], r.tunnel_range[0]),
+            spread(r.tunnel[1], r.tunnel_range[1]),
             ratio(r.ratio(0)),
             ratio(r.ratio(1)),
             r.target.as_ref().map(|t| t.text.as_str()).unwrap_or(""),
