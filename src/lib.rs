@@ -22,6 +22,7 @@ pub mod control;
 pub mod headers;
 #[cfg(feature = "tools")]
 pub mod lab;
+pub mod memory;
 pub mod registry;
 #[cfg(feature = "tools")]
 pub mod sample;

@@ -210,6 +210,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    warren::memory::spawn_trimmer();
     let server = Server::bind(config).await.context("starting the server")?;
     let identity = server.identity();
     if identity.generated {
@@ -236,6 +237,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    warren::memory::spawn_trimmer();
     let agent = Agent::new(config)?;
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
