@@ -8,6 +8,40 @@ use subtle::ConstantTimeEq;
 
 use crate::registry::{Registry, RegistryError};
 
+/// A secret (an agent token, the cluster secret) that never prints itself:
+/// `Debug` shows a placeholder, so a configuration logged or dumped whole
+/// cannot leak it. `expose` is the one way to the value.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(empty)"
+        } else {
+            "Secret(…)"
+        })
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
 /// Prefix that makes a leaked token recognisable to secret scanners.
 const TOKEN_PREFIX: &str = "wrn_";
 /// The same for client tokens (what an agent's clients present).
@@ -114,6 +148,18 @@ pub async fn verify_token(
         }
         Some(_) => Verdict::BadToken,
     })
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::Secret;
+
+    #[test]
+    fn a_secret_does_not_print_itself() {
+        let s = Secret::from("wrn_very-secret");
+        assert!(!format!("{s:?}").contains("very-secret"));
+        assert_eq!(s.expose(), "wrn_very-secret");
+    }
 }
 
 #[cfg(test)]

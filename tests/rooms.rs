@@ -354,7 +354,7 @@ async fn rooms_of_two_agents_are_isolated(t: Transport) {
     let backend_b = backend().await;
     let mut config = stack.agent_config();
     config.client_id = other_id.clone();
-    config.token = other_token;
+    config.token = other_token.into();
     config.rooms = Some(RoomsBackend::WebSocket(backend_b.url.clone()));
     stack.add_agent(config).await;
 

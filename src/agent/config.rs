@@ -11,6 +11,7 @@ use super::{
     upstream::{UpstreamConfig, UpstreamError},
 };
 use crate::{
+    auth::Secret,
     tls::{TlsError, Trust},
     transport::TransportTuning,
 };
@@ -34,7 +35,8 @@ pub struct AgentConfig {
     /// TLS server name to verify; defaults to the host part of `server`.
     pub server_name: Option<String>,
     pub client_id: String,
-    pub token: String,
+    /// The agent's token (prints as a placeholder).
+    pub token: Secret,
     pub upstream: UpstreamConfig,
     pub transport: TransportChoice,
     pub trust: Trust,

@@ -56,7 +56,7 @@ pub(super) async fn hello(
         let hello = Control::Hello(Hello {
             version: PROTOCOL_VERSION,
             client_id: config.client_id.clone(),
-            token: config.token.clone(),
+            token: config.token.expose().to_string(),
             agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
             capabilities: if config.rooms_auth {
                 vec![capability::ROOMS_AUTH.to_string()]

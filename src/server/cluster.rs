@@ -206,7 +206,7 @@ async fn from_node(
         .remove(SECRET_HEADER)
         .map(|v| v.as_bytes().to_vec())
         .unwrap_or_default();
-    if !bool::from(presented.ct_eq(peers.config.secret.as_bytes())) {
+    if !bool::from(presented.ct_eq(peers.config.secret.expose().as_bytes())) {
         warn!(%link_peer, "cluster request with a wrong or missing secret refused");
         return Ok(error_response(
             StatusCode::UNAUTHORIZED,
@@ -335,7 +335,7 @@ async fn send(
     h.remove(PEER_HEADER);
     h.insert(
         SECRET_HEADER,
-        HeaderValue::from_str(&peers.config.secret).unwrap_or(HeaderValue::from_static("")),
+        HeaderValue::from_str(peers.config.secret.expose()).unwrap_or(HeaderValue::from_static("")),
     );
     h.insert(
         PEER_HEADER,

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::gate::GateLimits;
+use crate::auth::Secret;
 use crate::{transport::TransportTuning, websocket::WsLimits};
 
 #[derive(Debug, Clone)]
@@ -123,7 +124,7 @@ pub struct ClusterConfig {
     /// How other nodes reach `listen` (required when it is a wildcard address).
     pub advertise: Option<String>,
     /// Shared by all nodes; only holders may use the internal link.
-    pub secret: String,
+    pub secret: Secret,
     /// A node that has not renewed its lease for this long is dead.
     pub lease: Duration,
     /// How long a client-id → node lookup is reused without asking the database.

@@ -121,7 +121,7 @@ impl Server {
         let (cluster, cluster_listener) = match &config.cluster {
             None => (None, None),
             Some(cc) => {
-                if cc.secret.len() < 16 {
+                if cc.secret.expose().len() < 16 {
                     return Err(ServerError::WeakSecret);
                 }
                 let listener = TcpListener::bind(cc.listen).await.map_err(|source| {
