@@ -91,8 +91,15 @@ pub fn from_wire(message: WsMessage) -> Message {
     match message {
         WsMessage::Text(t) => Message::Text(t.into()),
         WsMessage::Binary(b) => Message::Binary(b.into()),
-        WsMessage::Ping(p) => Message::Ping(p.into()),
-        WsMessage::Pong(p) => Message::Pong(p.into()),
+        // A peer's over-long ping or pong is cut to what a control frame holds.
+        WsMessage::Ping(mut p) => {
+            p.truncate(MAX_CONTROL_PAYLOAD);
+            Message::Ping(p.into())
+        }
+        WsMessage::Pong(mut p) => {
+            p.truncate(MAX_CONTROL_PAYLOAD);
+            Message::Pong(p.into())
+        }
         WsMessage::Close { code, reason } => close(code, &reason),
     }
 }
@@ -124,15 +131,31 @@ pub fn message_payload(message: Message) -> Option<warren_proto::Payload> {
     }
 }
 
+/// A close frame with `code` and `reason`. The reason is cut (at a character
+/// boundary) to the 123 bytes a control frame has room for (RFC 6455 §5.5):
+/// longer would make an invalid frame that peers drop the connection over.
 pub fn close(code: u16, reason: &str) -> Message {
     if code == NO_STATUS {
         Message::Close(None)
     } else {
         Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.to_owned().into(),
+            reason: fit(reason, MAX_CLOSE_REASON).into(),
         }))
     }
+}
+
+/// Control frames carry at most 125 bytes; a close frame's code takes 2.
+const MAX_CONTROL_PAYLOAD: usize = 125;
+const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn fit(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 fn now_ms(start: tokio::time::Instant) -> u64 {
@@ -261,5 +284,26 @@ where
             let _ = send.finish().await;
             1001
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frames_stay_within_their_125_bytes() {
+        let Message::Close(Some(frame)) = close(4000, &"é".repeat(100)) else {
+            panic!("a close frame")
+        };
+        assert!(frame.reason.len() <= 123);
+        assert!(
+            frame.reason.as_str().chars().all(|c| c == 'é'),
+            "cut at a character boundary"
+        );
+        let Message::Ping(p) = from_wire(WsMessage::Ping(vec![1; 300])) else {
+            panic!("a ping")
+        };
+        assert_eq!(p.len(), 125);
     }
 }

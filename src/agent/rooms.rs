@@ -262,7 +262,18 @@ pub fn parse_command(text: &str) -> Result<Envelope, String> {
     let envelope: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("rooms backend sent invalid JSON ({e}); ignored"))?;
     let conn = envelope["conn"].as_u64();
-    let code = envelope["code"].as_u64().unwrap_or(1000) as u16;
+    // A close code members can be sent (RFC 6455 §7.4): the backend's own
+    // range 3000–4999, or a standard code an endpoint may send; anything
+    // else (0, 1006, 70000…) is refused rather than cut to 16 bits.
+    let code = match envelope["code"].as_u64() {
+        None => 1000,
+        Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => c as u16,
+        Some(c) => {
+            return Err(format!(
+                "rooms backend sent close code {c}, which a member cannot be sent; ignored"
+            ))
+        }
+    };
     let reason = envelope["reason"].as_str().unwrap_or("").to_string();
     Ok(match (envelope["type"].as_str(), conn) {
         (Some("accept"), Some(conn)) => Envelope::Command(RoomCommand::Accept { conn }),
@@ -385,6 +396,21 @@ mod tests {
                 why(unknown).starts_with("rooms backend sent an unknown envelope"),
                 "{unknown}"
             );
+        }
+    }
+
+    #[test]
+    fn close_codes_members_cannot_be_sent_are_refused() {
+        for code in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 70_000] {
+            let text = format!(r#"{{"type": "kick", "conn": 7, "code": {code}}}"#);
+            assert!(
+                parse_command(&text).unwrap_err().contains("close code"),
+                "{code}"
+            );
+        }
+        for code in [1000, 1008, 3000, 4999] {
+            let text = format!(r#"{{"type": "kick", "conn": 7, "code": {code}}}"#);
+            assert!(parse_command(&text).is_ok(), "{code}");
         }
     }
 }
