@@ -28,6 +28,7 @@ pub async fn next(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr)
 
 /// Raises this process's soft limit on open files to its hard limit;
 /// returns `(before, now)`.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
 pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -57,7 +57,7 @@ async fn one(api: std::net::SocketAddr, client_id: &str, i: usize, tally: &Tally
     let base = format!("http://{api}");
     let ok = match i % 5 {
         // Streamed and blocking downloads.
-        0 | 1 | 2 => {
+        0..=2 => {
             let mode = if i % 5 == 1 { "&mode=blocking" } else { "" };
             let url = format!("{base}/bytes/{size}?clientId={client_id}{mode}");
             match client()

@@ -207,7 +207,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
             let secs = raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk).await?;
             let cpu = raw.cpu_seconds() - cpu0 + procs::cpu_seconds(std::process::id()) - me0;
             let run = (mbps(sizes.bulk, secs), cpu / (sizes.bulk as f64 / GIB));
-            if best.is_none_or(|b| run.0 > b.0) {
+            if !matches!(best, Some(b) if run.0 <= b.0) {
                 best = Some(run);
             }
         }

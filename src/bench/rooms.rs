@@ -87,6 +87,7 @@ pub async fn backend() -> Result<Backend, BenchError> {
 
 /// Joins `members` to the room, broadcasts `count` 1 KiB messages at `rate`
 /// per second, and measures. `up` reads the bytes that crossed the tunnel.
+#[allow(clippy::too_many_arguments)] // one scenario's knobs and probes, each named
 pub async fn measure(
     api: SocketAddr,
     client_id: &str,
