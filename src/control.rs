@@ -61,6 +61,11 @@ impl Default for Liveness {
 }
 
 impl Liveness {
+    /// How many frames have been heard from the peer so far.
+    pub fn heard(&self) -> u64 {
+        *self.heard.borrow()
+    }
+
     /// Pings the peer now; whether it said anything within `within`.
     pub async fn probe(&self, within: Duration) -> bool {
         let mut heard = self.heard.subscribe();

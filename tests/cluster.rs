@@ -109,7 +109,10 @@ async fn node_process_on(
         .args(["--node-lease", "2s", "--heartbeat", "500ms"])
         .arg("--certs")
         .arg(certs)
-        .env("WARREN_LOG", "warn")
+        .env(
+            "WARREN_LOG",
+            std::env::var("NODE_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -570,7 +573,14 @@ async fn a_rolling_restart_under_load_loses_no_request() {
                         }
                         Err(e) => panic!("request {i} via {api} accepted, then failed: {e}"),
                         Ok(resp) => {
-                            assert_eq!(resp.status(), StatusCode::OK, "request {i} via {api}");
+                            if resp.status() != StatusCode::OK {
+                                let status = resp.status();
+                                let body = read_body(resp).await.unwrap_or_default();
+                                panic!(
+                                    "request {i} via {api}: {status} {}",
+                                    String::from_utf8_lossy(&body)
+                                );
+                            }
                             let body = read_body(resp)
                                 .await
                                 .unwrap_or_else(|e| panic!("request {i} via {api}: body cut: {e}"));

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -14,7 +14,6 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 use tracing::info;
-use warren_proto::CloseCode;
 
 use super::cache::TtlCache;
 use crate::{control::Liveness, registry::ConnectionRecord, transport::Session};
@@ -30,12 +29,17 @@ pub struct AgentLink {
     pub rooms_auth: bool,
     /// Asks the agent, between heartbeats, whether it is still there.
     pub liveness: Liveness,
+    /// Frames heard when a probe went unanswered (0: never): while no frame
+    /// has been heard since, the connection takes no new requests.
+    pub suspect_at: AtomicU64,
 }
 
 impl AgentLink {
-    /// Pings the agent; a connection that does not answer within `within` is
-    /// dead (a killed agent leaves a QUIC connection looking open until its
-    /// idle timeout): closed, so no request is routed to it again.
+    /// Pings the agent; whether it answered within `within`. One that did not
+    /// (a killed agent leaves a QUIC connection looking open until its idle
+    /// timeout) takes no new requests until it is heard from again; its
+    /// requests in flight go on, and the heartbeat closes it if it is dead.
+    /// (A live but stalled agent is not cut off for being slow.)
     pub async fn check(&self, within: Duration) -> bool {
         if self.session.is_closed() {
             return false;
@@ -43,10 +47,21 @@ impl AgentLink {
         if self.liveness.probe(within).await {
             return true;
         }
-        info!(client_id = %self.client_id, conn = %self.tunnel_ws_id, "agent silent for {within:?} after a ping: dropping the connection");
-        self.session
-            .close(CloseCode::Timeout, "no answer to a liveness probe");
+        info!(client_id = %self.client_id, conn = %self.tunnel_ws_id, "agent silent for {within:?} after a ping: no new requests on this connection until it answers");
+        // +1 so that "suspected at 0 frames heard" is not "never suspected".
+        self.suspect_at
+            .store(self.liveness.heard() + 1, Ordering::Release);
         false
+    }
+
+    /// Whether this connection may take new requests: open, and not silent
+    /// since a probe it did not answer.
+    pub fn usable(&self) -> bool {
+        if self.session.is_closed() {
+            return false;
+        }
+        let suspect_at = self.suspect_at.load(Ordering::Acquire);
+        suspect_at == 0 || self.liveness.heard() + 1 > suspect_at
     }
 }
 
@@ -123,7 +138,7 @@ impl AgentTable {
     pub fn pick(&self, client_id: &str) -> Option<Arc<AgentLink>> {
         let links = self.links.lock().expect("agent table poisoned");
         let entry = links.get(client_id)?;
-        let live = || entry.iter().filter(|l| !l.session.is_closed());
+        let live = || entry.iter().filter(|l| l.usable());
         let count = live().count();
         if count == 0 {
             return None;
@@ -151,7 +166,7 @@ impl AgentTable {
                     entry
                         .iter()
                         .rev()
-                        .find(|l| !l.session.is_closed() && !exclude.contains(&l.tunnel_ws_id))
+                        .find(|l| l.usable() && !exclude.contains(&l.tunnel_ws_id))
                         .cloned()
                 });
                 if found.is_some() {
@@ -172,11 +187,7 @@ impl AgentTable {
     /// of an agent's members on this node share one rooms stream.
     pub fn pick_first(&self, client_id: &str) -> Option<Arc<AgentLink>> {
         let links = self.links.lock().expect("agent table poisoned");
-        links
-            .get(client_id)?
-            .iter()
-            .find(|l| !l.session.is_closed())
-            .cloned()
+        links.get(client_id)?.iter().find(|l| l.usable()).cloned()
     }
 
     pub fn len(&self) -> usize {

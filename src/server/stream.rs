@@ -79,9 +79,10 @@ pub(super) async fn read_reply(
     let config = &shared.config;
     let watch = async {
         tokio::time::sleep(config.probe_after).await;
-        link.check(config.probe_timeout).await;
-        // Alive: keep waiting for the reply; dead: the read below fails.
-        std::future::pending::<()>().await
+        if link.check(config.probe_timeout).await {
+            // Alive: keep waiting for the reply.
+            std::future::pending::<()>().await
+        }
     };
     let read = tokio::time::timeout(
         config.response_timeout,
@@ -89,7 +90,19 @@ pub(super) async fn read_reply(
     );
     let result = tokio::select! {
         result = read => result,
-        _ = watch => unreachable!("the watch never ends"),
+        // Silent: this request gives up on that connection (dropping its
+        // stream tells a live agent to abandon it) and may be retried.
+        _ = watch => {
+            recv.stop(warren_proto::ResetCode::Cancelled);
+            return Err(Failure::new(
+                StatusCode::BAD_GATEWAY,
+                "agent_failed",
+                format!(
+                    "the agent did not answer a ping within {:?}",
+                    config.probe_timeout
+                ),
+            ));
+        }
     };
     match result {
         Ok(Ok(reply)) => Ok(reply),

@@ -282,6 +282,7 @@ async fn run_admitted(
         record,
         rooms_auth,
         liveness: Default::default(),
+        suspect_at: Default::default(),
     });
     let liveness = link.liveness.clone();
     let refusal = match shared.agents.insert(link) {
