@@ -16,12 +16,12 @@ use rcgen::{
 };
 use rustls::{
     crypto::CryptoProvider,
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+    pki_types::{pem::PemObject, PrivateKeyDer, ServerName},
     server::WebPkiClientVerifier,
     RootCertStore,
 };
 
-use crate::tls::{write_private, TlsError};
+use crate::tls::{load_certs, write_private, TlsError};
 
 /// The name every node's certificate carries and every node verifies.
 pub const CLUSTER_NAME: &str = "warren-cluster";
@@ -88,31 +88,14 @@ pub fn create(dir: &Path) -> Result<bool, TlsError> {
     Ok(true)
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Read {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsError::NoPem {
-            path: path.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
-}
-
 /// Loads the cluster CA and this node's identity from `dir`.
 pub fn load(dir: &Path) -> Result<ClusterTls, TlsError> {
     let mut roots = RootCertStore::empty();
-    for ca in certs(&dir.join(CA_CERT))? {
+    for ca in load_certs(&dir.join(CA_CERT))? {
         roots.add(ca)?;
     }
     let roots = Arc::new(roots);
-    let chain = certs(&dir.join(NODE_CERT))?;
+    let chain = load_certs(&dir.join(NODE_CERT))?;
     let key_path = dir.join(NODE_KEY);
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::NoPem {
         path: key_path,

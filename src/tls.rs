@@ -79,19 +79,7 @@ impl ServerIdentity {
             generate(dir, &cert_path, &key_path, names)?;
             generated = true;
         }
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&cert_path)
-            .map_err(|_| TlsError::NoPem {
-                path: cert_path.clone(),
-                what: "certificate",
-            })?
-            .filter_map(Result::ok)
-            .collect();
-        if chain.is_empty() {
-            return Err(TlsError::NoPem {
-                path: cert_path,
-                what: "certificate",
-            });
-        }
+        let chain = load_certs(&cert_path)?;
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::NoPem {
             path: key_path,
             what: "private key",
@@ -144,6 +132,24 @@ fn generate(
     Ok(())
 }
 
+/// The certificates of a PEM file (at least one, or an error naming the file).
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoPem {
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
 /// Writes a file only its owner can read (the private key).
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -175,19 +181,7 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
     let mode = match trust {
         Trust::Fingerprint(text) => Mode::Pinned(parse_fingerprint(text)?),
         Trust::CaFile(path) => {
-            let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| TlsError::Read {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?
-                .filter_map(Result::ok)
-                .collect();
-            if certs.is_empty() {
-                return Err(TlsError::NoPem {
-                    path: path.clone(),
-                    what: "certificate",
-                });
-            }
+            let certs = load_certs(path)?;
             let mut roots = RootCertStore::empty();
             // Certificates that are not CAs (a self-signed leaf) may be refused as
             // roots; they still count through the exact-match path below.

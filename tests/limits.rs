@@ -39,16 +39,7 @@ async fn upgraded_websockets_count_toward_the_client_connection_limit(t: Transpo
     );
     // Closing one socket gives its place back.
     drop(sockets.pop());
-    let ok = eventually(Duration::from_secs(10), || {
-        let url = stack.url("/bytes/10");
-        async move {
-            client()
-                .request(http::Request::get(url).body(empty()).unwrap())
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    let ok = served(&stack.url("/bytes/10"), Duration::from_secs(10)).await;
     assert!(ok, "the place freed by a closed socket is usable again");
 }
 
@@ -83,43 +74,13 @@ async fn a_wrong_token_flood_is_rate_limited_and_summarised(t: Transport) {
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let dir = stack.dir.path();
     let mut server = server_process(dir, "127.0.0.1:0", &["--auth-failure-burst", "5"], true).await;
-    let registry =
-        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
-            .await
-            .unwrap();
-    let token = warren::auth::issue_token(&registry, &stack.client_id)
-        .await
-        .unwrap();
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "agent",
-            "--server",
-            &server.tunnel.to_string(),
-            "--client-id",
-            &stack.client_id,
-        ])
-        .args(["--token", &token, "--upstream", &stack.upstream.url()])
-        .args(["--transport", t.flag()])
-        .arg("--ca")
-        .arg(stack.ca_path())
-        .env("WARREN_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let token = issue_process_token(dir, &stack.client_id).await;
+    let _agent = stack.agent_process_to(&server.tunnel.to_string(), &token, &[]);
     let url = format!(
         "http://{}/bytes/100?clientId={}",
         server.api, stack.client_id
     );
-    let up = eventually(Duration::from_secs(15), || {
-        let url = url.clone();
-        async move {
-            client()
-                .request(http::Request::get(url).body(empty()).unwrap())
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    let up = served(&url, Duration::from_secs(15)).await;
     assert!(up, "the real agent serves");
 
     // Hand-driven peers dial the server process, not the in-process one.
@@ -166,7 +127,6 @@ async fn a_wrong_token_flood_is_rate_limited_and_summarised(t: Transport) {
     assert_eq!(get(&url).await.status(), StatusCode::OK);
 
     server.child.start_kill().unwrap();
-    agent.start_kill().unwrap();
     let stderr = server.child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let mut log = Vec::new();

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
@@ -99,30 +99,8 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
         tunnel,
     } = server_process(dir, "127.0.0.1:0", &[], false).await;
     let tunnel = tunnel.to_string();
-    let registry =
-        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
-            .await
-            .unwrap();
-    let token = warren::auth::issue_token(&registry, &stack.client_id)
-        .await
-        .unwrap();
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "agent",
-            "--server",
-            &tunnel,
-            "--client-id",
-            &stack.client_id,
-        ])
-        .args(["--token", &token, "--upstream", &stack.upstream.url()])
-        .args(["--transport", t.flag(), "--backoff-max", "1s"])
-        .arg("--ca")
-        .arg(stack.ca_path())
-        .env("WARREN_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let token = issue_process_token(dir, &stack.client_id).await;
+    let mut agent = stack.agent_process_to(&tunnel, &token, &["--backoff-max", "1s"]);
     wait_for_line(&mut agent, "connected").await;
     let url =
         |api: std::net::SocketAddr| format!("http://{api}/bytes/100?clientId={}", stack.client_id);
@@ -166,30 +144,8 @@ async fn sigterm_lets_requests_in_flight_finish(t: Transport) {
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let dir = stack.dir.path();
     let mut server = server_process(dir, "127.0.0.1:0", &["--drain-grace", "20s"], false).await;
-    let registry =
-        warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
-            .await
-            .unwrap();
-    let token = warren::auth::issue_token(&registry, &stack.client_id)
-        .await
-        .unwrap();
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "agent",
-            "--server",
-            &server.tunnel.to_string(),
-            "--client-id",
-            &stack.client_id,
-        ])
-        .args(["--token", &token, "--upstream", &stack.upstream.url()])
-        .args(["--transport", t.flag()])
-        .arg("--ca")
-        .arg(stack.ca_path())
-        .env("WARREN_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let token = issue_process_token(dir, &stack.client_id).await;
+    let mut agent = stack.agent_process_to(&server.tunnel.to_string(), &token, &[]);
     wait_for_line(&mut agent, "connected").await;
     let base = format!("http://{}", server.api);
     let len = 3_000_000usize;

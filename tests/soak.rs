@@ -181,13 +181,11 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
     // A 1 s heartbeat: a killed agent's connection is closed within seconds
     // (probes only stop new requests going to it), so the leak check is quick.
     let server = server_process(dir, "127.0.0.1:0", &["--heartbeat", "1s"], false).await;
+    let token = issue_process_token(dir, &stack.client_id).await;
     let registry =
         warren::registry::Registry::open(&format!("sqlite://{}", dir.join("warren.db").display()))
             .await
             .unwrap();
-    let token = warren::auth::issue_token(&registry, &stack.client_id)
-        .await
-        .unwrap();
     let spawn_agent = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .args([
@@ -212,15 +210,10 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
     let api = server.api;
     let id = stack.client_id.clone();
     let health = format!("http://{api}/_warren/health");
-    let up = eventually(Duration::from_secs(15), || {
-        let url = format!("http://{api}/bytes/10?clientId={id}");
-        async move {
-            client()
-                .request(http::Request::get(url).body(empty()).unwrap())
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
+    let up = served(
+        &format!("http://{api}/bytes/10?clientId={id}"),
+        Duration::from_secs(15),
+    )
     .await;
     assert!(up);
     let server_pid = server.child.id().unwrap();

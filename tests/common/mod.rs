@@ -328,9 +328,21 @@ impl Stack {
 
     /// Spawns `warren agent` as a real process.
     pub fn spawn_agent_process(&self, token: &str, extra: &[&str]) -> tokio::process::Child {
+        self.agent_process_to(&self.tunnel.to_string(), token, extra)
+    }
+
+    /// `warren agent` as a real process for this stack's client id, upstream
+    /// and CA, dialing `tunnel` (e.g. a server process's); logs at info on a
+    /// piped stderr.
+    pub fn agent_process_to(
+        &self,
+        tunnel: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("agent")
-            .args(["--server", &self.tunnel.to_string()])
+            .args(["--server", tunnel])
             .args(["--client-id", &self.client_id])
             .args(["--token", token])
             .args(["--upstream", &self.upstream.url()])
@@ -552,6 +564,25 @@ pub fn hello(client_id: &str, token: &str, agent: &str) -> warren_proto::Control
         transport_note: String::new(),
         replaces: None,
     })
+}
+
+/// A token for `client_id` in the registry a [`server_process`] started in
+/// `dir` uses.
+pub async fn issue_process_token(dir: &std::path::Path, client_id: &str) -> String {
+    let url = format!("sqlite://{}", dir.join("warren.db").display());
+    let registry = Registry::open(&url).await.unwrap();
+    auth::issue_token(&registry, client_id).await.unwrap()
+}
+
+/// Whether `url` answers 200 within `within` (polled; for "is it up yet").
+pub async fn served(url: &str, within: Duration) -> bool {
+    eventually(within, || async {
+        client()
+            .request(Request::get(url).body(empty()).unwrap())
+            .await
+            .is_ok_and(|r| r.status() == http::StatusCode::OK)
+    })
+    .await
 }
 
 /// `warren server` as a real process (so it can be killed, or its log read).
