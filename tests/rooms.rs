@@ -110,6 +110,15 @@ async fn backend() -> Backend {
                             let _ = out.send(json(serde_json::json!({"type": "broadcast", "room": room, "except": conn})));
                             let _ = out.send(Message::Text(t.as_str()[7..].to_string().into()));
                         }
+                        Message::Text(t) if t.as_str() == "bad-broadcast" => {
+                            // A broadcast the agent must ignore (no room),
+                            // whose payload looks like a kick of the sender:
+                            // the agent skips it whole, then sends the ack.
+                            let _ = out.send(json(serde_json::json!({"type": "broadcast", "except": conn})));
+                            let _ = out.send(json(serde_json::json!({"type": "kick", "conn": conn, "code": 4000, "reason": "smuggled"})));
+                            let _ = out.send(json(serde_json::json!({"type": "send", "conn": conn})));
+                            let _ = out.send(Message::Text("still-here".into()));
+                        }
                         Message::Text(t) => m.lock().unwrap().push(t.as_str().to_string()),
                         binary @ Message::Binary(_) => {
                             // Binary payloads come back to the sender untouched.
@@ -232,6 +241,13 @@ async fn two_hundred_members_broadcast_unicast_leave_kick(t: Transport) {
         .await
         .unwrap();
     assert_eq!(next_text(&mut members[5]).await, "just-you");
+    // An envelope the agent ignores takes its payload with it: the payload
+    // is never read as the next envelope (here, a kick of the sender).
+    members[5]
+        .send(Message::Text("bad-broadcast".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut members[5]).await, "still-here");
     // Binary round trip, bytes untouched.
     let blob: Vec<u8> = (0..=255u8).collect();
     members[6]

@@ -228,7 +228,13 @@ async fn json_bridge(ws: BackendWs, mut bridge: RoomsBridge) {
                     }
                 }
                 Err(ignored) => {
-                    warn!("{ignored}");
+                    warn!("{}", ignored.why);
+                    // A `send` or `broadcast` the bridge cannot use is still
+                    // followed by its payload: drop that too, or it would be
+                    // read as the next envelope.
+                    if ignored.payload_follows && next_payload(&mut rx).await.is_none() {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -254,13 +260,33 @@ pub enum Envelope {
     Broadcast { room: String, except: Option<u64> },
 }
 
+/// An envelope the bridge cannot act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// Why, as the line to log.
+    pub why: String,
+    /// The envelope's `type` is `send` or `broadcast`, so the backend's next
+    /// message is its payload and must be skipped with it.
+    pub payload_follows: bool,
+}
+
 /// Reads one text message from the rooms backend as an envelope. `Err` says
-/// why it is ignored, as the line to log: invalid JSON, an unknown `type`, a
-/// command without its `conn`, a broadcast without its `room`. A missing
-/// `code` is 1000 and a missing `reason` empty.
-pub fn parse_command(text: &str) -> Result<Envelope, String> {
-    let envelope: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("rooms backend sent invalid JSON ({e}); ignored"))?;
+/// why it is ignored: invalid JSON, an unknown `type`, a command without its
+/// `conn`, a broadcast without its `room`, a close code members cannot be
+/// sent. A missing `code` is 1000 and a missing `reason` empty.
+pub fn parse_command(text: &str) -> Result<Envelope, Ignored> {
+    let envelope: serde_json::Value = serde_json::from_str(text).map_err(|e| Ignored {
+        why: format!("rooms backend sent invalid JSON ({e}); ignored"),
+        payload_follows: false,
+    })?;
+    let payload_follows = matches!(envelope["type"].as_str(), Some("send" | "broadcast"));
+    parse_envelope(&envelope).map_err(|why| Ignored {
+        why,
+        payload_follows,
+    })
+}
+
+fn parse_envelope(envelope: &serde_json::Value) -> Result<Envelope, String> {
     let conn = envelope["conn"].as_u64();
     // A close code members can be sent (RFC 6455 §7.4): the backend's own
     // range 3000–4999, or a standard code an endpoint may send; anything
@@ -376,7 +402,7 @@ mod tests {
 
     #[test]
     fn unknown_or_malformed_envelopes_are_ignored_with_a_reason() {
-        let why = |text: &str| parse_command(text).unwrap_err();
+        let why = |text: &str| parse_command(text).unwrap_err().why;
         assert!(why("{").starts_with("rooms backend sent invalid JSON"));
         assert!(why("").starts_with("rooms backend sent invalid JSON"));
         assert_eq!(
@@ -400,11 +426,23 @@ mod tests {
     }
 
     #[test]
+    fn an_ignored_send_or_broadcast_still_owns_the_next_message() {
+        let follows = |text: &str| parse_command(text).unwrap_err().payload_follows;
+        assert!(follows(r#"{"type": "broadcast", "except": 7}"#));
+        assert!(follows(r#"{"type": "send"}"#));
+        assert!(follows(r#"{"type": "send", "conn": -1}"#));
+        assert!(follows(r#"{"type": "send", "conn": 7, "code": 70000}"#));
+        assert!(!follows(r#"{"type": "kick", "conn": 7, "code": 70000}"#));
+        assert!(!follows(r#"{"type": "accept"}"#));
+        assert!(!follows("{"));
+    }
+
+    #[test]
     fn close_codes_members_cannot_be_sent_are_refused() {
         for code in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 70_000] {
             let text = format!(r#"{{"type": "kick", "conn": 7, "code": {code}}}"#);
             assert!(
-                parse_command(&text).unwrap_err().contains("close code"),
+                parse_command(&text).unwrap_err().why.contains("close code"),
                 "{code}"
             );
         }
