@@ -78,6 +78,9 @@ pub struct AgentTable {
     /// Client ids whose last connection here went within the failover wait:
     /// their requests wait for a reconnection instead of failing at once.
     lost: TtlCache<()>,
+    /// Client ids whose older connections are being probed, each with
+    /// whether another connection arrived meanwhile (see `claim_sweep`).
+    sweeping: Mutex<HashMap<String, bool>>,
     total: AtomicUsize,
     next: AtomicUsize,
     max_agents: usize,
@@ -90,6 +93,7 @@ impl AgentTable {
             links: Mutex::new(HashMap::new()),
             inserted: Notify::new(),
             lost: TtlCache::new(failover_wait, max_agents.max(1)),
+            sweeping: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_agents,
@@ -177,6 +181,41 @@ impl AgentTable {
         }
     }
 
+    /// A new connection of `client_id` arrived: whether the caller should
+    /// start probing its older connections. `false` when a sweep is already
+    /// under way; that one then runs once more when it ends (`end_sweep`), so
+    /// a thousand connections arriving together cost a sweep per interval,
+    /// not a thousand sweeps of a thousand pings.
+    pub fn claim_sweep(&self, client_id: &str) -> bool {
+        let mut sweeping = self.sweeping.lock().expect("agent table poisoned");
+        match sweeping.get_mut(client_id) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                sweeping.insert(client_id.to_string(), false);
+                true
+            }
+        }
+    }
+
+    /// A sweep of `client_id` ended: whether to run another, because more
+    /// connections arrived meanwhile. `false` releases the claim.
+    pub fn end_sweep(&self, client_id: &str) -> bool {
+        let mut sweeping = self.sweeping.lock().expect("agent table poisoned");
+        match sweeping.get_mut(client_id) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                sweeping.remove(client_id);
+                false
+            }
+        }
+    }
+
     /// Every connection of `client_id` (live or not yet noticed dead).
     pub fn links_of(&self, client_id: &str) -> Vec<Arc<AgentLink>> {
         let links = self.links.lock().expect("agent table poisoned");
@@ -198,5 +237,29 @@ impl AgentTable {
     pub fn all(&self) -> Vec<Arc<AgentLink>> {
         let links = self.links.lock().expect("agent table poisoned");
         links.values().flatten().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_during_a_sweep_get_one_more_not_one_each() {
+        let table = AgentTable::new(10, 10, Duration::from_secs(5));
+        assert!(table.claim_sweep("a"), "the first arrival sweeps");
+        // A crowd arrives while it runs: none starts its own sweep…
+        for _ in 0..100 {
+            assert!(!table.claim_sweep("a"));
+        }
+        assert!(
+            table.claim_sweep("b"),
+            "other client ids sweep on their own"
+        );
+        // …and the running one goes round once more, then lets go.
+        assert!(table.end_sweep("a"));
+        assert!(!table.end_sweep("a"));
+        assert!(table.claim_sweep("a"), "released: the next arrival sweeps");
+        assert!(!table.end_sweep("b"));
     }
 }

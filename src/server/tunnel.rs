@@ -45,8 +45,10 @@ pub(super) async fn accept_agents(
         };
         let remote = incoming.remote_addr();
         // Turned away before any handshake work: too many peers mid-
-        // handshake, or an address that keeps failing to authenticate.
-        let permit = match shared.gate.admit(remote.ip()) {
+        // handshake for too long, or an address that keeps failing to
+        // authenticate. While this waits for a place, nothing else is
+        // accepted: later peers queue in the backlog, not in memory here.
+        let permit = match shared.gate.admit(remote.ip()).await {
             Ok(permit) => permit,
             Err(why) => {
                 debug!(%remote, ?why, "agent peer turned away at the gate");
@@ -201,6 +203,34 @@ async fn refuse(session: &Session, send: &mut SendStream, refusal: Refusal) {
     session.close(CloseCode::Refused, "refused");
 }
 
+/// A new connection for a client id that already has some is often the same
+/// agent restarted: ask the older ones whether they are still there, so a
+/// killed agent's connection stops taking requests at once. One sweep per
+/// client id at a time, each holding its turn for `probe_timeout`; arrivals
+/// meanwhile get one more sweep after it, which covers them all.
+fn sweep_older(shared: &Arc<Shared>, client_id: &str) {
+    if !shared.agents.claim_sweep(client_id) {
+        return;
+    }
+    let shared = shared.clone();
+    let client_id = client_id.to_string();
+    let sweep = async move {
+        let within = shared.config.probe_timeout;
+        loop {
+            let started = Instant::now();
+            let mut links = shared.agents.links_of(&client_id);
+            // The newest is the one that asked; it has just said Hello.
+            links.pop();
+            futures_util::future::join_all(links.iter().map(|l| l.check(within))).await;
+            tokio::time::sleep_until(started + within).await;
+            if !shared.agents.end_sweep(&client_id) {
+                break;
+            }
+        }
+    };
+    tokio::spawn(sweep.in_current_span());
+}
+
 /// Checks the Hello and records the connection; returns its `tunnel_ws_id`.
 async fn admit(
     shared: &Shared,
@@ -323,15 +353,7 @@ async fn run_admitted(
         return;
     }
     info!(transport = %session.kind(), remote = %session.remote_addr(), "agent connected");
-    // A new connection for a client id that already has some is often the
-    // same agent restarted: ask the older ones whether they are still there,
-    // so a killed agent's connection stops taking requests at once.
-    for older in shared.agents.links_of(&client_id) {
-        if older.tunnel_ws_id != tunnel_ws_id {
-            let within = config.probe_timeout;
-            tokio::spawn(async move { older.check(within).await }.in_current_span());
-        }
-    }
+    sweep_older(&shared, &client_id);
     let mut stopping = shutdown.clone();
     let leave = async move { stopping.wait().await };
     let on_goaway = |reason: String| {
