@@ -147,6 +147,10 @@ pub struct TuningArgs {
     /// UDP socket buffer size.
     #[arg(long, env = "WARREN_UDP_BUFFER", default_value_t = Size(TransportTuning::default().udp_buffer as u64))]
     udp_buffer: Size,
+    /// Least time between two QUIC stateless resets (paces how fast agents
+    /// of a crashed and restarted server learn of it; server only).
+    #[arg(long, env = "WARREN_RESET_INTERVAL", default_value_t = Human(TransportTuning::default().reset_interval))]
+    reset_interval: Human,
 }
 
 impl TuningArgs {
@@ -157,6 +161,7 @@ impl TuningArgs {
             max_streams: self.max_streams,
             idle_timeout: self.idle_timeout.0,
             udp_buffer: self.udp_buffer.0 as usize,
+            reset_interval: self.reset_interval.0,
         }
     }
 }
@@ -269,6 +274,10 @@ pub struct ServerArgs {
     /// Agent peers between connecting and a checked Hello, at once (more are turned away).
     #[arg(long, env = "WARREN_MAX_PENDING_AGENTS", default_value_t = GateLimits::default().max_pending)]
     max_pending_agents: usize,
+    /// How long the next agent peer waits for a pending place before it is
+    /// turned away.
+    #[arg(long, env = "WARREN_PENDING_WAIT", default_value_t = Human(GateLimits::default().pending_wait))]
+    pending_wait: Human,
     /// Failed agent authentications an address may have in a burst before it is turned away.
     #[arg(long, env = "WARREN_AUTH_FAILURE_BURST", default_value_t = GateLimits::default().failure_burst)]
     auth_failure_burst: u32,
@@ -361,6 +370,7 @@ impl ServerArgs {
             },
             gate: GateLimits {
                 max_pending: self.max_pending_agents,
+                pending_wait: self.pending_wait.0,
                 failure_burst: self.auth_failure_burst,
                 failure_refill: self.auth_failure_refill.0,
             },

@@ -53,8 +53,8 @@ impl Accepting {
 }
 
 impl Listener {
-    /// Binds UDP and TCP on `addr`. With port 0, both get the same free port.
-    /// Binds UDP and TCP on `addr`; `reset_secret` keys QUIC stateless resets
+    /// Binds UDP and TCP on `addr` (with port 0, both get the same free
+    /// port); `reset_secret` keys QUIC stateless resets
     /// (keep it stable across restarts: see `quic::Listener::bind`).
     pub async fn bind(
         addr: SocketAddr,

@@ -77,6 +77,7 @@ impl Listener {
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
+        endpoint_config.min_reset_interval(tuning.reset_interval);
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(config),
