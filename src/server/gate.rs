@@ -1,6 +1,9 @@
 //! The gate of the tunnel port: what an unauthenticated peer may cost. At
 //! most `max_pending_agents` peers may be between connecting and a checked
-//! Hello at once; an address that keeps failing authentication spends a
+//! Hello at once (the next waits up to `pending_wait` for a place, and the
+//! port accepts nothing meanwhile, so a crowd of reconnecting agents queues
+//! in the kernel's backlog and quinn's queue instead of being refused and
+//! backing off); an address that keeps failing authentication spends a
 //! token bucket and is then turned away before any handshake work; and the
 //! log gets one summary per interval instead of a line per attempt.
 
@@ -28,6 +31,9 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 pub struct GateLimits {
     /// Peers between connecting and a checked Hello, at once.
     pub max_pending: usize,
+    /// How long the next peer waits for a pending place before it is
+    /// turned away.
+    pub pending_wait: Duration,
     /// Failed authentications an address may have in a burst.
     pub failure_burst: u32,
     /// One more failure is allowed per this much time.
@@ -41,6 +47,10 @@ impl Default for GateLimits {
             // in flight keeps a 2-core box responsive while agents reconnect
             // in bulk after a restart.
             max_pending: 256,
+            // 1 s: a place frees up every few milliseconds while agents are
+            // admitted, and the agent's own handshake deadline is 5 s; a
+            // peer still waiting after 1 s means the server is overloaded.
+            pending_wait: Duration::from_secs(1),
             // 10 in a burst, then one per 6 s: a mistyped token is retried a
             // few times; a guessing flood gets ten tries a minute.
             failure_burst: 10,
@@ -89,16 +99,21 @@ impl Gate {
         }
     }
 
-    /// Lets a peer in, holding a pending place until its Hello is checked.
-    pub fn admit(&self, ip: IpAddr) -> Result<OwnedSemaphorePermit, Turned> {
+    /// Lets a peer in, holding a pending place until its Hello is checked;
+    /// waits up to `pending_wait` for a place when all are taken.
+    pub async fn admit(&self, ip: IpAddr) -> Result<OwnedSemaphorePermit, Turned> {
         if self.tokens(ip) < 1.0 {
             self.note(ip, |s| s.rate_limited += 1);
             return Err(Turned::RateLimited);
         }
-        self.pending.clone().try_acquire_owned().map_err(|_| {
-            self.note(ip, |s| s.busy += 1);
-            Turned::Busy
-        })
+        let place = self.pending.clone().acquire_owned();
+        match tokio::time::timeout(self.limits.pending_wait, place).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.note(ip, |s| s.busy += 1);
+                Err(Turned::Busy)
+            }
+        }
     }
 
     /// An authentication from `ip` failed: it spends one token.
@@ -170,35 +185,46 @@ mod tests {
     async fn failures_spend_a_bucket_that_refills() {
         let gate = Gate::new(GateLimits {
             max_pending: 2,
+            pending_wait: Duration::from_secs(1),
             failure_burst: 3,
             failure_refill: Duration::from_secs(6),
         });
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
-            drop(gate.admit(ip).unwrap());
+            drop(gate.admit(ip).await.unwrap());
             gate.failed(ip);
         }
-        assert_eq!(gate.admit(ip).err(), Some(Turned::RateLimited));
+        assert_eq!(gate.admit(ip).await.err(), Some(Turned::RateLimited));
         assert!(
-            gate.admit(other).is_ok(),
+            gate.admit(other).await.is_ok(),
             "other addresses are not affected"
         );
         tokio::time::advance(Duration::from_secs(7)).await;
-        assert!(gate.admit(ip).is_ok(), "a token came back");
+        assert!(gate.admit(ip).await.is_ok(), "a token came back");
     }
 
-    #[test]
-    fn pending_places_are_bounded() {
-        let gate = Gate::new(GateLimits {
+    #[tokio::test(start_paused = true)]
+    async fn pending_places_are_bounded_and_waited_for() {
+        let gate = Arc::new(Gate::new(GateLimits {
             max_pending: 2,
+            pending_wait: Duration::from_secs(1),
             ..GateLimits::default()
-        });
+        }));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let a = gate.admit(ip).unwrap();
-        let _b = gate.admit(ip).unwrap();
-        assert_eq!(gate.admit(ip).err(), Some(Turned::Busy));
+        let a = gate.admit(ip).await.unwrap();
+        let _b = gate.admit(ip).await.unwrap();
+        // All places taken and none freed: turned away after the wait.
+        let asked = Instant::now();
+        assert_eq!(gate.admit(ip).await.err(), Some(Turned::Busy));
+        assert_eq!(asked.elapsed(), Duration::from_secs(1));
+        // A place freed during the wait is taken.
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.admit(ip).await.is_ok() }
+        });
+        tokio::time::advance(Duration::from_millis(300)).await;
         drop(a);
-        assert!(gate.admit(ip).is_ok());
+        assert!(waiting.await.unwrap());
     }
 }
