@@ -92,14 +92,31 @@ impl Registry {
             url: redact(&url),
             source,
         };
+        let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
             // SQLite serialises writers anyway; a small pool avoids lock churn.
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .max_connections(if sqlite { 4 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Under WAL, NORMAL syncs at checkpoints instead of on
+                        // every commit: a power cut may lose the last few
+                        // connection rows (rebuilt as agents reconnect), never
+                        // corrupt the file. FULL made every admission wait on
+                        // an fsync, so 1,000 agents returning to a restarted
+                        // server queued for seconds.
+                        sqlx::query("PRAGMA synchronous=NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
             .await
             .map_err(open_err)?;
-        if backend == Backend::Sqlite {
+        if sqlite {
             // WAL lets readers proceed while a writer commits.
             sqlx::query("PRAGMA journal_mode=WAL")
                 .execute(&pool)
