@@ -164,7 +164,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     // 7 steps per target and run (3 targets), 2 raw, 2 idle, 2 fallback, …
     let mut progress = Progress {
         done: 0,
-        total: 7 * 3 * runs + 9,
+        total: 7 * 3 * runs + 11,
         started: Instant::now(),
     };
 
@@ -200,11 +200,11 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         // A warm-up transfer first (window growth, allocator, caches), then
         // the best of three: a ceiling taken from one cold run reads low and
         // makes every "≥ x× raw" look better than it is.
-        raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk / 4).await?;
+        raw::push(kind, raw_addr, &raw_fp, sizes.bulk / 4).await?;
         let mut best: Option<(f64, f64)> = None;
         for _ in 0..3 {
             let (cpu0, me0) = (raw.cpu_seconds(), procs::cpu_seconds(std::process::id()));
-            let secs = raw::fetch(kind, raw_addr, &raw_fp, sizes.bulk).await?;
+            let secs = raw::push(kind, raw_addr, &raw_fp, sizes.bulk).await?;
             let cpu = raw.cpu_seconds() - cpu0 + procs::cpu_seconds(std::process::id()) - me0;
             let run = (mbps(sizes.bulk, secs), cpu / (sizes.bulk as f64 / GIB));
             if !matches!(best, Some(b) if run.0 <= b.0) {
@@ -253,18 +253,14 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
 
     // Idle agents: server memory per connected idle agent.
     let mut idle_per_agent = Vec::new();
+    let mut reconnects = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
         progress.step(&format!("{} idle agents over {kind}", sizes.idle_agents));
-        let server = Server::start(
-            &bin,
-            &dir,
-            &format!("idle-{kind}"),
-            &[
-                "--max-connections-per-client".into(),
-                (sizes.idle_agents + 10).to_string(),
-            ],
-        )
-        .await?;
+        let idle_extra = [
+            "--max-connections-per-client".into(),
+            (sizes.idle_agents + 10).to_string(),
+        ];
+        let server = Server::start(&bin, &dir, &format!("idle-{kind}"), &idle_extra).await?;
         let token = server.issue("idle").await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = server.proc.rss();
@@ -295,6 +291,20 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         idle_per_agent
             // Signed: a drop shows as a drop, not as a met target of zero.
             .push((after as f64 - before as f64) / sizes.idle_agents as f64 / 1024.0);
+        progress.step(&format!(
+            "server kill -9 under {} {kind} agents",
+            sizes.idle_agents
+        ));
+        let (server, back) = server
+            .crash_and_restart(
+                &bin,
+                &dir,
+                &format!("idle-{kind}"),
+                &idle_extra,
+                sizes.idle_agents,
+            )
+            .await?;
+        reconnects.push(back);
         agents.stop().await;
         server.proc.stop().await;
     }
@@ -457,6 +467,43 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
             .tunnel(q, w)
             .target("≤ 16 KiB", 16.0, true),
     );
+    let idle = format!("idle, {} agents", sizes.idle_agents);
+    let back = |f: fn(&Reconnects) -> Option<f64>| {
+        // Not back within 30 s reads as 30 s: it fails the target visibly.
+        let at = |r: Option<&Reconnects>| r.map(|r| f(r).unwrap_or(30.0));
+        (at(reconnects.first()), at(reconnects.get(1)))
+    };
+    let (q, w) = back(|r| r.first);
+    rows.push(
+        Row::new(
+            &idle,
+            "server kill -9 + restart: first agent back",
+            "s",
+            Better::Lower,
+        )
+        .tunnel(q, w),
+    );
+    let (q, w) = back(|r| r.half);
+    rows.push(
+        Row::new(
+            &idle,
+            "server kill -9 + restart: half back",
+            "s",
+            Better::Lower,
+        )
+        .tunnel(q, w),
+    );
+    let (q, w) = back(|r| r.all);
+    rows.push(
+        Row::new(
+            &idle,
+            "server kill -9 + restart: all back",
+            "s",
+            Better::Lower,
+        )
+        .tunnel(q, w)
+        .target("≤ 3 s", 3.0, true),
+    );
     rows.push(
         Row::new(
             &format!("idle clients, {}", sizes.idle_clients),
@@ -499,23 +546,34 @@ impl Server {
         name: &str,
         extra: &[String],
     ) -> Result<Server, BenchError> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Server::start_at(bin, dir, name, extra, any, any).await
+    }
+
+    /// Starts a server on the given addresses (port 0: any), with the
+    /// registry and certificate of `name` in `dir`, kept across restarts.
+    async fn start_at(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        extra: &[String],
+        api: SocketAddr,
+        tunnel: SocketAddr,
+    ) -> Result<Server, BenchError> {
         let database = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         // Create the registry before the server so tokens can be issued at once.
         Registry::open(&database)
             .await
             .map_err(|e| BenchError::new(e.to_string()))?;
-        let mut args: Vec<String> = [
-            "server",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--tunnel-listen",
-            "127.0.0.1:0",
-            "--node-id",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--api-listen".into(),
+            api.to_string(),
+            "--tunnel-listen".into(),
+            tunnel.to_string(),
+            "--node-id".into(),
+            name.into(),
+        ];
         args.extend(["--database-url".into(), database.clone()]);
         args.extend(["--certs".into(), dir.join("certs").display().to_string()]);
         args.extend(extra.iter().cloned());
@@ -598,25 +656,27 @@ impl Server {
         Proc::spawn(bin, &args, &log, &[]).await
     }
 
-    /// Waits until the server reports `n` connected agents.
-    async fn wait_agents(&self, n: usize) -> Result<(), BenchError> {
+    /// Connected agents, as `/_warren/health` reports them (None: no answer).
+    async fn agents(&self) -> Option<u64> {
+        use http_body_util::BodyExt;
         let target = Target {
             addr: self.api,
             client_id: None,
         };
+        let mut sender = load::connect(&target).await.ok()?;
+        let resp = load::send(&mut sender, &target, "/_warren/health", None)
+            .await
+            .ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).ok()?["agents"].as_u64()
+    }
+
+    /// Waits until the server reports `n` connected agents.
+    async fn wait_agents(&self, n: usize) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(mut sender) = load::connect(&target).await {
-                if let Ok(resp) = load::send(&mut sender, &target, "/_warren/health", None).await {
-                    use http_body_util::BodyExt;
-                    if let Ok(body) = resp.into_body().collect().await {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
-                        if v["agents"].as_u64() == Some(n as u64) {
-                            return Ok(());
-                        }
-                    }
-                }
+            if self.agents().await == Some(n as u64) {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -624,6 +684,51 @@ impl Server {
             "{n} agents did not connect within 60 s"
         )))
     }
+
+    /// Kills the server (SIGKILL), starts it again at once on the same
+    /// addresses, registry and certificate, and times how its `n` agents come
+    /// back, from the moment the new process listens.
+    async fn crash_and_restart(
+        self,
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        extra: &[String],
+        n: usize,
+    ) -> Result<(Server, Reconnects), BenchError> {
+        let (api, tunnel) = (self.api, self.tunnel);
+        self.proc.stop().await;
+        let server = Server::start_at(bin, dir, name, extra, api, tunnel).await?;
+        let started = Instant::now();
+        let mut marks = Reconnects::default();
+        // A QUIC agent hears of the crash from its next keep-alive's stateless
+        // reset; 30 s is far past any bound worth measuring.
+        while started.elapsed() < Duration::from_secs(30) {
+            let back = server.agents().await.unwrap_or(0) as usize;
+            let at = started.elapsed().as_secs_f64();
+            if back > 0 && marks.first.is_none() {
+                marks.first = Some(at);
+            }
+            if back * 2 >= n && marks.half.is_none() {
+                marks.half = Some(at);
+            }
+            if back >= n {
+                marks.all = Some(at);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((server, marks))
+    }
+}
+
+/// When the agents of a crashed and restarted server were back, in seconds
+/// after the restart (None: not within 30 s).
+#[derive(Default, Clone, Copy)]
+struct Reconnects {
+    first: Option<f64>,
+    half: Option<f64>,
+    all: Option<f64>,
 }
 
 /// The HTTP scenarios against one target; `procs` = [server, agent] when tunnelled.
@@ -751,10 +856,17 @@ fn rows(
             .target("≥ 0.75× raw", 0.75, false),
     );
     rows.push(
-        Row::new(&bulk, "CPU server+agent vs raw", "s/GiB", Better::Lower)
-            .baselines(Some(raw[0].1), Some(raw[1].1))
-            .tunnel(q.bulk_cpu_per_gib, w.bulk_cpu_per_gib)
-            .target("≤ 1.3× raw", 1.3, false),
+        // Role for role: raw sender + receiver against agent + server, the
+        // bytes going from the dialing side to the listening side in both.
+        Row::new(
+            &bulk,
+            "CPU server+agent vs raw peers",
+            "s/GiB",
+            Better::Lower,
+        )
+        .baselines(Some(raw[0].1), Some(raw[1].1))
+        .tunnel(q.bulk_cpu_per_gib, w.bulk_cpu_per_gib)
+        .target("≤ 1.3× raw", 1.3, false),
     );
     let (pq, pw) = both(|f| f.parallel_mbps);
     rows.push(
