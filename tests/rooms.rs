@@ -114,9 +114,12 @@ async fn backend() -> Backend {
                             // A broadcast the agent must ignore (no room),
                             // whose payload looks like a kick of the sender:
                             // the agent skips it whole, then sends the ack.
-                            let _ = out.send(json(serde_json::json!({"type": "broadcast", "except": conn})));
+                            let _ = out.send(json(
+                                serde_json::json!({"type": "broadcast", "except": conn}),
+                            ));
                             let _ = out.send(json(serde_json::json!({"type": "kick", "conn": conn, "code": 4000, "reason": "smuggled"})));
-                            let _ = out.send(json(serde_json::json!({"type": "send", "conn": conn})));
+                            let _ =
+                                out.send(json(serde_json::json!({"type": "send", "conn": conn})));
                             let _ = out.send(Message::Text("still-here".into()));
                         }
                         Message::Text(t) => m.lock().unwrap().push(t.as_str().to_string()),
