@@ -6,6 +6,11 @@
 //! (SHA-256); every one that was cut is an error to its client, never a
 //! clean short body. Afterwards nothing is left over: one registry row for
 //! the one live agent, and the server's memory back near where it was.
+//!
+//! The same mix also runs through a two-node cluster on MariaDB while either
+//! node process is SIGKILLed and restarted at random
+//! (`WARREN_SOAK_NODE_KILLS`): afterwards both nodes are registered, and the
+//! agent has exactly one row and one live connection on each.
 
 mod common;
 
@@ -24,7 +29,10 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio_tungstenite::tungstenite::Message;
 
-over_transports!(mixed_requests_through_agent_kills);
+over_transports!(
+    mixed_requests_through_agent_kills,
+    mixed_requests_through_node_kills,
+);
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -310,4 +318,161 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
         "server memory did not keep growing: {rss_start} KiB → {rss_end} KiB"
     );
     drop(agent);
+}
+
+async fn mixed_requests_through_node_kills(t: Transport) {
+    let Some(url) = mysql_url() else { return };
+    let requests = env_or("WARREN_SOAK_REQUESTS", 600);
+    let kills = env_or("WARREN_SOAK_NODE_KILLS", 3);
+    let clients = 8;
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let registry = warren::registry::Registry::open(&url).await.unwrap();
+    let client_id = unique("soak");
+    let token = warren::auth::issue_token(&registry, &client_id)
+        .await
+        .unwrap();
+    let upstream = warren::sample::SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ids = [unique("soak-a"), unique("soak-b")];
+    let mut nodes = Vec::new();
+    for id in &ids {
+        nodes.push(node_process(&url, &certs, id).await);
+    }
+    let apis: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.api.parse().unwrap()).collect();
+    // One agent process, one connection to each node.
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["agent", "--client-id", &client_id, "--token", &token])
+        .args(["--server", &nodes[0].tunnel, "--server", &nodes[1].tunnel])
+        .args(["--connections", "2", "--upstream", &upstream.url()])
+        .args(["--transport", t.flag(), "--backoff-max", "500ms"])
+        .arg("--ca")
+        .arg(certs.join("server.pem"))
+        .env("WARREN_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let on_both = |registry: warren::registry::Registry, client_id: String| async move {
+        let mut rows: Vec<String> = registry
+            .connections_for(&client_id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.node_id)
+            .collect();
+        rows.sort();
+        rows
+    };
+    let mut expected = ids.to_vec();
+    expected.sort();
+    let spread = eventually(Duration::from_secs(20), || {
+        let (registry, client_id, expected) =
+            (registry.clone(), client_id.clone(), expected.clone());
+        async move { on_both(registry, client_id).await == expected }
+    })
+    .await;
+    assert!(spread, "the agent holds one connection on each node");
+
+    let tally = Arc::new(Tally::default());
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (tally, next, id) = (tally.clone(), next.clone(), client_id.clone());
+        let apis = apis.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return;
+                }
+                // Half through each node: a killed node refuses its share at
+                // connect, and the other node's requests for the agent's
+                // connection on it are cut or refused, each with an error.
+                one(apis[i % 2], &id, i, &tally).await;
+            }
+        }));
+    }
+    // The chaos: SIGKILL a node at random, restart it at once on the same
+    // addresses and node id.
+    let chaos = {
+        let done = done.clone();
+        let (url, certs, ids) = (url.clone(), certs.clone(), ids.clone());
+        async move {
+            let mut killed = 0;
+            while killed < kills && !done.load(Ordering::Relaxed) {
+                let wait = 200 + rand::random::<u64>() % 600;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let n = rand::random::<u64>() as usize % 2;
+                let node = &mut nodes[n];
+                node.child.start_kill().unwrap();
+                node.child.wait().await.unwrap();
+                let addrs = [node.api.clone(), node.tunnel.clone(), node.cluster.clone()];
+                *node =
+                    node_process_on(&url, &certs, &ids[n], [&addrs[0], &addrs[1], &addrs[2]]).await;
+                killed += 1;
+            }
+            (nodes, killed)
+        }
+    };
+    let workers_done = async {
+        for w in workers {
+            w.await.expect("no silent corruption or truncation");
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    let ((nodes, killed), ()) = tokio::time::timeout(Duration::from_secs(170), async {
+        tokio::join!(chaos, workers_done)
+    })
+    .await
+    .expect("the soak finishes");
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let failed = tally.failed_loudly.load(Ordering::Relaxed);
+    eprintln!(
+        "{t:?}: {requests} requests via two nodes, {killed} node kills: {ok} complete and exact, {failed} cut or refused with an error"
+    );
+    assert_eq!(ok + failed, requests);
+    assert!(
+        ok > requests / 2,
+        "most requests complete ({ok} of {requests})"
+    );
+
+    // Afterwards: both nodes registered, the agent back on each with one row
+    // per node (a killed node's rows replaced, not piled up) and one live
+    // connection per node.
+    let back = eventually(Duration::from_secs(20), || {
+        let (registry, client_id, expected) =
+            (registry.clone(), client_id.clone(), expected.clone());
+        async move { on_both(registry, client_id).await == expected }
+    })
+    .await;
+    assert!(
+        back,
+        "one row on each node at the end: {:?}",
+        on_both(registry.clone(), client_id.clone()).await
+    );
+    let node_ids = registry.node_ids().await.unwrap();
+    assert!(ids.iter().all(|id| node_ids.contains(id)), "{node_ids:?}");
+    for api in &apis {
+        let health = format!("http://{api}/_warren/health");
+        let one_each = eventually(Duration::from_secs(15), || {
+            let url = health.clone();
+            async move {
+                match client()
+                    .request(http::Request::get(url).body(empty()).unwrap())
+                    .await
+                {
+                    Ok(resp) => json(resp).await["agents"] == 1,
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(one_each, "{api}: exactly one live agent connection");
+    }
+    let _ = agent.start_kill();
+    drop(nodes);
 }

@@ -2,6 +2,9 @@
 //! real HTTP client. Shared by the end-to-end test files.
 #![allow(dead_code)]
 
+mod nodes;
+pub use nodes::*;
+
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
 use bytes::Bytes;
@@ -469,7 +472,9 @@ pub async fn ws_upgrade(
     protocol: Option<&str>,
 ) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
     let mut req = http::Request::get(format!("ws://{addr}{path}"))
         .header("host", addr.to_string())
         .header("connection", "Upgrade")
