@@ -22,21 +22,13 @@ over_transports!(
     the_token_can_come_from_a_file,
 );
 
-async fn wait_exit(child: &mut tokio::process::Child) -> (i32, String) {
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+async fn wait_exit(agent: &mut WarrenProcess) -> (i32, String) {
+    let status = tokio::time::timeout(Duration::from_secs(15), agent.wait())
         .await
         .expect("agent exits on its own")
         .unwrap();
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    (status.code().unwrap_or(-1), stderr)
+    assert!(agent.log.closed(Duration::from_secs(5)).await);
+    (status.code().unwrap_or(-1), agent.log.text())
 }
 
 async fn wrong_token_is_refused_and_agent_exits(t: Transport) {
@@ -55,7 +47,7 @@ async fn wrong_token_is_refused_and_agent_exits(t: Transport) {
 
 async fn unknown_client_id_is_refused_and_agent_exits(t: Transport) {
     let stack = Stack::server_only(StackOptions::new(t)).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["agent", "--server", &stack.tunnel.to_string()])
         .args(["--client-id", "never-issued", "--token", &stack.token])
         .args(["--upstream", &stack.upstream.url()])
@@ -65,7 +57,8 @@ async fn unknown_client_id_is_refused_and_agent_exits(t: Transport) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (code, stderr) = wait_exit(&mut child).await;
+    let mut agent = WarrenProcess::new(child, "the agent process");
+    let (code, stderr) = wait_exit(&mut agent).await;
     assert_eq!(code, 2, "stderr:\n{stderr}");
     assert!(
         stderr.contains("no token was ever issued"),
@@ -382,7 +375,6 @@ async fn a_real_ca_chain_is_trusted(t: Transport) {
 /// wait for Welcome runs out; once the registry is back, the agent connects.
 async fn a_registry_outage_reaches_the_agent_as_a_refusal(t: Transport) {
     use sqlx::Connection;
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let url = format!("sqlite://{}", stack.dir.path().join("warren.db").display());
     let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -390,34 +382,27 @@ async fn a_registry_outage_reaches_the_agent_as_a_refusal(t: Transport) {
         .execute(&mut writer)
         .await
         .unwrap();
-    let mut child = stack.spawn_agent_process(&stack.token, &[]);
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let refused = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("cannot reach its registry") {
-                return true;
-            }
-            assert!(
-                !line.contains("no Welcome"),
-                "the agent must hear the refusal, not time out: {line}"
-            );
-        }
-        false
-    })
-    .await
-    .expect("the agent hears about the outage in time");
-    assert!(refused);
+    let agent = stack.spawn_agent_process(&stack.token, &[]);
+    let refused = agent
+        .log
+        .wait_for("cannot reach its registry", Duration::from_secs(30))
+        .await;
+    assert!(refused, "the agent hears about the outage in time");
+    let timed_out: Vec<String> = agent
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("no Welcome"))
+        .collect();
+    assert!(
+        timed_out.is_empty(),
+        "the agent must hear the refusal, not time out: {timed_out:?}"
+    );
     sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
-    let connected = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("connected") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .expect("the agent connects once the registry is back");
+    let connected = agent
+        .log
+        .wait_for("connected", Duration::from_secs(30))
+        .await;
     assert!(connected);
     assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
 }

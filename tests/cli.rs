@@ -294,3 +294,26 @@ async fn the_server_raises_its_open_file_limit() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("open-file limit raised from 256"), "{log}");
 }
+
+/// The harness's own guard: a spawned process that panics (here a shell
+/// printing what Rust's panic handler prints) fails the test that spawned
+/// it when its stderr watch is dropped, even if every response was right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_spawned_process_fails_its_test() {
+    let spawn = |text: &str| {
+        tokio::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s\\n' \"{text}\" >&2")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn("thread 'tokio-rt-worker' panicked at src/server/api.rs:1:1:");
+    let watch = StderrWatch::on(&mut child, "sh");
+    assert!(watch.closed(Duration::from_secs(5)).await);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(watch)));
+    assert!(dropped.is_err(), "the panic line fails the test");
+    let mut child = spawn("WARN warren::agent: connection lost; reconnecting");
+    let watch = StderrWatch::on(&mut child, "sh");
+    assert!(watch.closed(Duration::from_secs(5)).await);
+    drop(watch);
+}

@@ -69,7 +69,6 @@ async fn a_body_that_goes_quiet_is_cut_off_as_an_error(t: Transport) {
 /// handshake work; the log has a few lines, not several per attempt; and the
 /// agent that was already connected goes on serving.
 async fn a_wrong_token_flood_is_rate_limited_and_summarised(t: Transport) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     use warren_proto::{Control, RefusalCode, MAX_CONTROL_FRAME};
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let dir = stack.dir.path();
@@ -127,14 +126,8 @@ async fn a_wrong_token_flood_is_rate_limited_and_summarised(t: Transport) {
     assert_eq!(get(&url).await.status(), StatusCode::OK);
 
     server.child.start_kill().unwrap();
-    let stderr = server.child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    while let Ok(Ok(Some(line))) =
-        tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
-    {
-        log.push(line);
-    }
+    assert!(server.log.closed(Duration::from_secs(5)).await);
+    let log = server.log.lines();
     let about_refusals = log
         .iter()
         .filter(|l| l.contains("refused") || l.contains("gate") || l.contains("handshake"))

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 over_transports!(
     a_killed_agent_restarted_fails_no_request,
@@ -27,21 +26,9 @@ fn default_heartbeat(opts: &mut StackOptions) {
     opts.server.heartbeat = warren::server::ServerConfig::default().heartbeat;
 }
 
-async fn wait_for_line(child: &mut tokio::process::Child, needle: &str) {
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let found = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(needle) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+async fn wait_for_line(process: &WarrenProcess, needle: &str) {
+    let found = process.log.wait_for(needle, Duration::from_secs(15)).await;
     assert!(found, "the process logged {needle:?}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
 async fn a_killed_agent_restarted_fails_no_request(t: Transport) {
@@ -49,7 +36,7 @@ async fn a_killed_agent_restarted_fails_no_request(t: Transport) {
     default_heartbeat(&mut opts);
     let stack = Stack::server_only(opts).await;
     let mut agent = stack.spawn_agent_process(&stack.token, &[]);
-    wait_for_line(&mut agent, "connected").await;
+    wait_for_line(&agent, "connected").await;
     let url = stack.url("/bytes/1000");
     let expected = warren::sample::pattern().slice(0..1000);
     let check = move |phase: &'static str| {
@@ -77,7 +64,7 @@ async fn a_killed_agent_restarted_fails_no_request(t: Transport) {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut restarted = stack.spawn_agent_process(&stack.token, &[]);
-    wait_for_line(&mut restarted, "connected").await;
+    wait_for_line(&restarted, "connected").await;
     tokio::time::timeout(Duration::from_secs(30), during)
         .await
         .expect("requests caught by the restart complete")
@@ -93,26 +80,19 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let dir = stack.dir.path();
     // The first start picks a free port; the restart takes the same one.
-    let ServerProcess {
-        child: mut server,
-        api,
-        tunnel,
-    } = server_process(dir, "127.0.0.1:0", &[], false).await;
-    let tunnel = tunnel.to_string();
+    let mut server = server_process(dir, "127.0.0.1:0", &[], false).await;
+    let tunnel = server.tunnel.to_string();
     let token = issue_process_token(dir, &stack.client_id).await;
     let mut agent = stack.agent_process_to(&tunnel, &token, &["--backoff-max", "1s"]);
-    wait_for_line(&mut agent, "connected").await;
+    wait_for_line(&agent, "connected").await;
     let url =
         |api: std::net::SocketAddr| format!("http://{api}/bytes/100?clientId={}", stack.client_id);
-    assert_eq!(get(&url(api)).await.status(), StatusCode::OK);
+    assert_eq!(get(&url(server.api)).await.status(), StatusCode::OK);
 
-    server.start_kill().unwrap();
-    server.wait().await.unwrap();
-    let ServerProcess {
-        child: mut server,
-        api,
-        ..
-    } = server_process(dir, &tunnel, &[], false).await;
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+    let mut server = server_process(dir, &tunnel, &[], false).await;
+    let api = server.api;
     let started = tokio::time::Instant::now();
     let back = eventually(Duration::from_secs(20), || {
         let url = url(api);
@@ -134,7 +114,7 @@ async fn a_killed_server_restarted_gets_its_agents_back_in_seconds(t: Transport)
         "back in {took:?}, not after an idle timeout"
     );
     agent.start_kill().unwrap();
-    server.start_kill().unwrap();
+    server.child.start_kill().unwrap();
 }
 
 /// SIGTERM: the server stops accepting clients and tells its agents GoAway,
@@ -146,7 +126,7 @@ async fn sigterm_lets_requests_in_flight_finish(t: Transport) {
     let mut server = server_process(dir, "127.0.0.1:0", &["--drain-grace", "20s"], false).await;
     let token = issue_process_token(dir, &stack.client_id).await;
     let mut agent = stack.agent_process_to(&server.tunnel.to_string(), &token, &[]);
-    wait_for_line(&mut agent, "connected").await;
+    wait_for_line(&agent, "connected").await;
     let base = format!("http://{}", server.api);
     let len = 3_000_000usize;
     let url = format!(

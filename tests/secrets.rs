@@ -6,29 +6,13 @@
 
 mod common;
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use common::*;
 use http::StatusCode;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    sync::Mutex,
-};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 over_transports!(no_token_at_trace);
-
-/// Collects every stderr line of `child` in the background.
-fn collect(child: &mut tokio::process::Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut reader = BufReader::new(child.stderr.take().expect("piped")).lines();
-    let sink = lines.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = reader.next_line().await {
-            sink.lock().await.push(line);
-        }
-    });
-    lines
-}
 
 fn assert_absent(log: &[String], secret: &str, what: &str) {
     let hex = hex::encode(secret.as_bytes());
@@ -61,7 +45,7 @@ async fn no_token_at_trace(t: Transport) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let server_log = collect(&mut server);
+    let server_log = StderrWatch::on(&mut server, "the server process");
     let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
     let (mut api, mut tunnel) = (String::new(), String::new());
     while let Ok(Some(line)) = out.next_line().await {
@@ -100,7 +84,7 @@ async fn no_token_at_trace(t: Transport) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let agent_log = collect(&mut agent);
+    let agent_log = StderrWatch::on(&mut agent, "the agent process");
 
     let base = format!("http://{api}");
     let url = format!("{base}/bytes/100000?clientId={}", stack.client_id);
@@ -166,9 +150,10 @@ async fn no_token_at_trace(t: Transport) {
     server.start_kill().unwrap();
     let _ = agent.wait().await;
     let _ = server.wait().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut log = server_log.lock().await.clone();
-    log.extend(agent_log.lock().await.iter().cloned());
+    assert!(server_log.closed(Duration::from_secs(5)).await);
+    assert!(agent_log.closed(Duration::from_secs(5)).await);
+    let mut log = server_log.lines();
+    log.extend(agent_log.lines());
     assert!(
         log.len() > 100 && log.iter().any(|l| l.contains("TRACE")),
         "the processes really logged at trace ({} lines)",

@@ -195,7 +195,7 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
             .await
             .unwrap();
     let spawn_agent = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .args([
                 "agent",
                 "--server",
@@ -209,10 +209,11 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
             .arg(stack.ca_path())
             .env("WARREN_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap()
+            .unwrap();
+        WarrenProcess::new(child, "the agent process")
     };
     let mut agent = spawn_agent();
     let api = server.api;
@@ -343,7 +344,7 @@ async fn mixed_requests_through_node_kills(t: Transport) {
     }
     let apis: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.api.parse().unwrap()).collect();
     // One agent process, one connection to each node.
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+    let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["agent", "--client-id", &client_id, "--token", &token])
         .args(["--server", &nodes[0].tunnel, "--server", &nodes[1].tunnel])
         .args(["--connections", "2", "--upstream", &upstream.url()])
@@ -352,9 +353,11 @@ async fn mixed_requests_through_node_kills(t: Transport) {
         .arg(certs.join("server.pem"))
         .env("WARREN_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut agent = WarrenProcess::new(agent, "the agent process");
     let on_both = |registry: warren::registry::Registry, client_id: String| async move {
         let mut rows: Vec<String> = registry
             .connections_for(&client_id)

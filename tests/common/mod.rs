@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 mod nodes;
+mod process;
+#[allow(unused_imports)] // not every test file runs cluster nodes
 pub use nodes::*;
+pub use process::*;
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
@@ -330,20 +333,15 @@ impl Stack {
     }
 
     /// Spawns `warren agent` as a real process.
-    pub fn spawn_agent_process(&self, token: &str, extra: &[&str]) -> tokio::process::Child {
+    pub fn spawn_agent_process(&self, token: &str, extra: &[&str]) -> WarrenProcess {
         self.agent_process_to(&self.tunnel.to_string(), token, extra)
     }
 
     /// `warren agent` as a real process for this stack's client id, upstream
     /// and CA, dialing `tunnel` (e.g. a server process's); logs at info on a
-    /// piped stderr.
-    pub fn agent_process_to(
-        &self,
-        tunnel: &str,
-        token: &str,
-        extra: &[&str],
-    ) -> tokio::process::Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+    /// watched stderr.
+    pub fn agent_process_to(&self, tunnel: &str, token: &str, extra: &[&str]) -> WarrenProcess {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("agent")
             .args(["--server", tunnel])
             .args(["--client-id", &self.client_id])
@@ -358,7 +356,8 @@ impl Stack {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn warren agent")
+            .expect("spawn warren agent");
+        WarrenProcess::new(child, "the agent process")
     }
 }
 
@@ -593,13 +592,13 @@ pub async fn served(url: &str, within: Duration) -> bool {
 /// `warren server` as a real process (so it can be killed, or its log read).
 pub struct ServerProcess {
     pub child: tokio::process::Child,
+    pub log: StderrWatch,
     pub api: SocketAddr,
     pub tunnel: SocketAddr,
 }
 
 /// Starts `warren server` on `tunnel` (e.g. `127.0.0.1:0`) with its registry
-/// and certificates in `dir`; with `log`, stderr is piped (at info) for the
-/// test to read, else discarded.
+/// and certificates in `dir`; it logs at info with `log`, else at warn.
 pub async fn server_process(
     dir: &std::path::Path,
     tunnel: &str,
@@ -622,10 +621,11 @@ pub async fn server_process(
         .args(extra)
         .env("WARREN_LOG", if log { "info" } else { "warn" })
         .stdout(Stdio::piped())
-        .stderr(if log { Stdio::piped() } else { Stdio::null() })
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let log = StderrWatch::on(&mut child, "the server process");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut api, mut tunnel) = (None, None);
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -644,6 +644,7 @@ pub async fn server_process(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     ServerProcess {
         child,
+        log,
         api: api.expect("API address printed"),
         tunnel: tunnel.expect("tunnel address printed"),
     }

@@ -11,6 +11,7 @@ pub const SECRET: &str = "test-cluster-secret-0123456789";
 /// A node as a real process, so it can be killed with SIGKILL.
 pub struct NodeProcess {
     pub child: tokio::process::Child,
+    pub log: super::StderrWatch,
     pub api: String,
     pub tunnel: String,
     pub cluster: String,
@@ -40,9 +41,11 @@ pub async fn node_process_on(
             std::env::var("NODE_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let log = super::StderrWatch::on(&mut child, &format!("node {id}"));
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut api, mut tunnel, mut cluster) = (None, None, None);
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -64,6 +67,7 @@ pub async fn node_process_on(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     NodeProcess {
         child,
+        log,
         api: api.expect("API address printed"),
         tunnel: tunnel.expect("tunnel address printed"),
         cluster: cluster.expect("cluster address printed"),
