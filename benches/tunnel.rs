@@ -1,5 +1,6 @@
-//! `cargo bench --bench tunnel [-- --quick] [-- --out DIR] [-- --runs N]`: the end-to-end
-//! harness (see `warren::bench`), using the `warren` binary cargo built.
+//! `cargo bench --bench tunnel [-- --quick] [-- --out DIR] [-- --runs N]
+//! [-- --audio LISTENERS SECONDS]`: the end-to-end harness (see
+//! `warren::bench`), using the `warren` binary cargo built.
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -22,11 +23,17 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(if quick { 1 } else { 3 });
+    let audio = args.iter().position(|a| a == "--audio").and_then(|i| {
+        let listeners = args.get(i + 1)?.parse().ok()?;
+        let seconds = args.get(i + 2)?.parse().ok()?;
+        Some((listeners, std::time::Duration::from_secs(seconds)))
+    });
     let options = warren::bench::BenchOptions {
         quick,
         out,
         warren: env!("CARGO_BIN_EXE_warren").into(),
         runs,
+        audio,
     };
     if let Err(e) = runtime.block_on(warren::bench::run(options)) {
         eprintln!("\n{e}");

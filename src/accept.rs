@@ -1,7 +1,10 @@
-//! Accepting TCP connections without spinning: a failed accept (typically
-//! EMFILE, out of file descriptors) pauses briefly instead of retrying at once.
-//! Every TCP listener uses it: the client API, the cluster link and the
-//! WebSocket side of the tunnel port. And the descriptors to accept with: at
+//! Listening and accepting TCP connections: a listen backlog sized for bursts
+//! (the 128 that `TcpListener::bind` asks for overflows when a few hundred
+//! clients connect at once, and each overflow costs its client a 1 s
+//! retransmission), and no spinning: a failed accept (typically EMFILE, out
+//! of file descriptors) pauses briefly instead of retrying at once. Every TCP
+//! listener uses it: the client API, the cluster link and the WebSocket side
+//! of the tunnel port. And the descriptors to accept with: at
 //! start the server raises its soft limit to the hard one (1,024 by default
 //! on Linux, which a thousand idle clients would exhaust).
 
@@ -12,6 +15,24 @@ use tokio::net::{TcpListener, TcpStream};
 /// Pause after a failed accept: long enough for closing connections to free
 /// descriptors, short enough that clients barely notice.
 const BACKOFF: Duration = Duration::from_millis(50);
+
+/// Default listen backlog: 4,096 connections may wait for `accept` (a room's
+/// worth of listeners seeking at once, a thousand agents returning after a
+/// restart); the kernel caps it at `net.core.somaxconn`.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with room for `backlog` connections waiting to
+/// be accepted (address reuse on, as `TcpListener::bind` has it).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// The next accepted connection; `what` names the listener in the log.
 pub async fn next(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {

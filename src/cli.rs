@@ -58,6 +58,10 @@ pub enum Command {
         /// default 3, or 1 with --quick.
         #[arg(long)]
         runs: Option<usize>,
+        /// Audio listeners and track seconds instead of the run's own, e.g.
+        /// `--quick --audio 500 30` for the full audio scenario alone at size.
+        #[arg(long, num_args = 2, value_names = ["LISTENERS", "SECONDS"])]
+        audio: Vec<u64>,
     },
     /// Benchmark helper: a raw transport peer (no HTTP, no tunnel).
     #[command(hide = true)]
@@ -227,6 +231,10 @@ pub struct ServerArgs {
     /// Concurrent client HTTP connections.
     #[arg(long, env = "WARREN_MAX_CLIENT_CONNECTIONS", default_value_t = ServerConfig::default().max_client_connections)]
     max_client_connections: usize,
+    /// Connections each TCP listener lets wait for accept (capped by the
+    /// kernel's net.core.somaxconn).
+    #[arg(long, env = "WARREN_LISTEN_BACKLOG", default_value_t = ServerConfig::default().listen_backlog)]
+    listen_backlog: u32,
     /// Time an agent has for its TLS/QUIC handshake plus its Hello.
     #[arg(long, env = "WARREN_HANDSHAKE_TIMEOUT", default_value_t = Human(ServerConfig::default().handshake_timeout))]
     handshake_timeout: Human,
@@ -350,6 +358,7 @@ impl ServerArgs {
             max_agents: self.max_agents,
             max_connections_per_client: self.max_connections_per_client,
             max_client_connections: self.max_client_connections,
+            listen_backlog: self.listen_backlog,
             handshake_timeout: self.handshake_timeout.0,
             open_stream_timeout: self.open_stream_timeout.0,
             response_timeout: self.response_timeout.0,

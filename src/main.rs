@@ -96,14 +96,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             wait_for_signal().await;
             Ok(())
         }
-        Command::Bench { quick, out, runs } => {
+        Command::Bench {
+            quick,
+            out,
+            runs,
+            audio,
+        } => {
             let warren = std::env::current_exe().context("locating the warren binary")?;
             let runs = runs.unwrap_or(if quick { 1 } else { 3 });
+            let audio = match audio.as_slice() {
+                [listeners, seconds] => Some((
+                    *listeners as usize,
+                    std::time::Duration::from_secs(*seconds),
+                )),
+                _ => None,
+            };
             warren::bench::run(warren::bench::BenchOptions {
                 quick,
                 out,
                 warren,
                 runs,
+                audio,
             })
             .await?;
             Ok(())

@@ -40,7 +40,6 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 
 use crate::control::AbortOnDrop;
 
@@ -131,7 +130,8 @@ impl Drop for OpenBody {
 
 impl SampleUpstream {
     pub async fn spawn(addr: SocketAddr) -> std::io::Result<SampleUpstream> {
-        let listener = TcpListener::bind(addr).await?;
+        // A real service's backlog, so bursts of listeners are not dropped.
+        let listener = crate::accept::bind(addr, crate::accept::DEFAULT_BACKLOG)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let task_stats = stats.clone();

@@ -160,6 +160,8 @@ pub struct Listening {
     pub expected: u64,
     /// Longest wait between two chunks (or before the first, after a seek).
     pub worst_gap: Duration,
+    /// Longest wait for a response's first bytes (the start, or the seek).
+    pub worst_first_bytes: Duration,
     /// Playing time the bytes cover divided by the wall time they took.
     pub rate: f64,
 }
@@ -180,6 +182,7 @@ pub async fn listen(
     let mut sender = connect(target).await?;
     let started = Instant::now();
     let mut worst_gap = Duration::ZERO;
+    let mut worst_first_bytes = Duration::ZERO;
     let mut bytes = 0u64;
     for (range, want) in [(None, half), (Some(half), track_bytes - half)] {
         let asked = Instant::now();
@@ -191,6 +194,9 @@ pub async fn listen(
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
+                        if got == 0 {
+                            worst_first_bytes = worst_first_bytes.max(asked.elapsed());
+                        }
                         got += data.len() as u64;
                         worst_gap = worst_gap.max(last.elapsed());
                         last = Instant::now();
@@ -212,6 +218,7 @@ pub async fn listen(
         bytes,
         expected: track_bytes,
         worst_gap,
+        worst_first_bytes,
         rate: playing / started.elapsed().as_secs_f64(),
     })
 }

@@ -32,6 +32,7 @@ pub async fn serve(listen: SocketAddr, certs: &Path) -> Result<(), BenchError> {
         tls,
         &TransportTuning::default(),
         identity.reset_secret(),
+        crate::accept::DEFAULT_BACKLOG,
     )
     .await
     .map_err(|e| BenchError::new(e.to_string()))?;

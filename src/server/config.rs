@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     /// Concurrent client HTTP connections.
     pub max_client_connections: usize,
+    /// Connections each TCP listener (client API, tunnel, cluster link) lets
+    /// wait for `accept`.
+    pub listen_backlog: u32,
     /// Time allowed for an agent's QUIC handshake plus Hello.
     pub handshake_timeout: Duration,
     /// Time a client request may wait for a stream when the agent is at its limit.
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             max_agents: 10_000,
             max_connections_per_client: 8,
             max_client_connections: 10_000,
+            listen_backlog: crate::accept::DEFAULT_BACKLOG,
             handshake_timeout: Duration::from_secs(10),
             open_stream_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),

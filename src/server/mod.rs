@@ -106,17 +106,19 @@ impl Server {
             identity.server_config()?,
             &config.tuning,
             identity.reset_secret(),
+            config.listen_backlog,
         )
         .await
         .map_err(|source| ServerError::TunnelBind {
             addr: config.tunnel_listen,
             source,
         })?;
-        let api = TcpListener::bind(config.api_listen)
-            .await
-            .map_err(|source| ServerError::ApiBind {
-                addr: config.api_listen,
-                source,
+        let api =
+            crate::accept::bind(config.api_listen, config.listen_backlog).map_err(|source| {
+                ServerError::ApiBind {
+                    addr: config.api_listen,
+                    source,
+                }
             })?;
         let (cluster, cluster_listener) = match &config.cluster {
             None => (None, None),
@@ -124,12 +126,13 @@ impl Server {
                 if cc.secret.expose().len() < 16 {
                     return Err(ServerError::WeakSecret);
                 }
-                let listener = TcpListener::bind(cc.listen).await.map_err(|source| {
-                    ServerError::ClusterBind {
-                        addr: cc.listen,
-                        source,
-                    }
-                })?;
+                let listener =
+                    crate::accept::bind(cc.listen, config.listen_backlog).map_err(|source| {
+                        ServerError::ClusterBind {
+                            addr: cc.listen,
+                            source,
+                        }
+                    })?;
                 let bound = listener
                     .local_addr()
                     .map_err(|source| ServerError::ClusterBind {

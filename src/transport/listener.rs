@@ -54,13 +54,15 @@ impl Accepting {
 
 impl Listener {
     /// Binds UDP and TCP on `addr` (with port 0, both get the same free
-    /// port); `reset_secret` keys QUIC stateless resets
+    /// port), the TCP side with room for `backlog` waiting connections;
+    /// `reset_secret` keys QUIC stateless resets
     /// (keep it stable across restarts: see `quic::Listener::bind`).
     pub async fn bind(
         addr: SocketAddr,
         tls: rustls::ServerConfig,
         tuning: &TransportTuning,
         reset_secret: [u8; 32],
+        backlog: u32,
     ) -> Result<Self, TransportError> {
         // With port 0 the UDP port is picked first; if its TCP twin is taken,
         // try again (a handful of times) with another.
@@ -69,7 +71,7 @@ impl Listener {
         for _ in 0..attempts {
             let quic = quic::Listener::bind(addr, tls.clone(), tuning, reset_secret)?;
             let port = quic.local_addr()?.port();
-            match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            match crate::accept::bind(SocketAddr::new(addr.ip(), port), backlog) {
                 Ok(tcp) => {
                     let mut ws_tls = tls.clone();
                     ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
