@@ -38,10 +38,11 @@ const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        // tungstenite allocates its read buffer up front for every connection;
-        // 32 KiB (rather than 128) keeps idle agents cheap, and TLS hands over
-        // at most 16 KiB records per read anyway.
-        .read_buffer_size(32 * 1024)
+        // tungstenite allocates its read buffer up front for every connection.
+        // 16 KiB, one TLS record: an idle WebSocket agent costs the server
+        // 54 KiB instead of 70 (1,000 agents), and 512 MiB downloads ran no
+        // slower than with 32 KiB (~500 vs ~460 MB/s, three runs each).
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
