@@ -183,3 +183,40 @@ async fn sigterm_lets_requests_in_flight_finish(t: Transport) {
     assert!(status.success(), "a clean exit: {status}");
     agent.start_kill().unwrap();
 }
+
+/// A client that connected just before SIGTERM and sends its request just
+/// after still gets its answer: the server does not close a connection that
+/// has not had its first request yet as if it were idle (seen as a rare lost
+/// request in the rolling-restart test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_sigterm_gets_its_first_request_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::server_only(StackOptions::new(Transport::Quic)).await;
+    let mut server = server_process(stack.dir.path(), "127.0.0.1:0", &[], false).await;
+    let mut early = tokio::net::TcpStream::connect(server.api).await.unwrap();
+    // Accepted by the server (not just by the kernel) before the signal.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = server.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    early
+        .write_all(b"GET /_warren/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), early.read_to_end(&mut answer))
+        .await
+        .expect("answered, then closed")
+        .expect("not reset");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
+        .await
+        .expect("the server exits")
+        .unwrap();
+    assert!(status.success());
+}

@@ -3,7 +3,7 @@
 //! endpoints, then an agent on this node, then (in a cluster) the node that
 //! holds the agent, else "not connected".
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -27,7 +27,7 @@ use crate::{
 
 /// How long a new client waits for the place of an idle connection it
 /// displaced (that connection closes at once; this bounds the wait).
-const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const SHED_WAIT: Duration = Duration::from_millis(500);
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
     let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
@@ -95,6 +95,11 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
     }
 }
 
+/// How long a connection accepted just before shutdown began gets to start
+/// its first request: a client sends it right after connecting, so this only
+/// matters on a loaded machine.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves one client connection. Without `shutdown` (a connection taken
 /// from the backlog after shutdown began) it answers one request and closes.
 fn spawn_connection(
@@ -140,8 +145,25 @@ fn spawn_connection(
         let result = tokio::select! {
             result = conn.as_mut() => result,
             _ = stopping => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                // Just accepted, nothing read yet: its first request may be
+                // in the socket already. Let it start (then finish) rather
+                // than close the connection under it as idle.
+                let early = if registration.state.served() {
+                    None
+                } else {
+                    tokio::select! {
+                        result = conn.as_mut() => Some(result),
+                        _ = registration.state.request_started() => None,
+                        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+                    }
+                };
+                match early {
+                    Some(result) => result,
+                    None => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
             }
             _ = registration.state.shed.notified() => {
                 debug!(%peer, "idle keep-alive connection closed to make room");

@@ -20,6 +20,10 @@ pub(super) struct ConnState {
     busy: AtomicUsize,
     /// Told when this connection should close to make room.
     pub shed: Notify,
+    /// Told when a request starts (a permit waits if no one listens yet).
+    started: Notify,
+    /// Whether any request ever started on this connection.
+    served: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -27,7 +31,22 @@ impl ConnState {
     /// response body, when it has one).
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
+        self.started.notify_one();
         Busy(self.clone())
+    }
+
+    /// Whether a request ever started here: a connection accepted moments
+    /// ago may hold its first request unread, and closing it as idle would
+    /// drop that request unanswered.
+    pub fn served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a request starts (at once if one did since the last
+    /// call).
+    pub async fn request_started(&self) {
+        self.started.notified().await
     }
 }
 
