@@ -16,7 +16,10 @@ pub fn spawn_trimmer() {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            trim();
+            // On the blocking pool: a trim with much to return takes
+            // milliseconds, which every task queued on a worker would wait
+            // through (audio streams among them).
+            let _ = tokio::task::spawn_blocking(trim).await;
         }
     });
 }
