@@ -180,6 +180,81 @@ async fn one(api: std::net::SocketAddr, client_id: &str, i: usize, tally: &Tally
     }
 }
 
+/// Whether the server at `api` reports exactly one connected agent (waiting
+/// up to 15 s for it).
+async fn one_agent_connection(api: std::net::SocketAddr) -> bool {
+    let health = format!("http://{api}/_warren/health");
+    eventually(Duration::from_secs(15), || {
+        let url = health.clone();
+        async move {
+            match client()
+                .request(http::Request::get(url).body(empty()).unwrap())
+                .await
+            {
+                Ok(resp) => json(resp).await["agents"] == 1,
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// Sends `requests` requests of the mix from `clients` workers at once
+/// (request `i` through `apis[i % apis.len()]`) while `chaos` runs; `chaos`
+/// is told through its flag when the requests are done, and stops. Panics on
+/// a silent corruption or truncation; returns what `chaos` returned, with the
+/// requests complete and exact and those that failed loudly.
+async fn under_chaos<T>(
+    what: &str,
+    apis: Vec<std::net::SocketAddr>,
+    client_id: &str,
+    requests: usize,
+    clients: usize,
+    chaos: impl std::future::Future<Output = T>,
+    done: Arc<AtomicBool>,
+) -> T {
+    let tally = Arc::new(Tally::default());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (tally, next, id, apis) = (
+            tally.clone(),
+            next.clone(),
+            client_id.to_string(),
+            apis.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return;
+                }
+                one(apis[i % apis.len()], &id, i, &tally).await;
+            }
+        }));
+    }
+    let workers_done = async {
+        for w in workers {
+            w.await.expect("no silent corruption or truncation");
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    let (chaos, ()) = tokio::time::timeout(Duration::from_secs(170), async {
+        tokio::join!(chaos, workers_done)
+    })
+    .await
+    .expect("the soak finishes");
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let failed = tally.failed_loudly.load(Ordering::Relaxed);
+    eprintln!("{what}: {requests} requests: {ok} complete and exact, {failed} cut or refused with an error");
+    assert_eq!(ok + failed, requests);
+    assert!(
+        ok > requests / 2,
+        "most requests complete ({ok} of {requests})"
+    );
+    chaos
+}
+
 async fn mixed_requests_through_agent_kills(t: Transport) {
     let requests = env_or("WARREN_SOAK_REQUESTS", 400);
     let kills = env_or("WARREN_SOAK_KILLS", 4);
@@ -218,7 +293,6 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
     let mut agent = spawn_agent();
     let api = server.api;
     let id = stack.client_id.clone();
-    let health = format!("http://{api}/_warren/health");
     let up = served(
         &format!("http://{api}/bytes/10?clientId={id}"),
         Duration::from_secs(15),
@@ -228,22 +302,7 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
     let server_pid = server.child.id().unwrap();
     let rss_start = rss_kib(server_pid);
 
-    let tally = Arc::new(Tally::default());
-    let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..clients {
-        let (tally, next, id) = (tally.clone(), next.clone(), stack.client_id.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    return;
-                }
-                one(api, &id, i, &tally).await;
-            }
-        }));
-    }
     // The chaos: SIGKILL the agent at random moments, restart it at once.
     let chaos = {
         let done = done.clone();
@@ -260,44 +319,24 @@ async fn mixed_requests_through_agent_kills(t: Transport) {
             (agent, killed)
         }
     };
-    let workers_done = async {
-        for w in workers {
-            w.await.expect("no silent corruption or truncation");
-        }
-        done.store(true, Ordering::Relaxed);
-    };
-    let ((agent, killed), ()) = tokio::time::timeout(Duration::from_secs(170), async {
-        tokio::join!(chaos, workers_done)
-    })
-    .await
-    .expect("the soak finishes");
-    let ok = tally.ok.load(Ordering::Relaxed);
-    let failed = tally.failed_loudly.load(Ordering::Relaxed);
-    eprintln!(
-        "{t:?}: {requests} requests, {killed} agent kills: {ok} complete and exact, {failed} cut or refused with an error"
-    );
-    assert_eq!(ok + failed, requests);
-    assert!(
-        ok > requests / 2,
-        "most requests complete ({ok} of {requests})"
-    );
+    let (agent, killed) = under_chaos(
+        &format!("{t:?}, agent kills"),
+        vec![api],
+        &stack.client_id,
+        requests,
+        clients,
+        chaos,
+        done,
+    )
+    .await;
+    eprintln!("{t:?}: {killed} agent kills");
 
     // Afterwards: the agent is back, one row for its one connection, and the
     // server holds nothing for the connections that died.
-    let back = eventually(Duration::from_secs(15), || {
-        let url = health.clone();
-        async move {
-            match client()
-                .request(http::Request::get(url).body(empty()).unwrap())
-                .await
-            {
-                Ok(resp) => json(resp).await["agents"] == 1,
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
-    assert!(back, "exactly one live agent connection at the end");
+    assert!(
+        one_agent_connection(api).await,
+        "exactly one live agent connection at the end"
+    );
     let rows = eventually(Duration::from_secs(15), || {
         let registry = registry.clone();
         let id = stack.client_id.clone();
@@ -379,26 +418,10 @@ async fn mixed_requests_through_node_kills(t: Transport) {
     .await;
     assert!(spread, "the agent holds one connection on each node");
 
-    let tally = Arc::new(Tally::default());
-    let next = Arc::new(AtomicUsize::new(0));
+    // Half the requests through each node: a killed node refuses its share
+    // at connect, and the other node's requests for the agent's connection
+    // on it are cut or refused, each with an error.
     let done = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..clients {
-        let (tally, next, id) = (tally.clone(), next.clone(), client_id.clone());
-        let apis = apis.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    return;
-                }
-                // Half through each node: a killed node refuses its share at
-                // connect, and the other node's requests for the agent's
-                // connection on it are cut or refused, each with an error.
-                one(apis[i % 2], &id, i, &tally).await;
-            }
-        }));
-    }
     // The chaos: SIGKILL a node at random, restart it at once on the same
     // addresses and node id.
     let chaos = {
@@ -421,27 +444,17 @@ async fn mixed_requests_through_node_kills(t: Transport) {
             (nodes, killed)
         }
     };
-    let workers_done = async {
-        for w in workers {
-            w.await.expect("no silent corruption or truncation");
-        }
-        done.store(true, Ordering::Relaxed);
-    };
-    let ((nodes, killed), ()) = tokio::time::timeout(Duration::from_secs(170), async {
-        tokio::join!(chaos, workers_done)
-    })
-    .await
-    .expect("the soak finishes");
-    let ok = tally.ok.load(Ordering::Relaxed);
-    let failed = tally.failed_loudly.load(Ordering::Relaxed);
-    eprintln!(
-        "{t:?}: {requests} requests via two nodes, {killed} node kills: {ok} complete and exact, {failed} cut or refused with an error"
-    );
-    assert_eq!(ok + failed, requests);
-    assert!(
-        ok > requests / 2,
-        "most requests complete ({ok} of {requests})"
-    );
+    let (nodes, killed) = under_chaos(
+        &format!("{t:?}, node kills"),
+        apis.clone(),
+        &client_id,
+        requests,
+        clients,
+        chaos,
+        done,
+    )
+    .await;
+    eprintln!("{t:?}: {killed} node kills");
 
     // Afterwards: both nodes registered, the agent back on each with one row
     // per node (a killed node's rows replaced, not piled up) and one live
@@ -460,21 +473,10 @@ async fn mixed_requests_through_node_kills(t: Transport) {
     let node_ids = registry.node_ids().await.unwrap();
     assert!(ids.iter().all(|id| node_ids.contains(id)), "{node_ids:?}");
     for api in &apis {
-        let health = format!("http://{api}/_warren/health");
-        let one_each = eventually(Duration::from_secs(15), || {
-            let url = health.clone();
-            async move {
-                match client()
-                    .request(http::Request::get(url).body(empty()).unwrap())
-                    .await
-                {
-                    Ok(resp) => json(resp).await["agents"] == 1,
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-        assert!(one_each, "{api}: exactly one live agent connection");
+        assert!(
+            one_agent_connection(*api).await,
+            "{api}: exactly one live agent connection"
+        );
     }
     let _ = agent.start_kill();
     drop(nodes);
