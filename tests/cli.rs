@@ -143,11 +143,7 @@ async fn demo_serves_the_sample_through_the_tunnel_and_stops_on_sigint() {
     let body = read_body(resp).await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("sample upstream behind warren"));
 
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
+    signal(&child, "-INT");
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("demo stops on Ctrl-C")
@@ -228,11 +224,7 @@ async fn server_and_agent_processes() {
     assert_eq!(body, warren::sample::pattern().slice(0..1000));
 
     for child in [&mut agent, &mut server] {
-        let pid = child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        signal(child, "-TERM");
         let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
             .await
             .expect("stops on SIGTERM")

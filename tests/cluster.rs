@@ -532,12 +532,7 @@ async fn a_rolling_restart_under_load_loses_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for n in 0..2 {
         let node = &mut nodes[n];
-        let pid = node.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        signal(&node.child, "-TERM");
         let status = tokio::time::timeout(Duration::from_secs(40), node.child.wait())
             .await
             .expect("the node drains and exits")

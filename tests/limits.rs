@@ -209,15 +209,7 @@ async fn a_burst_of_clients_waits_in_the_backlog() {
     let stack = Stack::server_only(StackOptions::new(Transport::Quic)).await;
     let dir = stack.dir.path();
     let server = server_process(dir, "127.0.0.1:0", &[], false).await;
-    let pid = server.child.id().unwrap().to_string();
-    let signal = |sig: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    signal(&server.child, "-STOP");
     let connects: Vec<_> = (0..600)
         .map(|_| {
             tokio::spawn(tokio::time::timeout(
@@ -232,7 +224,7 @@ async fn a_burst_of_clients_waits_in_the_backlog() {
             held.push(stream);
         }
     }
-    signal("-CONT");
+    signal(&server.child, "-CONT");
     assert_eq!(
         held.len(),
         600,

@@ -143,12 +143,7 @@ async fn sigterm_lets_requests_in_flight_finish(t: Transport) {
         all.extend_from_slice(&frame.into_data().unwrap_or_default());
     }
 
-    let pid = server.child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&server.child, "-TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // New clients are turned away while the old request drains.
     let refused = client()
@@ -196,12 +191,7 @@ async fn a_connection_accepted_before_sigterm_gets_its_first_request_answered() 
     let mut early = tokio::net::TcpStream::connect(server.api).await.unwrap();
     // Accepted by the server (not just by the kernel) before the signal.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = server.child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&server.child, "-TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     early
         .write_all(b"GET /_warren/health HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -58,6 +58,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A response other than 200 must be a server error (the agent or node it
+/// needed is gone): it counts as failed loudly.
+fn refused_loudly(i: usize, resp: &http::Response<hyper::body::Incoming>) -> bool {
+    assert!(
+        resp.status().is_server_error(),
+        "request {i}: unexpected status {}",
+        resp.status()
+    );
+    false
+}
+
 /// One request of the mix; panics on a silent corruption or truncation.
 async fn one(api: std::net::SocketAddr, client_id: &str, i: usize, tally: &Tally) {
     let sizes = [1024u64, 64 * 1024, 1 << 20, 4 << 20];
@@ -99,14 +110,7 @@ async fn one(api: std::net::SocketAddr, client_id: &str, i: usize, tally: &Tally
                         Err(_) => false,
                     }
                 }
-                Ok(resp) => {
-                    assert!(
-                        resp.status().is_server_error(),
-                        "request {i}: unexpected status {}",
-                        resp.status()
-                    );
-                    false
-                }
+                Ok(resp) => refused_loudly(i, &resp),
                 Err(_) => false,
             }
         }
@@ -130,14 +134,7 @@ async fn one(api: std::net::SocketAddr, client_id: &str, i: usize, tally: &Tally
                     }
                     Err(_) => false,
                 },
-                Ok(resp) => {
-                    assert!(
-                        resp.status().is_server_error(),
-                        "request {i}: {}",
-                        resp.status()
-                    );
-                    false
-                }
+                Ok(resp) => refused_loudly(i, &resp),
                 Err(_) => false,
             }
         }

@@ -48,6 +48,17 @@ impl std::ops::DerefMut for WarrenProcess {
     }
 }
 
+/// Sends `signal` (`"-TERM"`, `"-STOP"`, …) to a running child, through
+/// kill(1); fails the test if it cannot.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the process is running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill(1) runs");
+    assert!(sent.success(), "kill {signal} {pid} failed");
+}
+
 /// A child's standard error, line by line.
 pub struct StderrWatch {
     what: String,
