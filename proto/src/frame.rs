@@ -19,9 +19,16 @@ pub enum FrameError {
     Encode(String),
 }
 
+/// Initial buffer for an encoded frame: a request or response head with a
+/// dozen ordinary headers fits.
+const FIRST_CAPACITY: usize = 512;
+
 /// Encodes `msg` as one frame (prefix + payload), refusing payloads over `limit`.
 pub fn encode_frame<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; LEN_PREFIX];
+    // Room for a typical head up front: growing from empty costs a handful
+    // of reallocations per message.
+    let mut out = Vec::with_capacity(FIRST_CAPACITY);
+    out.extend_from_slice(&[0u8; LEN_PREFIX]);
     out = postcard::to_extend(msg, out).map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = out.len() - LEN_PREFIX;
     if len > limit {

@@ -166,6 +166,7 @@ pub enum WsMessage {
 pub struct Payload {
     /// A WebSocket text message (UTF-8), else binary.
     pub text: bool,
+    #[serde(with = "bytes")]
     pub data: Vec<u8>,
 }
 
@@ -249,6 +250,7 @@ pub struct RequestHead {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub name: String,
+    #[serde(with = "bytes")]
     pub value: Vec<u8>,
 }
 
@@ -388,5 +390,50 @@ mod tests {
             refusal.message,
             "agent speaks protocol 1, this server speaks 2; upgrade the older side"
         );
+    }
+}
+
+/// `Vec<u8>` fields as serde bytes. On the wire this is exactly what a
+/// sequence of `u8` is in postcard (a varint length, then the bytes), so
+/// nothing changes for a peer; decoding copies the bytes in one go instead
+/// of visiting them one by one.
+mod bytes {
+    use std::fmt;
+
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Visitor)
+    }
+
+    struct Visitor;
+
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        // Self-describing formats may hand bytes over as a sequence.
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
     }
 }

@@ -26,12 +26,7 @@ pub(super) async fn forward(
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!(
-        "request",
-        client_id = %link.client_id,
-        conn = %link.tunnel_ws_id,
-        request_id
-    );
+    let span = tracing::info_span!(parent: &link.span, "request", request_id);
     let mut resp = exchange(shared, link, req, target, peer, request_id)
         .instrument(span)
         .await;

@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-use http::{header, HeaderMap, HeaderValue, StatusCode};
-use warren_proto::{FrameError, Mode, Open, Reply, RequestHead, ResetCode};
+use http::{header, StatusCode};
+use warren_proto::{FrameError, Header, Mode, Open, Reply, RequestHead, ResetCode};
 
 use super::{agents::AgentLink, reply::Failure, state::Shared};
 use crate::{
@@ -123,7 +123,8 @@ pub(super) async fn read_reply(
 }
 
 /// The head sent to the agent: end-to-end headers only (warren's own removed),
-/// with the forwarding headers added.
+/// with the forwarding headers added. Built in one pass over the client's
+/// headers, straight into their wire form.
 pub(super) fn request_head(
     parts: &http::request::Parts,
     request_id: u64,
@@ -132,50 +133,77 @@ pub(super) fn request_head(
     body: bool,
     peer: SocketAddr,
 ) -> RequestHead {
-    let mut headers = parts.headers.clone();
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    let headers = &parts.headers;
+    // Only a request with a Connection header can name more hop-by-hop ones.
+    let listed = if headers.contains_key(header::CONNECTION) {
+        headers::connection_listed(headers)
+    } else {
+        Vec::new()
+    };
+    let mut wire = Vec::with_capacity(headers.len() + 3);
+    let mut chain: Vec<&[u8]> = Vec::new();
+    let (mut has_proto, mut has_host) = (false, false);
+    for (name, value) in headers {
+        if headers::is_hop_by_hop(name)
+            || listed.contains(name)
+            || name == CLIENT_HEADER
+            || name == MODE_HEADER
+        {
+            continue;
+        }
+        if name == FORWARDED_FOR {
+            // Re-sent below as one value, with the client's address appended.
+            chain.push(value.as_bytes());
+            continue;
+        }
+        has_proto |= name == FORWARDED_PROTO;
+        has_host |= name == FORWARDED_HOST;
+        wire.push(Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        });
+    }
+    // X-Forwarded-For: the chain so far (as proxies do), then this client.
+    let ip = peer.ip().to_string();
+    let mut xff = Vec::with_capacity(ip.len() + chain.iter().map(|v| v.len() + 2).sum::<usize>());
+    for link in chain {
+        xff.extend_from_slice(link);
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(ip.as_bytes());
+    wire.push(Header {
+        name: FORWARDED_FOR.to_owned(),
+        value: xff,
     });
-    headers::strip_hop_by_hop(&mut headers);
-    headers.remove(CLIENT_HEADER);
-    headers.remove(MODE_HEADER);
-    add_forwarded(&mut headers, peer, host);
+    // X-Forwarded-Proto and -Host, unless an earlier proxy set them.
+    if !has_proto {
+        wire.push(Header {
+            name: FORWARDED_PROTO.to_owned(),
+            value: b"http".to_vec(),
+        });
+    }
+    if !has_host {
+        let host = headers
+            .get(header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+        if let Some(host) = host {
+            wire.push(Header {
+                name: FORWARDED_HOST.to_owned(),
+                value: host.to_vec(),
+            });
+        }
+    }
     RequestHead {
         request_id,
         method: parts.method.as_str().to_owned(),
         uri,
-        headers: headers::to_wire(&headers),
+        headers: wire,
         mode,
         body,
     }
 }
 
-/// Adds `X-Forwarded-For` (appending to any existing chain, as proxies do),
-/// and `X-Forwarded-Proto`/`-Host` unless an earlier proxy already set them.
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
-    let ip = peer.ip().to_string();
-    let chain: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if chain.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", chain.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-    if let Some(host) = host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", host);
-        }
-    }
-}
+const FORWARDED_FOR: &str = "x-forwarded-for";
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+const FORWARDED_HOST: &str = "x-forwarded-host";

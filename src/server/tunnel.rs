@@ -313,6 +313,7 @@ async fn run_admitted(
         rooms_auth,
         liveness: Default::default(),
         suspect_at: Default::default(),
+        span: tracing::Span::current(),
     });
     let liveness = link.liveness.clone();
     let refusal = match shared.agents.insert(link) {

@@ -30,7 +30,7 @@ pub(super) async fn pass_through(
         }
     };
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("websocket", client_id = %link.client_id, conn = %link.tunnel_ws_id, request_id);
+    let span = tracing::info_span!(parent: &link.span, "websocket", request_id);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let slot = upgrade::ConnectionSlot::of(&req);
     let (mut parts, _) = req.into_parts();
