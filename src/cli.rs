@@ -458,6 +458,9 @@ pub struct AgentArgs {
     /// A request body from the server that stalls this long is cut off.
     #[arg(long, env = "WARREN_BODY_IDLE_TIMEOUT", default_value_t = Human(agent_defaults().upstream.body_idle_timeout))]
     body_idle_timeout: Human,
+    /// Idle keep-alive connections kept open to the local service.
+    #[arg(long, env = "WARREN_UPSTREAM_MAX_IDLE", default_value_t = agent_defaults().upstream.max_idle)]
+    upstream_max_idle: usize,
     /// Send the client's Host header to the local service instead of its own.
     #[arg(long, env = "WARREN_PRESERVE_HOST")]
     preserve_host: bool,
@@ -539,6 +542,7 @@ impl AgentArgs {
                 preserve_host: self.preserve_host,
                 ws: self.ws.limits(),
                 body_idle_timeout: self.body_idle_timeout.0,
+                max_idle: self.upstream_max_idle,
             },
             tuning: self.tuning.tuning(),
             connect_timeout: self.connect_timeout.0,

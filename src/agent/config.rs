@@ -79,6 +79,7 @@ impl AgentConfig {
                 ws: crate::websocket::WsLimits::default(),
                 // 5 min: the server's own default for response bodies.
                 body_idle_timeout: Duration::from_secs(300),
+                max_idle: super::upstream::DEFAULT_MAX_IDLE,
             },
             transport: TransportChoice::Auto,
             trust,

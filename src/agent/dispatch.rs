@@ -45,13 +45,14 @@ impl Dispatch {
             }
             Open::WebSocket(head) => {
                 let span = tracing::info_span!("websocket", request_id = head.request_id);
-                self.upstream
-                    .websocket(head, send, recv, max_head)
+                // Boxed, as is the rooms arm: every stream's task is as large
+                // as its largest arm, and plain requests are the common case.
+                Box::pin(self.upstream.websocket(head, send, recv, max_head))
                     .instrument(span)
                     .await
             }
             Open::Rooms => match &self.rooms {
-                Some(rooms) => rooms.serve(send, recv, max_head).await,
+                Some(rooms) => Box::pin(rooms.serve(send, recv, max_head)).await,
                 None => {
                     let message = "this agent has no rooms backend (--rooms-upstream)".to_string();
                     let _ = upstream::reply_error(

@@ -8,13 +8,14 @@
 //! Inside: `config` (what it is told), `slot` (one kept connection per
 //! `--connections`: the reconnect loop, the QUIC re-probe), `dial` (addresses,
 //! transports, the race), `session` (Hello, serve, drain), `dispatch` (where
-//! each opened stream goes: `upstream` for HTTP and WebSockets, `rooms`),
-//! `backoff`, `status`.
+//! each opened stream goes: `upstream` for HTTP and WebSockets, over `pool`'s
+//! keep-alive connections; `rooms`), `backoff`, `status`.
 
 mod backoff;
 mod config;
 mod dial;
 mod dispatch;
+mod pool;
 pub mod rooms;
 mod session;
 mod slot;

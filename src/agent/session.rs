@@ -149,13 +149,16 @@ pub(super) async fn serve(
             while let Some((send, recv)) = session.accept().await {
                 let dispatch = dispatch.clone();
                 let guard = InFlight::enter(&in_flight);
-                tokio::spawn(
+                // Boxed: a stream's future is a few KiB, and spawning moves
+                // it through several frames (a copy each) where a box moves
+                // a pointer.
+                tokio::spawn(Box::pin(
                     async move {
                         let _guard = guard;
                         dispatch.serve_stream(send, recv, max_head).await
                     }
                     .in_current_span(),
-                );
+                ));
             }
         };
         let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(100)));

@@ -4,19 +4,16 @@
 //! so the client sees an error rather than a clean short body; a server that
 //! stops reading (client gone) makes us drop the upstream request at once.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use tracing::{debug, info, warn};
 use warren_proto::{ErrorKind, Reply, RequestHead, ResetCode, ResponseHead, StreamError};
 
+use super::pool::Pool;
 use crate::{
     body::{self, TunnelBody},
     headers,
@@ -47,12 +44,25 @@ pub struct UpstreamConfig {
     /// A request body from the server that stalls this long is cut off (the
     /// service sees an error, never a clean short body).
     pub body_idle_timeout: Duration,
+    /// Idle keep-alive connections kept to the service (more are closed).
+    pub max_idle: usize,
 }
 
+/// Default for [`UpstreamConfig::max_idle`]: as many as a busy agent has
+/// requests in flight at once, so a burst's connections are all reused.
+pub const DEFAULT_MAX_IDLE: usize = 256;
+
+/// An idle connection to the service is closed after this long: most
+/// services close theirs sooner, and reusing one they are about to close
+/// costs the request a retry.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Upstream {
-    client: Client<HttpConnector, TunnelBody>,
+    pool: Arc<Pool>,
     /// `scheme://authority` plus any path prefix, without a trailing slash.
     base: String,
+    /// The URL's path prefix, without a trailing slash (often empty).
+    prefix: String,
     authority: HeaderValue,
     config: UpstreamConfig,
 }
@@ -65,18 +75,17 @@ impl Upstream {
             return Err(bad());
         }
         let authority = uri.authority().ok_or_else(bad)?.clone();
-        let base = format!("http://{authority}{}", uri.path().trim_end_matches('/'));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            // Idle upstream connections are cheap to keep on loopback, and
-            // reusing them saves a handshake per request.
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        let base = format!("http://{authority}{prefix}");
+        let addr = match authority.port() {
+            Some(_) => authority.as_str().to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        let pool = Pool::new(addr, config.connect_timeout, config.max_idle, IDLE_TIMEOUT);
         Ok(Upstream {
-            client,
+            pool: Arc::new(pool),
             base,
+            prefix,
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
             config,
         })
@@ -98,13 +107,12 @@ impl Upstream {
         };
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let response =
-            match tokio::time::timeout(self.config.response_timeout, self.client.request(request))
-                .await
+        let (response, lease) =
+            match tokio::time::timeout(self.config.response_timeout, self.pool.send(request)).await
             {
-                Ok(Ok(resp)) => resp,
+                Ok(Ok(exchange)) => exchange,
                 Ok(Err(e)) => {
-                    let (kind, what) = if is_timeout(&e) {
+                    let (kind, what) = if e.is_timeout() {
                         (ErrorKind::UpstreamTimeout, "timed out")
                     } else {
                         (ErrorKind::UpstreamUnavailable, "failed")
@@ -162,6 +170,8 @@ impl Upstream {
         }
         if next.is_none() && http_body::Body::is_end_stream(&body) {
             let _ = send.finish().await;
+            drop(body);
+            lease.release(&self.pool).await;
             return;
         }
         loop {
@@ -188,6 +198,9 @@ impl Upstream {
                 }
                 None => {
                     let _ = send.finish().await;
+                    drop(body);
+                    // Read to its end: the connection can take another request.
+                    lease.release(&self.pool).await;
                     return;
                 }
             }
@@ -301,12 +314,17 @@ impl Upstream {
         if !head.uri.starts_with('/') {
             return Err(format!("request target {:?} must start with '/'", head.uri));
         }
-        let uri: Uri = format!("{}{}", self.base, head.uri)
-            .parse()
-            .map_err(|_| format!("invalid request target {:?}", head.uri))?;
+        // Origin form (`/path?query`): the connection already goes to the
+        // service, so nothing in the target can send the request elsewhere.
+        let uri = if self.prefix.is_empty() {
+            Uri::try_from(head.uri.as_str())
+        } else {
+            Uri::try_from(format!("{}{}", self.prefix, head.uri))
+        }
+        .map_err(|_| format!("invalid request target {:?}", head.uri))?;
         let mut hdrs = headers::from_wire(head.headers).map_err(|e| e.to_string())?;
         headers::strip_hop_by_hop(&mut hdrs);
-        if !self.config.preserve_host {
+        if !self.config.preserve_host || !hdrs.contains_key(header::HOST) {
             hdrs.insert(header::HOST, self.authority.clone());
         }
         let body = if head.body {
@@ -331,19 +349,6 @@ pub(super) async fn reply_error(
     send.write_frame(&Reply::Error(StreamError { kind, message }), max_head)
         .await?;
     send.finish().await
-}
-
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = err.source();
-    }
-    false
 }
 
 /// `outer: inner: innermost`, since hyper's top-level messages are terse.
