@@ -1,5 +1,5 @@
 //! `cargo bench --bench tunnel [-- --quick] [-- --out DIR] [-- --runs N]
-//! [-- --audio LISTENERS SECONDS]`: the end-to-end harness (see
+//! [-- --audio LISTENERS SECONDS] [-- --compare OLD.json]`: the end-to-end harness (see
 //! `warren::bench`), using the `warren` binary cargo built.
 
 fn main() {
@@ -28,12 +28,18 @@ fn main() {
         let seconds = args.get(i + 2)?.parse().ok()?;
         Some((listeners, std::time::Duration::from_secs(seconds)))
     });
+    let compare = args
+        .iter()
+        .position(|a| a == "--compare")
+        .and_then(|i| args.get(i + 1))
+        .map(Into::into);
     let options = warren::bench::BenchOptions {
         quick,
         out,
         warren: env!("CARGO_BIN_EXE_warren").into(),
         runs,
         audio,
+        compare,
     };
     if let Err(e) = runtime.block_on(warren::bench::run(options)) {
         eprintln!("\n{e}");

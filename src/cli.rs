@@ -62,6 +62,9 @@ pub enum Command {
         /// `--quick --audio 500 30` for the full audio scenario alone at size.
         #[arg(long, num_args = 2, value_names = ["LISTENERS", "SECONDS"])]
         audio: Vec<u64>,
+        /// An earlier run's tunnel.json: also print each figure's change against it.
+        #[arg(long, value_name = "OLD.json")]
+        compare: Option<PathBuf>,
     },
     /// Benchmark helper: a raw transport peer (no HTTP, no tunnel).
     #[command(hide = true)]

@@ -19,10 +19,6 @@ use warren::{
     tls::{ServerIdentity, Trust},
 };
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -108,6 +104,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             out,
             runs,
             audio,
+            compare,
         } => {
             let warren = std::env::current_exe().context("locating the warren binary")?;
             let runs = runs.unwrap_or(if quick { 1 } else { 3 });
@@ -124,6 +121,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 warren,
                 runs,
                 audio,
+                compare,
             })
             .await?;
             Ok(())

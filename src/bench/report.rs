@@ -18,8 +18,9 @@ pub enum Better {
 pub struct Target {
     pub text: String,
     /// The tunnelled value divided by the baseline must reach this (Higher) or
-    /// stay under it (Lower); or, with `absolute`, the value itself.
-    pub bound: f64,
+    /// stay under it (Lower); or, with `absolute`, the value itself. One
+    /// bound per column (QUIC, WebSocket).
+    pub bound: [f64; 2],
     pub absolute: bool,
 }
 
@@ -70,7 +71,12 @@ impl Row {
         self
     }
 
-    pub fn target(mut self, text: &str, bound: f64, absolute: bool) -> Row {
+    pub fn target(self, text: &str, bound: f64, absolute: bool) -> Row {
+        self.targets(text, [bound, bound], absolute)
+    }
+
+    /// A target with its own bound for each transport.
+    pub fn targets(mut self, text: &str, bound: [f64; 2], absolute: bool) -> Row {
         self.target = Some(Target {
             text: text.into(),
             bound,
@@ -94,8 +100,8 @@ impl Row {
             self.ratio(i)?
         };
         Some(match self.better {
-            Better::Higher => value >= target.bound,
-            Better::Lower => value <= target.bound,
+            Better::Higher => value >= target.bound[i],
+            Better::Lower => value <= target.bound[i],
         })
     }
 }
@@ -279,4 +285,61 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Each figure of this run against the same row (scenario and metric) of an
+/// earlier run's `tunnel.json`, as a Markdown table: a regression shows in
+/// the change that causes it. Rows the earlier run did not have are left out.
+pub fn compare(rows: &[Row], old: &serde_json::Value) -> String {
+    let old_rows: Vec<&serde_json::Value> = old
+        .get("rows")
+        .and_then(|r| r.as_array())
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
+    let find = |r: &Row| {
+        old_rows.iter().copied().find(|o| {
+            o.get("scenario").and_then(|s| s.as_str()) == Some(r.scenario.as_str())
+                && o.get("metric").and_then(|s| s.as_str()) == Some(r.metric.as_str())
+        })
+    };
+    let value = |o: &serde_json::Value, i: usize| o.get("tunnel")?.get(i)?.as_f64();
+    let mut out = String::new();
+    out.push_str("| scenario | metric | QUIC before → now | change | WS before → now | change |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|\n");
+    for r in rows {
+        let Some(o) = find(r) else { continue };
+        let cell = |i: usize| {
+            let (before, now) = (value(o, i), r.tunnel[i]);
+            let change = match (before, now) {
+                (Some(b), Some(n)) if b != 0.0 && b.is_finite() && n.is_finite() => {
+                    let pct = (n - b) / b.abs() * 100.0;
+                    let better = match r.better {
+                        Better::Higher => n >= b,
+                        Better::Lower => n <= b,
+                    };
+                    // Within 3%: noise on a shared machine, not a verdict.
+                    let word = if pct.abs() < 3.0 {
+                        "same"
+                    } else if better {
+                        "better"
+                    } else {
+                        "**worse**"
+                    };
+                    format!("{pct:+.1}% {word}")
+                }
+                _ => String::new(),
+            };
+            (format!("{} → {}", num(before), num(now)), change)
+        };
+        let ((q, qc), (w, wc)) = (cell(0), cell(1));
+        if qc.is_empty() && wc.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} ({}) | {q} | {qc} | {w} | {wc} |",
+            r.scenario, r.metric, r.unit
+        );
+    }
+    out
 }
