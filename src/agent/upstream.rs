@@ -164,14 +164,18 @@ impl Upstream {
                 first.extend_from_slice(frame.data_ref().expect("checked"));
             }
         }
-        if let Err(e) = send.write_chunk(Bytes::from(first)).await {
-            debug!("server went away before the response head: {e}");
-            return;
-        }
         if next.is_none() && http_body::Body::is_end_stream(&body) {
-            let _ = send.finish().await;
+            // The whole response in one write, its end included.
+            if let Err(e) = send.write_last(Bytes::from(first)).await {
+                debug!("server went away before the response: {e}");
+                return;
+            }
             drop(body);
             lease.release(&self.pool).await;
+            return;
+        }
+        if let Err(e) = send.write_chunk(Bytes::from(first)).await {
+            debug!("server went away before the response head: {e}");
             return;
         }
         loop {
@@ -346,9 +350,8 @@ pub(super) async fn reply_error(
     message: String,
     max_head: usize,
 ) -> Result<(), crate::transport::TransportError> {
-    send.write_frame(&Reply::Error(StreamError { kind, message }), max_head)
-        .await?;
-    send.finish().await
+    send.write_last_frame(&Reply::Error(StreamError { kind, message }), max_head)
+        .await
 }
 
 /// `outer: inner: innermost`, since hyper's top-level messages are terse.

@@ -161,14 +161,9 @@ async fn send_request(
     head: RequestHead,
     body: &mut Option<Incoming>,
 ) -> Result<(RecvStream, ResponseHead), Failure> {
-    let (mut send, mut recv) = stream::open(shared, link, &Open::Http(head)).await?;
-    match body.take() {
-        Some(incoming) => {
-            tokio::spawn(pump_request_body(incoming, send).in_current_span());
-        }
-        None => {
-            let _ = send.finish().await;
-        }
+    let (send, mut recv) = stream::open(shared, link, &Open::Http(head), body.is_none()).await?;
+    if let Some(incoming) = body.take() {
+        tokio::spawn(pump_request_body(incoming, send).in_current_span());
     }
     match stream::read_reply(shared, link, &mut recv).await? {
         Reply::Head(head) => Ok((recv, head)),

@@ -22,11 +22,13 @@ pub(super) fn connection_lost(failure: &Failure) -> bool {
     matches!(failure.code, "agent_unreachable" | "agent_failed")
 }
 
-/// Opens a stream to the agent and sends what it is for.
+/// Opens a stream to the agent and sends what it is for; with `last`, that is
+/// all the agent gets on it (the stream is finished with it, in one write).
 pub(super) async fn open(
     shared: &Shared,
     link: &AgentLink,
     open: &Open,
+    last: bool,
 ) -> Result<(SendStream, RecvStream), Failure> {
     let config = &shared.config;
     let (mut send, recv) =
@@ -50,7 +52,12 @@ pub(super) async fn open(
                 ))
             }
         };
-    match send.write_frame(open, config.max_head_frame).await {
+    let sent = if last {
+        send.write_last_frame(open, config.max_head_frame).await
+    } else {
+        send.write_frame(open, config.max_head_frame).await
+    };
+    match sent {
         Ok(()) => Ok((send, recv)),
         Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
             send.reset(ResetCode::Cancelled).await;

@@ -42,7 +42,7 @@ pub(super) async fn pass_through(
         parts.headers.remove(name);
     }
     let head = stream::request_head(&parts, request_id, target.uri, Mode::Stream, false, peer);
-    let (send, mut recv) = match stream::open(shared, &link, &Open::WebSocket(head)).await {
+    let (send, mut recv) = match stream::open(shared, &link, &Open::WebSocket(head), false).await {
         Ok(pair) => pair,
         Err(failure) => return failure.respond(&client_id),
     };

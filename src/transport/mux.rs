@@ -122,6 +122,15 @@ enum Command {
     Close,
 }
 
+/// Sends what a session wrote during one turn of its driver. The socket under
+/// a session may hold writes back (the WebSocket does: each flush would be a
+/// message, a TLS record and a syscall); the driver calls this after yamux
+/// has done all it could in the turn, so a burst of frames (several streams'
+/// heads, data and ends) leaves as one write.
+pub trait TurnFlush: Send {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
 /// Handle to a yamux session run by a driver task.
 pub struct MuxSession {
     commands: mpsc::Sender<Command>,
@@ -133,6 +142,7 @@ pub struct MuxSession {
 /// Starts the driver for a yamux session over `io`.
 pub fn session<T>(
     io: T,
+    flush: Option<Box<dyn TurnFlush>>,
     role: Role,
     remote: SocketAddr,
     tuning: &TransportTuning,
@@ -160,7 +170,7 @@ where
     // The peer can have at most `streams` open, so this never fills up.
     let (in_tx, in_rx) = mpsc::channel(streams);
     let (closed_tx, closed_rx) = watch::channel(None);
-    tokio::spawn(drive(conn, cmd_rx, in_tx, closed_tx));
+    tokio::spawn(drive(conn, flush, cmd_rx, in_tx, closed_tx));
     Arc::new(MuxSession {
         commands: cmd_tx,
         inbound: Mutex::new(in_rx),
@@ -171,6 +181,7 @@ where
 
 async fn drive<T>(
     mut conn: yamux::Connection<T>,
+    mut flush: Option<Box<dyn TurnFlush>>,
     mut commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<yamux::Stream>,
     closed: watch::Sender<Option<String>>,
@@ -221,9 +232,17 @@ async fn drive<T>(
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(e.to_string()),
                 Poll::Ready(None) => return Poll::Ready("closed by peer".to_string()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break,
             }
         }
+        // The end of the turn: what yamux wrote goes out now. (Pending: the
+        // socket wakes this task when it can take more.)
+        if let Some(flush) = flush.as_mut() {
+            if let Poll::Ready(Err(e)) = flush.poll_flush(cx) {
+                return Poll::Ready(format!("write failed: {e}"));
+            }
+        }
+        Poll::Pending
     })
     .await;
     if let Some(reply) = opening {
@@ -280,7 +299,10 @@ fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
     });
     let (read, write) = (Half(shared.clone()), Half(shared));
     (
-        MuxSend { write },
+        MuxSend {
+            write,
+            scratch: Vec::new(),
+        },
         MuxRecv {
             read,
             segments: Segments::default(),
@@ -291,18 +313,21 @@ fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
 /// Writing half: every write is one segment.
 pub struct MuxSend {
     write: Half,
+    /// Where a small segment is put together with its header (and the end
+    /// marker) so that they leave as one yamux frame.
+    scratch: Vec<u8>,
 }
+
+/// Segments up to this size go out with their header as one yamux frame:
+/// copying a small buffer once costs less than a second frame. Larger ones
+/// are written as header and data (two frames; the copy would cost more).
+const COALESCE: usize = 16 * 1024;
+
+const END_MARKER: [u8; 4] = [0; 4];
 
 impl MuxSend {
     pub async fn write(&mut self, data: &[u8]) -> Result<(), TransportError> {
-        if data.is_empty() {
-            return Ok(()); // a zero-length segment would mean "end"
-        }
-        let len = u32::try_from(data.len())
-            .map_err(|_| TransportError::Io(std::io::Error::other("segment larger than 4 GiB")))?;
-        self.write.write_all(&len.to_be_bytes()).await?;
-        self.write.write_all(data).await?;
-        Ok(())
+        self.write_segment(data, false).await
     }
 
     /// Clean end: the end marker. No yamux FIN follows: a stream whose write
@@ -310,8 +335,47 @@ impl MuxSend {
     /// learns promptly that we stopped reading (yamux has no STOP_SENDING, and
     /// a FIN'd stream is dropped silently, leaving a writer blocked on credit).
     pub async fn finish(&mut self) -> Result<(), TransportError> {
-        self.write.write_all(&[0; 4]).await?;
-        self.write.flush().await?;
+        self.write_segment(&[], true).await
+    }
+
+    /// `data` as the last segment, then the clean end, in one frame when small.
+    pub async fn write_last(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        self.write_segment(data, true).await
+    }
+
+    async fn write_segment(&mut self, data: &[u8], end: bool) -> Result<(), TransportError> {
+        // (A zero-length segment would mean "end": an empty write is none.)
+        let header = if data.is_empty() {
+            None
+        } else {
+            Some(u32::try_from(data.len()).map_err(|_| {
+                TransportError::Io(std::io::Error::other("segment larger than 4 GiB"))
+            })?)
+        };
+        if data.len() <= COALESCE {
+            self.scratch.clear();
+            if let Some(len) = header {
+                self.scratch.extend_from_slice(&len.to_be_bytes());
+                self.scratch.extend_from_slice(data);
+            }
+            if end {
+                self.scratch.extend_from_slice(&END_MARKER);
+            }
+            if !self.scratch.is_empty() {
+                self.write.write_all(&self.scratch).await?;
+            }
+        } else {
+            if let Some(len) = header {
+                self.write.write_all(&len.to_be_bytes()).await?;
+            }
+            self.write.write_all(data).await?;
+            if end {
+                self.write.write_all(&END_MARKER).await?;
+            }
+        }
+        if end {
+            self.write.flush().await?;
+        }
         Ok(())
     }
 
@@ -385,8 +449,8 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 20);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         (
-            session(a.compat(), Role::Client, addr, tuning),
-            session(b.compat(), Role::Server, addr, tuning),
+            session(a.compat(), None, Role::Client, addr, tuning),
+            session(b.compat(), None, Role::Server, addr, tuning),
         )
     }
 

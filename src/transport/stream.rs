@@ -36,6 +36,28 @@ impl SendStream {
         self.write_chunk(Bytes::from(frame)).await
     }
 
+    /// Writes `chunk` and ends the stream cleanly, together where the
+    /// transport allows (one yamux frame instead of two).
+    pub async fn write_last(&mut self, chunk: Bytes) -> Result<(), TransportError> {
+        match self {
+            SendStream::Quic(_) => {
+                self.write_chunk(chunk).await?;
+                self.finish().await
+            }
+            SendStream::Mux(s) => s.write_last(&chunk).await,
+        }
+    }
+
+    /// Encodes one frame, writes it and ends the stream cleanly.
+    pub async fn write_last_frame<T: Serialize>(
+        &mut self,
+        msg: &T,
+        limit: usize,
+    ) -> Result<(), TransportError> {
+        let frame = warren_proto::encode_frame(msg, limit)?;
+        self.write_last(Bytes::from(frame)).await
+    }
+
     /// Ends the stream cleanly (FIN): the reader sees a complete body.
     pub async fn finish(&mut self) -> Result<(), TransportError> {
         match self {
