@@ -2,8 +2,9 @@
 //! wire form (order and repeats preserved) and removal of hop-by-hop headers as
 //! RFC 9110 §7.6.1 requires of intermediaries.
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
-use warren_proto::Header;
+use warren_proto::{Header, HeaderRef};
 
 /// Headers that only describe one hop; never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard but common Keep-Alive and Proxy-Connection).
@@ -68,6 +69,50 @@ pub fn to_wire(headers: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
+/// Headers as wire entries borrowing from the map: nothing is copied until
+/// the frame is encoded.
+pub fn to_wire_ref(headers: &HeaderMap) -> Vec<HeaderRef<'_>> {
+    headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect()
+}
+
+/// Borrowed wire entries (decoded from `frame`) into a header map. Values
+/// share `frame`'s buffer rather than being copied out of it; names are
+/// copied only when they are not standard ones.
+pub fn from_wire_ref(entries: &[HeaderRef<'_>], frame: &Bytes) -> Result<HeaderMap, BadHeader> {
+    let mut map = HeaderMap::with_capacity(entries.len());
+    for entry in entries {
+        let bad = || BadHeader {
+            name: entry.name.to_string(),
+        };
+        let name = HeaderName::from_bytes(entry.name.as_bytes()).map_err(|_| bad())?;
+        let value =
+            HeaderValue::from_maybe_shared(shared_slice(frame, entry.value)).map_err(|_| bad())?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// `part` as a `Bytes` sharing `whole`'s buffer when it lies inside it (as
+/// what was decoded from it does), else a copy.
+pub fn shared_slice(whole: &Bytes, part: &[u8]) -> Bytes {
+    let (start, end) = (
+        whole.as_ptr() as usize,
+        whole.as_ptr() as usize + whole.len(),
+    );
+    let at = part.as_ptr() as usize;
+    if !part.is_empty() && at >= start && at + part.len() <= end {
+        whole.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid header {name:?} from the peer")]
 pub struct BadHeader {
@@ -117,6 +162,37 @@ mod tests {
         let cookies: Vec<_> = back.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert_eq!(back.get("x-bin").unwrap().as_bytes(), b"\xff\x80");
+    }
+
+    #[test]
+    fn borrowed_wire_headers_share_the_frame() {
+        let frame = Bytes::from_static(b"....set-cookie a=1 x-bin \xff\x80");
+        let entries = [
+            Header {
+                name: "set-cookie",
+                value: &frame[15..18],
+            },
+            Header {
+                name: "x-bin",
+                value: &frame[25..27],
+            },
+            Header {
+                name: "set-cookie",
+                value: b"b=2".as_slice(),
+            },
+        ];
+        let map = from_wire_ref(&entries, &frame).unwrap();
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(map.get("x-bin").unwrap().as_bytes(), b"\xff\x80");
+        // The first value points into the frame; the third (elsewhere) is a copy.
+        assert_eq!(cookies[0].as_bytes().as_ptr(), frame[15..].as_ptr());
+        assert_eq!(to_wire_ref(&map).len(), 3);
+        let bad = [Header {
+            name: "bad name",
+            value: b"x".as_slice(),
+        }];
+        assert!(from_wire_ref(&bad, &frame).is_err());
     }
 
     #[test]

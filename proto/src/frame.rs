@@ -2,7 +2,7 @@
 //! payload. Every decode checks the length against a caller-given limit *before*
 //! anything is allocated, so a hostile peer cannot make us reserve memory.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bytes in the length prefix.
 pub const LEN_PREFIX: usize = 4;
@@ -54,6 +54,13 @@ pub fn frame_len(prefix: [u8; LEN_PREFIX], limit: usize) -> Result<usize, FrameE
 /// Decodes one payload (the bytes after the prefix). Trailing bytes are an error:
 /// a payload is exactly one message.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    decode_payload_borrowed(payload)
+}
+
+/// Like [`decode_payload`], for a message that borrows from the payload
+/// ([`OpenRef`](crate::OpenRef), [`ReplyRef`](crate::ReplyRef)): its strings and
+/// header values point into `payload` instead of being copied out of it.
+pub fn decode_payload_borrowed<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
     let (msg, rest) =
         postcard::take_from_bytes(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {

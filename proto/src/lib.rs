@@ -10,7 +10,10 @@
 pub mod frame;
 pub mod message;
 
-pub use frame::{decode_frame, decode_payload, encode_frame, frame_len, FrameError, LEN_PREFIX};
+pub use frame::{
+    decode_frame, decode_payload, decode_payload_borrowed, encode_frame, frame_len, FrameError,
+    LEN_PREFIX,
+};
 pub use message::*;
 
 /// QUIC ALPN. It names the framing family, not the protocol version: it stays

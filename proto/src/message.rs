@@ -134,14 +134,22 @@ impl RefusalCode {
 }
 
 /// First frame on every stream the server opens to the agent: what the stream is for.
+///
+/// `S` and `B` are how its strings and header values are held: owned by
+/// default, borrowed from the frame being decoded or the message being
+/// encoded in [`OpenRef`] (the same bytes on the wire either way).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Open {
+#[serde(bound(
+    serialize = "S: Serialize, B: AsRef<[u8]>",
+    deserialize = "S: Deserialize<'de>, B: bytes::WireBytes<'de>"
+))]
+pub enum Open<S = String, B = Vec<u8>> {
     /// An HTTP request; the raw request body follows until FIN.
-    Http(RequestHead),
+    Http(RequestHead<S, B>),
     /// A client WebSocket to pass through to the upstream at the same path
     /// (the head carries the upgrade request's headers). After a `Reply::Head`
     /// with status 101, both directions carry [`WsMessage`] frames.
-    WebSocket(RequestHead),
+    WebSocket(RequestHead<S, B>),
     /// The channel for this connection's rooms: [`RoomEvent`] frames from the
     /// server, [`RoomCommand`] frames from the agent (after a `Reply::Head`).
     Rooms,
@@ -233,14 +241,18 @@ pub mod room_close {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestHead {
+#[serde(bound(
+    serialize = "S: Serialize, B: AsRef<[u8]>",
+    deserialize = "S: Deserialize<'de>, B: bytes::WireBytes<'de>"
+))]
+pub struct RequestHead<S = String, B = Vec<u8>> {
     /// Server-assigned id, carried in both sides' logs.
     pub request_id: u64,
-    pub method: String,
+    pub method: S,
     /// Path and query as the upstream should see them (`clientId` removed).
-    pub uri: String,
+    pub uri: S,
     /// End-to-end headers in arrival order; repeated names are repeated entries.
-    pub headers: Vec<Header>,
+    pub headers: Vec<Header<S, B>>,
     pub mode: Mode,
     /// Whether a body follows. `false`: the stream is finished right after the
     /// head, and the agent sends the upstream no body at all.
@@ -248,11 +260,22 @@ pub struct RequestHead {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
-    pub name: String,
+#[serde(bound(
+    serialize = "S: Serialize, B: AsRef<[u8]>",
+    deserialize = "S: Deserialize<'de>, B: bytes::WireBytes<'de>"
+))]
+pub struct Header<S = String, B = Vec<u8>> {
+    pub name: S,
     #[serde(with = "bytes")]
-    pub value: Vec<u8>,
+    pub value: B,
 }
+
+/// A header borrowed from a frame being decoded (or a map being encoded).
+pub type HeaderRef<'a> = Header<&'a str, &'a [u8]>;
+/// [`Open`] borrowing its strings and header values: no allocation per header.
+pub type OpenRef<'a> = Open<&'a str, &'a [u8]>;
+/// [`Reply`] borrowing its header names and values.
+pub type ReplyRef<'a> = Reply<&'a str, &'a [u8]>;
 
 /// How the server answers the client; the agent behaves the same either way but
 /// may log it.
@@ -264,18 +287,26 @@ pub enum Mode {
 
 /// First frame the agent writes back on a request stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
+#[serde(bound(
+    serialize = "S: Serialize, B: AsRef<[u8]>",
+    deserialize = "S: Deserialize<'de>, B: bytes::WireBytes<'de>"
+))]
+pub enum Reply<S = String, B = Vec<u8>> {
     /// The upstream answered; the raw response body follows until FIN. A stream
     /// reset instead of FIN means the body is truncated.
-    Head(ResponseHead),
+    Head(ResponseHead<S, B>),
     /// The upstream could not be asked; nothing follows.
     Error(StreamError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResponseHead {
+#[serde(bound(
+    serialize = "S: Serialize, B: AsRef<[u8]>",
+    deserialize = "S: Deserialize<'de>, B: bytes::WireBytes<'de>"
+))]
+pub struct ResponseHead<S = String, B = Vec<u8>> {
     pub status: u16,
-    pub headers: Vec<Header>,
+    pub headers: Vec<Header<S, B>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,21 +424,39 @@ mod tests {
     }
 }
 
-/// `Vec<u8>` fields as serde bytes. On the wire this is exactly what a
-/// sequence of `u8` is in postcard (a varint length, then the bytes), so
-/// nothing changes for a peer; decoding copies the bytes in one go instead
-/// of visiting them one by one.
-mod bytes {
+/// Byte-string fields (`Vec<u8>`, or `&[u8]` borrowed from the frame) as
+/// serde bytes. On the wire this is exactly what a sequence of `u8` is in
+/// postcard (a varint length, then the bytes), so nothing changes for a peer;
+/// decoding copies the bytes in one go (or not at all, borrowed) instead of
+/// visiting them one by one.
+pub mod bytes {
     use std::fmt;
 
-    use serde::{de, Deserializer, Serializer};
+    use serde::{de, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(value)
+    pub fn serialize<B: AsRef<[u8]>, S: Serializer>(value: &B, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(value.as_ref())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(Visitor)
+    pub fn deserialize<'de, B: WireBytes<'de>, D: Deserializer<'de>>(d: D) -> Result<B, D::Error> {
+        B::deserialize_bytes(d)
+    }
+
+    /// How a byte-string field is decoded: owned, or borrowed from the input.
+    pub trait WireBytes<'de>: AsRef<[u8]> + Sized {
+        fn deserialize_bytes<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+    }
+
+    impl<'de> WireBytes<'de> for Vec<u8> {
+        fn deserialize_bytes<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_byte_buf(Visitor)
+        }
+    }
+
+    impl<'de: 'a, 'a> WireBytes<'de> for &'a [u8] {
+        fn deserialize_bytes<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            <&'a [u8]>::deserialize(d)
+        }
     }
 
     struct Visitor;

@@ -226,6 +226,68 @@ fn every_message_kind_matches_the_document() {
     checker.finish();
 }
 
+/// An owned head seen through borrowed strings and values.
+fn borrow_head(h: &RequestHead) -> RequestHead<&str, &[u8]> {
+    RequestHead {
+        request_id: h.request_id,
+        method: &h.method,
+        uri: &h.uri,
+        headers: borrow_headers(&h.headers),
+        mode: h.mode,
+        body: h.body,
+    }
+}
+
+fn borrow_headers(headers: &[Header]) -> Vec<HeaderRef<'_>> {
+    headers
+        .iter()
+        .map(|h| Header {
+            name: h.name.as_str(),
+            value: h.value.as_slice(),
+        })
+        .collect()
+}
+
+fn borrow_open(open: &Open) -> OpenRef<'_> {
+    match open {
+        Open::Http(h) => Open::Http(borrow_head(h)),
+        Open::WebSocket(h) => Open::WebSocket(borrow_head(h)),
+        Open::Rooms => Open::Rooms,
+    }
+}
+
+fn borrow_reply(reply: &Reply) -> ReplyRef<'_> {
+    match reply {
+        Reply::Head(h) => Reply::Head(ResponseHead {
+            status: h.status,
+            headers: borrow_headers(&h.headers),
+        }),
+        Reply::Error(e) => Reply::Error(e.clone()),
+    }
+}
+
+/// `OpenRef` and `ReplyRef` (what the server and agent encode and decode
+/// without copying each header) are the same bytes as the owned messages.
+#[test]
+fn borrowed_heads_are_the_same_bytes() {
+    let checker = Checker::new();
+    let examples = common::examples();
+    for (name, open) in &examples.open {
+        let golden = checker.bytes(name);
+        let view = borrow_open(open);
+        assert_eq!(encode_frame(&view, 1 << 20).unwrap(), golden, "{name}");
+        let decoded: OpenRef = decode_payload_borrowed(&golden[LEN_PREFIX..]).unwrap();
+        assert_eq!(decoded, view, "{name}");
+    }
+    for (name, reply) in &examples.reply {
+        let golden = checker.bytes(name);
+        let view = borrow_reply(reply);
+        assert_eq!(encode_frame(&view, 1 << 20).unwrap(), golden, "{name}");
+        let decoded: ReplyRef = decode_payload_borrowed(&golden[LEN_PREFIX..]).unwrap();
+        assert_eq!(decoded, view, "{name}");
+    }
+}
+
 #[test]
 fn a_v1_hello_is_read_for_its_version_and_refused_in_words() {
     let checker = Checker::new();

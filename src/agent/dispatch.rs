@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tracing::{warn, Instrument};
-use warren_proto::{ErrorKind, Open, ResetCode};
+use warren_proto::{decode_payload_borrowed, ErrorKind, Open, OpenRef, ResetCode};
 
 use super::{
     rooms::Rooms,
@@ -27,8 +27,17 @@ impl Dispatch {
         mut recv: RecvStream,
         max_head: usize,
     ) {
-        let open = match recv.read_frame::<Open>(max_head).await {
-            Ok(open) => open,
+        // Decoded in place: the head's strings and header values are slices
+        // of `frame`, which lives as long as this stream's task.
+        let read = recv.read_payload(max_head).await;
+        let frame = read.as_ref().map_err(|e| e.to_string());
+        let open = frame.and_then(|frame| {
+            decode_payload_borrowed::<OpenRef>(frame)
+                .map(|open| (open, frame))
+                .map_err(|e| e.to_string())
+        });
+        let (open, frame) = match open {
+            Ok(pair) => pair,
             Err(e) => {
                 warn!("unreadable stream head from the server: {e}");
                 send.reset(ResetCode::ProtocolError).await;
@@ -39,7 +48,7 @@ impl Dispatch {
             Open::Http(head) => {
                 let span = tracing::info_span!("request", request_id = head.request_id);
                 self.upstream
-                    .http(head, send, recv, max_head)
+                    .http(head, &frame, send, recv, max_head)
                     .instrument(span)
                     .await
             }
@@ -47,7 +56,7 @@ impl Dispatch {
                 let span = tracing::info_span!("websocket", request_id = head.request_id);
                 // Boxed, as is the rooms arm: every stream's task is as large
                 // as its largest arm, and plain requests are the common case.
-                Box::pin(self.upstream.websocket(head, send, recv, max_head))
+                Box::pin(self.upstream.websocket(head, &frame, send, recv, max_head))
                     .instrument(span)
                     .await
             }

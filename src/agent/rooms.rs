@@ -80,7 +80,7 @@ impl Rooms {
                     Err(e) => {
                         let message = format!("rooms backend {url} unreachable: {e}");
                         warn!("{message}");
-                        let reply = Reply::Error(warren_proto::StreamError {
+                        let reply: Reply = Reply::Error(warren_proto::StreamError {
                             kind: warren_proto::ErrorKind::UpstreamUnavailable,
                             message,
                         });
@@ -92,7 +92,7 @@ impl Rooms {
                 tokio::spawn(json_bridge(ws, bridge));
             }
         }
-        let ok = Reply::Head(ResponseHead {
+        let ok: Reply = Reply::Head(ResponseHead {
             status: 200,
             headers: Vec::new(),
         });

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
-use warren_proto::{ErrorKind, Reply, RequestHead, ResetCode, ResponseHead, StreamError};
+use warren_proto::{ErrorKind, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError};
 
 use super::pool::Pool;
 use crate::{
@@ -93,12 +93,13 @@ impl Upstream {
 
     pub(super) async fn http(
         &self,
-        head: RequestHead,
+        head: RequestHead<&str, &[u8]>,
+        frame: &Bytes,
         mut send: SendStream,
         recv: RecvStream,
         max_head: usize,
     ) {
-        let request = match self.request(head, recv) {
+        let request = match self.request(head, frame, recv) {
             Ok(r) => r,
             Err(message) => {
                 let _ = reply_error(&mut send, ErrorKind::BadRequest, message, max_head).await;
@@ -139,9 +140,9 @@ impl Upstream {
         let (parts, mut body) = response.into_parts();
         let mut resp_headers = parts.headers;
         headers::strip_hop_by_hop(&mut resp_headers);
-        let head = Reply::Head(ResponseHead {
+        let head: ReplyRef = Reply::Head(ResponseHead {
             status: parts.status.as_u16(),
-            headers: headers::to_wire(&resp_headers),
+            headers: headers::to_wire_ref(&resp_headers),
         });
         let mut first = match warren_proto::encode_frame(&head, max_head) {
             Ok(frame) => frame,
@@ -215,7 +216,8 @@ impl Upstream {
     /// headers and subprotocols, then relays messages both ways.
     pub(super) async fn websocket(
         &self,
-        head: RequestHead,
+        head: RequestHead<&str, &[u8]>,
+        frame: &Bytes,
         mut send: SendStream,
         recv: RecvStream,
         max_head: usize,
@@ -232,7 +234,8 @@ impl Upstream {
             let uri: Uri = format!("ws{}{}", self.base.trim_start_matches("http"), head.uri)
                 .parse()
                 .map_err(|_| format!("invalid request target {:?}", head.uri))?;
-            let mut hdrs = headers::from_wire(head.headers).map_err(|e| e.to_string())?;
+            let mut hdrs =
+                headers::from_wire_ref(&head.headers, frame).map_err(|e| e.to_string())?;
             headers::strip_hop_by_hop(&mut hdrs);
             if !self.config.preserve_host || !hdrs.contains_key(header::HOST) {
                 hdrs.insert(header::HOST, self.authority.clone());
@@ -271,9 +274,9 @@ impl Upstream {
             Ok(Err(WsError::Http(resp))) => {
                 // The upstream answered the upgrade with an ordinary response.
                 let (parts, body) = resp.into_parts();
-                let reply = Reply::Head(ResponseHead {
+                let reply: ReplyRef = Reply::Head(ResponseHead {
                     status: parts.status.as_u16(),
-                    headers: headers::to_wire(&parts.headers),
+                    headers: headers::to_wire_ref(&parts.headers),
                 });
                 if send.write_frame(&reply, max_head).await.is_ok() {
                     if let Some(body) = body {
@@ -299,9 +302,9 @@ impl Upstream {
         if let Some(protocol) = response.headers().get("sec-websocket-protocol") {
             accepted.insert("sec-websocket-protocol", protocol.clone());
         }
-        let reply = Reply::Head(ResponseHead {
+        let reply: ReplyRef = Reply::Head(ResponseHead {
             status: 101,
-            headers: headers::to_wire(&accepted),
+            headers: headers::to_wire_ref(&accepted),
         });
         if send.write_frame(&reply, max_head).await.is_err() {
             return;
@@ -312,7 +315,12 @@ impl Upstream {
     }
 
     /// Builds the upstream request from the head; the body streams from `recv`.
-    fn request(&self, head: RequestHead, recv: RecvStream) -> Result<Request<TunnelBody>, String> {
+    fn request(
+        &self,
+        head: RequestHead<&str, &[u8]>,
+        frame: &Bytes,
+        recv: RecvStream,
+    ) -> Result<Request<TunnelBody>, String> {
         let method = Method::from_bytes(head.method.as_bytes())
             .map_err(|_| format!("invalid method {:?}", head.method))?;
         if !head.uri.starts_with('/') {
@@ -321,12 +329,12 @@ impl Upstream {
         // Origin form (`/path?query`): the connection already goes to the
         // service, so nothing in the target can send the request elsewhere.
         let uri = if self.prefix.is_empty() {
-            Uri::try_from(head.uri.as_str())
+            Uri::from_maybe_shared(headers::shared_slice(frame, head.uri.as_bytes()))
         } else {
             Uri::try_from(format!("{}{}", self.prefix, head.uri))
         }
         .map_err(|_| format!("invalid request target {:?}", head.uri))?;
-        let mut hdrs = headers::from_wire(head.headers).map_err(|e| e.to_string())?;
+        let mut hdrs = headers::from_wire_ref(&head.headers, frame).map_err(|e| e.to_string())?;
         headers::strip_hop_by_hop(&mut hdrs);
         if !self.config.preserve_host || !hdrs.contains_key(header::HOST) {
             hdrs.insert(header::HOST, self.authority.clone());
@@ -350,8 +358,8 @@ pub(super) async fn reply_error(
     message: String,
     max_head: usize,
 ) -> Result<(), crate::transport::TransportError> {
-    send.write_last_frame(&Reply::Error(StreamError { kind, message }), max_head)
-        .await
+    let reply: Reply = Reply::Error(StreamError { kind, message });
+    send.write_last_frame(&reply, max_head).await
 }
 
 /// `outer: inner: innermost`, since hyper's top-level messages are terse.

@@ -9,12 +9,18 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{debug, info, Instrument};
-use warren_proto::{Mode, Open, Reply, RequestHead, ResetCode, ResponseHead};
+use warren_proto::{Mode, Open, RequestHead, ResetCode};
 
-use super::{agents::AgentLink, reply::Failure, state::Shared, stream, target::Target};
+use super::{
+    agents::AgentLink,
+    reply::Failure,
+    state::Shared,
+    stream::{self, Answer},
+    target::Target,
+};
 use crate::{
     body::{self, TunnelBody, CHUNK},
-    headers::{self, REQUEST_ID_HEADER},
+    headers::{self, BadHeader, REQUEST_ID_HEADER},
     transport::{RecvStream, SendStream, TransportError},
 };
 
@@ -58,15 +64,10 @@ async fn exchange(
     let mut link = link;
     let mut tried: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + config.failover_wait;
-    let (mut recv, head) = loop {
-        let head = stream::request_head(
-            &parts,
-            request_id,
-            target.uri.clone(),
-            target.mode,
-            has_body,
-            peer,
-        );
+    let xff = stream::forwarded_for(&parts.headers, peer);
+    let (mut recv, status, headers) = loop {
+        let head =
+            stream::request_head(&parts, request_id, &target.uri, target.mode, has_body, &xff);
         let failure = match send_request(shared, &link, head, &mut body).await {
             Ok(reply) => break reply,
             Err(failure) => failure,
@@ -83,15 +84,15 @@ async fn exchange(
             None => return failure.respond(client_id),
         }
     };
-    let Ok(status) = StatusCode::from_u16(head.status) else {
+    let Ok(status) = StatusCode::from_u16(status) else {
         recv.stop(ResetCode::ProtocolError);
         return fail(
             StatusCode::BAD_GATEWAY,
             "bad_upstream_response",
-            format!("upstream answered with invalid status {}", head.status),
+            format!("upstream answered with invalid status {status}"),
         );
     };
-    let mut resp_headers = match headers::from_wire(head.headers) {
+    let mut resp_headers = match headers {
         Ok(h) => h,
         Err(e) => {
             recv.stop(ResetCode::ProtocolError);
@@ -158,16 +159,16 @@ async fn exchange(
 async fn send_request(
     shared: &Shared,
     link: &AgentLink,
-    head: RequestHead,
+    head: RequestHead<&str, &[u8]>,
     body: &mut Option<Incoming>,
-) -> Result<(RecvStream, ResponseHead), Failure> {
+) -> Result<(RecvStream, u16, Result<HeaderMap, BadHeader>), Failure> {
     let (send, mut recv) = stream::open(shared, link, &Open::Http(head), body.is_none()).await?;
     if let Some(incoming) = body.take() {
         tokio::spawn(pump_request_body(incoming, send).in_current_span());
     }
     match stream::read_reply(shared, link, &mut recv).await? {
-        Reply::Head(head) => Ok((recv, head)),
-        Reply::Error(e) => Err(Failure::from_agent(e)),
+        Answer::Head { status, headers } => Ok((recv, status, headers)),
+        Answer::Error(e) => Err(Failure::from_agent(e)),
     }
 }
 

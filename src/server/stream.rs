@@ -4,12 +4,15 @@
 
 use std::net::SocketAddr;
 
-use http::{header, StatusCode};
-use warren_proto::{FrameError, Header, Mode, Open, Reply, RequestHead, ResetCode};
+use http::{header, HeaderMap, StatusCode};
+use warren_proto::{
+    decode_payload_borrowed, FrameError, Header, Mode, OpenRef, Reply, ReplyRef, RequestHead,
+    ResetCode, StreamError,
+};
 
 use super::{agents::AgentLink, reply::Failure, state::Shared};
 use crate::{
-    headers::{self, CLIENT_HEADER, MODE_HEADER},
+    headers::{self, BadHeader, CLIENT_HEADER, MODE_HEADER},
     transport::{RecvStream, SendStream, TransportError},
 };
 
@@ -27,7 +30,7 @@ pub(super) fn connection_lost(failure: &Failure) -> bool {
 pub(super) async fn open(
     shared: &Shared,
     link: &AgentLink,
-    open: &Open,
+    open: &OpenRef<'_>,
     last: bool,
 ) -> Result<(SendStream, RecvStream), Failure> {
     let config = &shared.config;
@@ -75,6 +78,19 @@ pub(super) async fn open(
     }
 }
 
+/// What the agent answered on a request stream.
+pub(super) enum Answer {
+    /// The service's response head; its body follows on the stream.
+    Head {
+        status: u16,
+        /// Header values share the frame's buffer; an invalid one is the
+        /// agent's (or its service's) fault, reported by the caller.
+        headers: Result<HeaderMap, BadHeader>,
+    },
+    /// The agent could not ask its service.
+    Error(StreamError),
+}
+
 /// Waits for the agent's reply head (bounded by the response timeout). When
 /// it is slow to come, the agent connection is pinged: a dead one is dropped,
 /// which ends this wait at once with `agent_failed` (retriable elsewhere).
@@ -82,7 +98,7 @@ pub(super) async fn read_reply(
     shared: &Shared,
     link: &AgentLink,
     recv: &mut RecvStream,
-) -> Result<Reply, Failure> {
+) -> Result<Answer, Failure> {
     let config = &shared.config;
     let watch = async {
         tokio::time::sleep(config.probe_after).await;
@@ -91,10 +107,17 @@ pub(super) async fn read_reply(
             std::future::pending::<()>().await
         }
     };
-    let read = tokio::time::timeout(
-        config.response_timeout,
-        recv.read_frame::<Reply>(config.max_head_frame),
-    );
+    let read = tokio::time::timeout(config.response_timeout, async {
+        let frame = recv.read_payload(config.max_head_frame).await?;
+        // Decoded in place: header values become slices of `frame`.
+        Ok::<_, TransportError>(match decode_payload_borrowed::<ReplyRef>(&frame)? {
+            Reply::Head(head) => Answer::Head {
+                status: head.status,
+                headers: headers::from_wire_ref(&head.headers, &frame),
+            },
+            Reply::Error(e) => Answer::Error(e),
+        })
+    });
     let result = tokio::select! {
         result = read => result,
         // Silent: this request gives up on that connection (dropping its
@@ -129,17 +152,32 @@ pub(super) async fn read_reply(
     }
 }
 
+/// The `X-Forwarded-For` value the agent sees: the chain so far (as proxies
+/// do, every such header's entries in order), then this client's address.
+pub(super) fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> Vec<u8> {
+    let ip = peer.ip().to_string();
+    let chain = headers.get_all(FORWARDED_FOR);
+    let mut xff = Vec::with_capacity(ip.len() + chain.iter().map(|v| v.len() + 2).sum::<usize>());
+    for link in chain {
+        xff.extend_from_slice(link.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(ip.as_bytes());
+    xff
+}
+
 /// The head sent to the agent: end-to-end headers only (warren's own removed),
-/// with the forwarding headers added. Built in one pass over the client's
-/// headers, straight into their wire form.
-pub(super) fn request_head(
-    parts: &http::request::Parts,
+/// with the forwarding headers added (`xff` from [`forwarded_for`]). Built in
+/// one pass over the client's headers, borrowing them: nothing is copied
+/// until the frame is encoded.
+pub(super) fn request_head<'a>(
+    parts: &'a http::request::Parts,
     request_id: u64,
-    uri: String,
+    uri: &'a str,
     mode: Mode,
     body: bool,
-    peer: SocketAddr,
-) -> RequestHead {
+    xff: &'a [u8],
+) -> RequestHead<&'a str, &'a [u8]> {
     let headers = &parts.headers;
     // Only a request with a Connection header can name more hop-by-hop ones.
     let listed = if headers.contains_key(header::CONNECTION) {
@@ -148,45 +186,33 @@ pub(super) fn request_head(
         Vec::new()
     };
     let mut wire = Vec::with_capacity(headers.len() + 3);
-    let mut chain: Vec<&[u8]> = Vec::new();
     let (mut has_proto, mut has_host) = (false, false);
     for (name, value) in headers {
         if headers::is_hop_by_hop(name)
             || listed.contains(name)
             || name == CLIENT_HEADER
             || name == MODE_HEADER
-        {
-            continue;
-        }
-        if name == FORWARDED_FOR {
             // Re-sent below as one value, with the client's address appended.
-            chain.push(value.as_bytes());
+            || name == FORWARDED_FOR
+        {
             continue;
         }
         has_proto |= name == FORWARDED_PROTO;
         has_host |= name == FORWARDED_HOST;
         wire.push(Header {
-            name: name.as_str().to_owned(),
-            value: value.as_bytes().to_vec(),
+            name: name.as_str(),
+            value: value.as_bytes(),
         });
     }
-    // X-Forwarded-For: the chain so far (as proxies do), then this client.
-    let ip = peer.ip().to_string();
-    let mut xff = Vec::with_capacity(ip.len() + chain.iter().map(|v| v.len() + 2).sum::<usize>());
-    for link in chain {
-        xff.extend_from_slice(link);
-        xff.extend_from_slice(b", ");
-    }
-    xff.extend_from_slice(ip.as_bytes());
     wire.push(Header {
-        name: FORWARDED_FOR.to_owned(),
+        name: FORWARDED_FOR,
         value: xff,
     });
     // X-Forwarded-Proto and -Host, unless an earlier proxy set them.
     if !has_proto {
         wire.push(Header {
-            name: FORWARDED_PROTO.to_owned(),
-            value: b"http".to_vec(),
+            name: FORWARDED_PROTO,
+            value: b"http",
         });
     }
     if !has_host {
@@ -196,14 +222,14 @@ pub(super) fn request_head(
             .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
         if let Some(host) = host {
             wire.push(Header {
-                name: FORWARDED_HOST.to_owned(),
-                value: host.to_vec(),
+                name: FORWARDED_HOST,
+                value: host,
             });
         }
     }
     RequestHead {
         request_id,
-        method: parts.method.as_str().to_owned(),
+        method: parts.method.as_str(),
         uri,
         headers: wire,
         mode,

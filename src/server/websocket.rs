@@ -9,10 +9,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
 use tracing::{debug, Instrument};
-use warren_proto::{Mode, Open, Reply};
+use warren_proto::{Mode, Open};
 
-use super::{agents::AgentLink, reply::Failure, state::Shared, stream, target::Target, upgrade};
-use crate::{body, body::TunnelBody, headers, websocket};
+use super::{
+    agents::AgentLink,
+    reply::Failure,
+    state::Shared,
+    stream::{self, Answer},
+    target::Target,
+    upgrade,
+};
+use crate::{body, body::TunnelBody, websocket};
 
 pub(super) async fn pass_through(
     shared: &Shared,
@@ -41,21 +48,21 @@ pub(super) async fn pass_through(
     ] {
         parts.headers.remove(name);
     }
-    let head = stream::request_head(&parts, request_id, target.uri, Mode::Stream, false, peer);
+    let xff = stream::forwarded_for(&parts.headers, peer);
+    let head = stream::request_head(&parts, request_id, &target.uri, Mode::Stream, false, &xff);
     let (send, mut recv) = match stream::open(shared, &link, &Open::WebSocket(head), false).await {
         Ok(pair) => pair,
         Err(failure) => return failure.respond(&client_id),
     };
-    let head = match stream::read_reply(shared, &link, &mut recv).await {
-        Ok(Reply::Head(head)) => head,
-        Ok(Reply::Error(e)) => return Failure::from_agent(e).respond(&client_id),
+    let (status, resp_headers) = match stream::read_reply(shared, &link, &mut recv).await {
+        Ok(Answer::Head { status, headers }) => (status, headers.unwrap_or_default()),
+        Ok(Answer::Error(e)) => return Failure::from_agent(e).respond(&client_id),
         Err(failure) => return failure.respond(&client_id),
     };
-    let resp_headers = headers::from_wire(head.headers).unwrap_or_default();
-    if head.status != 101 {
+    if status != 101 {
         // The upstream declined the upgrade with an ordinary response: pass it on.
         let mut resp = Response::new(body::from_recv(recv, shared.config.body_idle_timeout));
-        *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
         *resp.headers_mut() = resp_headers;
         return resp;
     }

@@ -231,7 +231,8 @@ impl RoomHub {
     async fn open(&self, link: &AgentLink) -> Result<Arc<Channel>, String> {
         let max_head = self.max_head;
         let (mut send, mut recv) = link.session.open().await.map_err(|e| e.to_string())?;
-        send.write_frame(&Open::Rooms, max_head)
+        let open: Open = Open::Rooms;
+        send.write_frame(&open, max_head)
             .await
             .map_err(|e| e.to_string())?;
         let reply = recv

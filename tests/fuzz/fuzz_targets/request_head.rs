@@ -2,8 +2,8 @@
 //! request the way `agent/upstream.rs` does (`Upstream::request`, and the
 //! WebSocket upgrade): the input is an `Open` payload; from its `RequestHead`
 //! the method (`Method::from_bytes`), the target joined to the upstream's
-//! base (it must start with '/'; `http://127.0.0.1:1` + uri, `ws://…` for a
-//! WebSocket) and the headers (`headers::from_wire`, `strip_hop_by_hop`).
+//! path prefix (it must start with '/'; origin form for HTTP, `ws://…` + uri
+//! for a WebSocket) and the headers (`headers::from_wire`, `strip_hop_by_hop`).
 //!
 //! Besides not panicking: a target never moves the request off the upstream
 //! (host and port stay the base's, the path keeps the base's prefix), every
@@ -31,12 +31,23 @@ fuzz_target!(|data: &[u8]| {
     if head.uri.starts_with('/') {
         // `Upstream::new` keeps the configured URL's path as the base's prefix.
         for base in ["", "/base"] {
-            let joined = format!("{scheme}://127.0.0.1:1{base}{}", head.uri);
-            if let Ok(uri) = joined.parse::<Uri>() {
-                assert_eq!(uri.scheme_str(), Some(scheme), "{joined}");
-                assert_eq!(uri.host(), Some("127.0.0.1"), "{joined}");
-                assert_eq!(uri.port_u16(), Some(1), "{joined}");
-                assert!(uri.path().starts_with(base), "{joined}");
+            if scheme == "http" {
+                // Requests go in origin form on a connection to the upstream:
+                // the target may not turn into an authority of its own.
+                let joined = format!("{base}{}", head.uri);
+                if let Ok(uri) = Uri::try_from(joined.as_str()) {
+                    assert_eq!(uri.scheme_str(), None, "{joined}");
+                    assert_eq!(uri.authority(), None, "{joined}");
+                    assert!(uri.path().starts_with(base), "{joined}");
+                }
+            } else {
+                let joined = format!("{scheme}://127.0.0.1:1{base}{}", head.uri);
+                if let Ok(uri) = joined.parse::<Uri>() {
+                    assert_eq!(uri.scheme_str(), Some(scheme), "{joined}");
+                    assert_eq!(uri.host(), Some("127.0.0.1"), "{joined}");
+                    assert_eq!(uri.port_u16(), Some(1), "{joined}");
+                    assert!(uri.path().starts_with(base), "{joined}");
+                }
             }
         }
     }
