@@ -38,6 +38,15 @@ pub fn from_recv(recv: RecvStream, idle: Duration) -> TunnelBody {
     StreamBody::new(stream).boxed_unsync()
 }
 
+/// A client's (or a peer node's) request body as a [`TunnelBody`]: one body
+/// type from the edge inward, so a request can be handed on, given back and
+/// tried elsewhere whichever way it came in.
+pub fn from_incoming(incoming: hyper::body::Incoming) -> TunnelBody {
+    incoming
+        .map_err(|e| TransportError::Io(std::io::Error::other(e)))
+        .boxed_unsync()
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> TunnelBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})

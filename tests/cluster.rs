@@ -44,10 +44,21 @@ impl Node {
         id: &str,
         tls: Option<&std::path::Path>,
     ) -> Node {
+        Node::start_tuned(url, certs, id, tls, |_| {}).await
+    }
+
+    /// A node with `tune` applied to its configuration.
+    async fn start_tuned(
+        url: &str,
+        certs: &std::path::Path,
+        id: &str,
+        tls: Option<&std::path::Path>,
+        tune: impl FnOnce(&mut ServerConfig),
+    ) -> Node {
         let mut cluster = ClusterConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
         cluster.lease = Duration::from_secs(2);
         cluster.tls_dir = tls.map(|d| d.to_path_buf());
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             api_listen: "127.0.0.1:0".parse().unwrap(),
             tunnel_listen: "127.0.0.1:0".parse().unwrap(),
             database_url: url.into(),
@@ -57,6 +68,7 @@ impl Node {
             cluster: Some(cluster),
             ..ServerConfig::default()
         };
+        tune(&mut config);
         let server = Server::bind(config).await.expect("node binds");
         let (api, tunnel) = (server.api_addr(), server.tunnel_addr());
         let cluster = server.cluster_addr().expect("clustered");
@@ -443,6 +455,78 @@ async fn the_link_is_mutual_tls_with_the_cluster_ca() {
         "no answer without a cluster certificate"
     );
 
+    trigger.fire();
+    let _ = task.await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The node holding the agent's only connection finds it dead under a
+/// forwarded request (the agent process frozen: the connection looks open
+/// and answers nothing). Meanwhile the agent has come back on the node the
+/// client asked: that node serves the bodiless request itself instead of
+/// passing the other node's 502 on, and the client sees none of the link's
+/// bookkeeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_remote_agent_connection_died_is_served_another_way() {
+    let Some(fx) = fixture().await else { return };
+    let quick = |c: &mut ServerConfig| {
+        c.probe_after = Duration::from_millis(300);
+        c.probe_timeout = Duration::from_millis(500);
+        c.failover_wait = Duration::from_secs(3);
+    };
+    let mut a = Node::start_tuned(&fx.url, &fx.certs(), &unique("lost-a"), None, quick).await;
+    let mut b = Node::start_tuned(&fx.url, &fx.certs(), &unique("lost-b"), None, quick).await;
+    let frozen = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["agent", "--client-id", &fx.client_id, "--token", &fx.token])
+        .args([
+            "--server",
+            &b.tunnel.to_string(),
+            "--upstream",
+            &fx.upstream.url(),
+        ])
+        .arg("--ca")
+        .arg(fx.certs().join("server.pem"))
+        .env("WARREN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let frozen = WarrenProcess::new(frozen, "the frozen agent");
+    let on_b = eventually(Duration::from_secs(20), || async {
+        fx.nodes_of_rows().await == vec![b.id.clone()]
+    })
+    .await;
+    assert!(on_b, "the first agent is connected to node B only");
+    signal(&frozen, "-STOP");
+
+    // Asked of A, which holds no connection: forwarded to B, whose agent
+    // connection does not answer.
+    let url = fx.url(a.api, "/bytes/1000");
+    let request = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The agent comes back, on A.
+    let (agent, trigger, stop) = fx.agent(vec![a.tunnel.to_string()], 1);
+    let task = tokio::spawn(agent.run(stop));
+
+    let resp = tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .expect("answered")
+        .unwrap()
+        .expect("a response");
+    assert!(resp.headers().get("x-warren-agent-moved").is_none());
+    let status = resp.status();
+    let body = read_body(resp).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "served through the agent's new connection: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(body.len(), 1000);
+
+    signal(&frozen, "-CONT");
     trigger.fire();
     let _ = task.await;
     a.stop().await;

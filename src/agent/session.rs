@@ -144,9 +144,12 @@ pub(super) async fn serve(
             transport: session.kind().to_string(),
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
+        // Streams accepted so far: a drain waits until none has come for a while.
+        let accepted = AtomicUsize::new(0);
         let max_head = welcome.limits.max_head_frame as usize;
         let accept = async {
             while let Some((send, recv)) = session.accept().await {
+                accepted.fetch_add(1, Ordering::AcqRel);
                 let dispatch = dispatch.clone();
                 let guard = InFlight::enter(&in_flight);
                 // Boxed: a stream's future is a few KiB, and spawning moves
@@ -179,7 +182,19 @@ pub(super) async fn serve(
                 _ = server_leaving.notified() => drain_grace,
             };
             let deadline = Instant::now() + limit;
-            while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            // Done when nothing is in flight and no stream has arrived for
+            // DRAIN_QUIET: a request the server sent just before it saw (or
+            // sent) the GoAway is still on its way, and closing now would
+            // fail it.
+            let (mut seen, mut quiet_since) = (accepted.load(Ordering::Acquire), Instant::now());
+            while Instant::now() < deadline {
+                let now = accepted.load(Ordering::Acquire);
+                if now != seen {
+                    (seen, quiet_since) = (now, Instant::now());
+                }
+                if in_flight.load(Ordering::Acquire) == 0 && quiet_since.elapsed() >= DRAIN_QUIET {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -204,6 +219,11 @@ pub(super) async fn serve(
     .instrument(span)
     .await
 }
+
+/// How long a draining connection must go without a new stream before it
+/// closes: a stream opened just before the GoAway arrives within a round
+/// trip, and 200 ms covers round trips well past any path we expect.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 struct InFlight(Arc<AtomicUsize>);
 

@@ -181,8 +181,9 @@ fn spawn_connection(
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
+    let mut req = req.map(body::from_incoming);
     let path = req.uri().path();
     let joining_room = path.starts_with("/_warren/rooms/");
     if path.starts_with("/_warren/") && !joining_room && path != "/_warren/rooms" {

@@ -19,7 +19,13 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use super::{local, peers::Peers, reply::error_response, state::Shared, target, upgrade};
+use super::{
+    local,
+    peers::Peers,
+    reply::{error_response, FailureCode},
+    state::Shared,
+    stream, target, upgrade,
+};
 use crate::{
     accept,
     body::TunnelBody,
@@ -33,6 +39,11 @@ use crate::{
 const SECRET_HEADER: &str = "x-warren-cluster-secret";
 /// Header carrying the original client's address across the internal link.
 const PEER_HEADER: &str = "x-warren-peer";
+/// Response header on the internal link: the answering node could not serve
+/// the request with its agent connections (the agent left it, or its
+/// connection broke before the agent answered). A bodiless request can then
+/// go to another route. Never passed on to the client.
+const MOVED_HEADER: &str = "x-warren-agent-moved";
 
 /// Registers this node before it serves.
 pub(super) async fn register(
@@ -191,8 +202,9 @@ where
 async fn from_node(
     shared: Arc<Shared>,
     link_peer: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
+    let mut req = req.map(crate::body::from_incoming);
     let Some(peers) = &shared.peers else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,
@@ -225,18 +237,39 @@ async fn from_node(
         Err(resp) => return Ok(*resp),
     };
     // Only agents held here: a forwarded request never travels further.
-    Ok(match local::serve(&shared, req, target, peer).await {
+    let mut resp = match local::serve(&shared, req, target, peer).await {
         Ok(resp) => resp,
-        Err((_, target)) => local::not_connected(&shared, &target.client_id).await,
-    })
+        Err((_, target)) => {
+            let mut resp = local::not_connected(&shared, &target.client_id).await;
+            resp.headers_mut()
+                .insert(MOVED_HEADER, HeaderValue::from_static("gone"));
+            resp
+        }
+    };
+    // The agent's connection here died under the request: the forwarding
+    // node may know another way to the agent.
+    if resp
+        .extensions()
+        .get::<FailureCode>()
+        .is_some_and(|code| stream::connection_lost_code(code.0))
+    {
+        resp.headers_mut()
+            .insert(MOVED_HEADER, HeaderValue::from_static("lost"));
+    }
+    Ok(resp)
 }
 
 /// Forwards a client request to the node holding its agent, or answers that
 /// the agent is not connected anywhere.
+///
+/// A node that answers that its connection to the agent is gone (the agent
+/// moved, or the connection died under the request, as in a rolling restart)
+/// has not consumed a bodiless request: that one is tried on the next route,
+/// then, after a fresh lookup, on the agent's connections to this node.
 pub(super) async fn forward_remote(
     shared: &Arc<Shared>,
     peers: &Peers,
-    req: Request<Incoming>,
+    req: Request<TunnelBody>,
     target: target::Target,
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
@@ -261,21 +294,42 @@ pub(super) async fn forward_remote(
         Some(cached) => (cached, false),
         None => (lookup().await, true),
     };
+    let resend = Resend::of(&req);
     let mut unreachable = false;
-    let mut req = req;
-    loop {
+    // The last "moved" answer, for the client if no other way works.
+    let mut moved: Option<Response<TunnelBody>> = None;
+    let mut pending = Some(req);
+    'routes: loop {
         for (node, addr) in &routes {
+            let Some(req) = pending
+                .take()
+                .or_else(|| resend.as_ref().map(Resend::request))
+            else {
+                break 'routes;
+            };
             match peers.links.get(addr).await {
                 Ok(sender) => match send(peers, addr, sender, req, client_id, peer).await {
-                    Ok(resp) => return resp,
+                    Ok(mut resp) => {
+                        let Some(why) = resp.headers_mut().remove(MOVED_HEADER) else {
+                            return resp;
+                        };
+                        if resend.is_none() {
+                            return resp;
+                        }
+                        info!(%node, status = %resp.status(), why = ?why, "the node no longer serves the agent; trying another way");
+                        peers.routes.invalidate(client_id);
+                        unreachable = true;
+                        moved = Some(resp);
+                    }
                     Err(unsent) => {
                         info!(%node, "the link to the node closed before the request went");
-                        req = unsent;
+                        pending = Some(unsent);
                         unreachable = true;
                     }
                 },
                 Err(e) => {
                     info!(%node, "cannot reach node: {e}");
+                    pending = Some(req);
                     unreachable = true;
                 }
             }
@@ -288,7 +342,8 @@ pub(super) async fn forward_remote(
         routes = lookup().await;
         fresh = true;
     }
-    if unreachable {
+    let req = pending.or_else(|| resend.as_ref().map(Resend::request));
+    if let (true, Some(req)) = (unreachable, req) {
         // The node that held the agent is going or gone (a rolling restart,
         // a crash): its connections are moving, often to this node. Wait
         // briefly for one instead of failing a request a moment would serve.
@@ -305,9 +360,48 @@ pub(super) async fn forward_remote(
                 Err(_) => local::not_connected(shared, &client_id).await,
             };
         }
-        return local::not_connected(shared, &client_id).await;
+        return match moved {
+            Some(resp) => resp,
+            None => local::not_connected(shared, &client_id).await,
+        };
     }
-    local::not_connected(shared, client_id).await
+    match moved {
+        Some(resp) => resp,
+        None => local::not_connected(shared, client_id).await,
+    }
+}
+
+/// What is needed to send a bodiless request again (its body, being empty,
+/// is all that the first attempt consumed). Upgrades are never sent twice:
+/// their client side went with the first attempt.
+struct Resend {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Resend {
+    fn of(req: &Request<TunnelBody>) -> Option<Resend> {
+        if !http_body::Body::is_end_stream(req.body()) || upgrade::is_upgrade(req) {
+            return None;
+        }
+        Some(Resend {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<TunnelBody> {
+        let mut req = Request::new(crate::body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// Sends `req` to the node at `addr`. `Err` gives the request back when it
@@ -316,11 +410,11 @@ pub(super) async fn forward_remote(
 async fn send(
     peers: &Peers,
     addr: &str,
-    mut sender: client_http1::SendRequest<Incoming>,
-    req: Request<Incoming>,
+    mut sender: client_http1::SendRequest<TunnelBody>,
+    req: Request<TunnelBody>,
     client_id: &str,
     peer: SocketAddr,
-) -> Result<Response<TunnelBody>, Request<Incoming>> {
+) -> Result<Response<TunnelBody>, Request<TunnelBody>> {
     let mut req = req;
     // WebSocket upgrades (pass-through and room joins) cross the link too: the
     // node's 101 is passed on and the two upgraded connections are spliced.

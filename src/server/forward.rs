@@ -7,7 +7,6 @@ use std::{net::SocketAddr, sync::atomic::Ordering, sync::Arc};
 use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tracing::{debug, info, Instrument};
 use warren_proto::{Mode, Open, RequestHead, ResetCode};
 
@@ -27,7 +26,7 @@ use crate::{
 pub(super) async fn forward(
     shared: &Shared,
     link: Arc<AgentLink>,
-    req: Request<Incoming>,
+    req: Request<TunnelBody>,
     target: Target,
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
@@ -44,7 +43,7 @@ pub(super) async fn forward(
 async fn exchange(
     shared: &Shared,
     link: Arc<AgentLink>,
-    req: Request<Incoming>,
+    req: Request<TunnelBody>,
     target: Target,
     peer: SocketAddr,
     request_id: u64,
@@ -160,7 +159,7 @@ async fn send_request(
     shared: &Shared,
     link: &AgentLink,
     head: RequestHead<&str, &[u8]>,
-    body: &mut Option<Incoming>,
+    body: &mut Option<TunnelBody>,
 ) -> Result<(RecvStream, u16, Result<HeaderMap, BadHeader>), Failure> {
     let (send, mut recv) = stream::open(shared, link, &Open::Http(head), body.is_none()).await?;
     if let Some(incoming) = body.take() {
@@ -212,7 +211,7 @@ async fn collect(
 /// Streams the client's request body into the agent's stream. A client that
 /// breaks off mid-upload resets the stream, so the upstream never sees a
 /// truncated body as complete.
-async fn pump_request_body(mut incoming: Incoming, mut send: SendStream) {
+async fn pump_request_body(mut incoming: TunnelBody, mut send: SendStream) {
     loop {
         match incoming.frame().await {
             Some(Ok(frame)) => {

@@ -6,7 +6,6 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::{
     forward, reply::error_response, rooms, state::Shared, target::Target, upgrade, websocket,
@@ -17,10 +16,10 @@ use crate::body::TunnelBody;
 /// target) when there is none.
 pub(super) async fn serve(
     shared: &Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<TunnelBody>,
     target: Target,
     peer: SocketAddr,
-) -> Result<Response<TunnelBody>, (Request<Incoming>, Target)> {
+) -> Result<Response<TunnelBody>, (Request<TunnelBody>, Target)> {
     if let Some(room) = req.uri().path().strip_prefix("/_warren/rooms/") {
         if !upgrade::is_upgrade(&req) {
             return Ok(error_response(

@@ -4,11 +4,12 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use hyper::{body::Incoming, client::conn::http1 as client_http1};
+use hyper::client::conn::http1 as client_http1;
 use hyper_util::rt::TokioIo;
 
 use super::{cache::TtlCache, config::ClusterConfig};
 use crate::{
+    body::TunnelBody,
     cluster_tls::{self, ClusterTls},
     registry::now_ms,
 };
@@ -23,13 +24,13 @@ const IDLE_LINKS_PER_NODE: usize = 64;
 
 /// Pooled HTTP/1.1 connections to peer nodes.
 pub(crate) struct NodeLinks {
-    idle: Mutex<HashMap<String, Vec<client_http1::SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<String, Vec<client_http1::SendRequest<TunnelBody>>>>,
     /// Mutual TLS to peers, when the cluster has its CA.
     tls: Option<ClusterTls>,
 }
 
 impl NodeLinks {
-    pub async fn get(&self, addr: &str) -> Result<client_http1::SendRequest<Incoming>, String> {
+    pub async fn get(&self, addr: &str) -> Result<client_http1::SendRequest<TunnelBody>, String> {
         {
             let mut idle = self.idle.lock().expect("link pool poisoned");
             if let Some(list) = idle.get_mut(addr) {
@@ -58,7 +59,7 @@ impl NodeLinks {
         }
     }
 
-    pub fn put(&self, addr: &str, sender: client_http1::SendRequest<Incoming>) {
+    pub fn put(&self, addr: &str, sender: client_http1::SendRequest<TunnelBody>) {
         let mut idle = self.idle.lock().expect("link pool poisoned");
         let list = idle.entry(addr.to_string()).or_default();
         if list.len() < IDLE_LINKS_PER_NODE {
@@ -68,7 +69,7 @@ impl NodeLinks {
 }
 
 /// HTTP/1.1 over an established connection to a peer node.
-async fn handshake<IO>(addr: &str, io: IO) -> Result<client_http1::SendRequest<Incoming>, String>
+async fn handshake<IO>(addr: &str, io: IO) -> Result<client_http1::SendRequest<TunnelBody>, String>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {

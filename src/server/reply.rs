@@ -39,9 +39,16 @@ impl Failure {
     /// Logs the failure (in the request's span) and turns it into the client's answer.
     pub fn respond(self, client_id: &str) -> Response<TunnelBody> {
         info!(status = %self.status, code = self.code, "{}", self.message);
-        error_response(self.status, self.code, Some(client_id), &self.message)
+        let mut resp = error_response(self.status, self.code, Some(client_id), &self.message);
+        resp.extensions_mut().insert(FailureCode(self.code));
+        resp
     }
 }
+
+/// On a failure's response (an extension, never sent): its error code, for
+/// the cluster link to tell the forwarding node what happened.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FailureCode(pub &'static str);
 
 pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<TunnelBody> {
     let mut resp = Response::new(body::full(value.to_string()));

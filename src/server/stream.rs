@@ -20,9 +20,14 @@ use crate::{
 /// than the agent or its service answering): such a request, if the agent
 /// never consumed anything of it, can be tried on another connection.
 pub(super) fn connection_lost(failure: &Failure) -> bool {
+    connection_lost_code(failure.code)
+}
+
+/// [`connection_lost`], by error code.
+pub(super) fn connection_lost_code(code: &str) -> bool {
     // agent_unreachable: the connection failed before the request reached
     // it; agent_failed: it broke before the agent answered.
-    matches!(failure.code, "agent_unreachable" | "agent_failed")
+    matches!(code, "agent_unreachable" | "agent_failed")
 }
 
 /// Opens a stream to the agent and sends what it is for; with `last`, that is

@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, sync::atomic::Ordering, sync::Arc};
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
 use tracing::{debug, Instrument};
@@ -24,7 +23,7 @@ use crate::{body, body::TunnelBody, websocket};
 pub(super) async fn pass_through(
     shared: &Shared,
     link: Arc<AgentLink>,
-    mut req: Request<Incoming>,
+    mut req: Request<TunnelBody>,
     target: Target,
     peer: SocketAddr,
 ) -> Response<TunnelBody> {

@@ -13,7 +13,6 @@ use std::{
 };
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tracing::{debug, info, Instrument};
 
 use super::{agents::AgentLink, reply::error_response, upgrade};
@@ -51,7 +50,7 @@ pub(crate) fn list(hub: &RoomHub, client_id: &str) -> Response<TunnelBody> {
 pub(crate) async fn join(
     hub: &RoomHub,
     link: Arc<AgentLink>,
-    mut req: Request<Incoming>,
+    mut req: Request<TunnelBody>,
     room: &str,
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
