@@ -3,6 +3,13 @@
 //! [`MISSED_BEATS`] intervals is declared dead. Either side may announce
 //! `GoAway`; heartbeats continue while requests in flight drain, so liveness is
 //! checked for the whole life of a connection.
+//!
+//! "Silent" means nothing at all arrived: neither a control frame nor anything
+//! the transport saw (`Session::heard`). Over QUIC every stream's writes wait
+//! on one connection-wide flow-control window, which streams whose clients
+//! stopped reading can use up; the peer's pongs then cannot be sent, but its
+//! acknowledgements still arrive, and a peer that is merely congested is not
+//! taken for dead.
 
 use std::{future::Future, time::Duration};
 
@@ -14,7 +21,7 @@ use tokio::{
 };
 use warren_proto::{Control, MAX_CONTROL_FRAME};
 
-use crate::transport::{RecvStream, SendStream, TransportError};
+use crate::transport::{RecvStream, SendStream, Session, TransportError};
 
 /// Silence, in heartbeat intervals, after which the peer counts as dead. Three
 /// tolerates one lost ping and one delayed pong on a lossy path.
@@ -49,32 +56,47 @@ pub struct Liveness {
     /// Counts frames heard from the peer.
     heard: Arc<watch::Sender<u64>>,
     ping_now: Arc<Notify>,
+    /// What the transport has heard from the peer (see the module's notes).
+    session: Session,
 }
 
-impl Default for Liveness {
-    fn default() -> Self {
+/// How often a probe looks at what the transport heard while it waits.
+const PROBE_LOOK: Duration = Duration::from_millis(25);
+
+impl Liveness {
+    pub fn new(session: Session) -> Self {
         Liveness {
             heard: Arc::new(watch::channel(0).0),
             ping_now: Arc::new(Notify::new()),
+            session,
         }
     }
-}
 
-impl Liveness {
-    /// How many frames have been heard from the peer so far.
+    /// A count that grows with everything heard from the peer: control
+    /// frames and whatever the transport received.
     pub fn heard(&self) -> u64 {
-        *self.heard.borrow()
+        *self.heard.borrow() + self.session.heard()
     }
 
-    /// Pings the peer now; whether it said anything within `within`.
+    /// Pings the peer now; whether anything was heard from it within `within`.
     pub async fn probe(&self, within: Duration) -> bool {
-        let mut heard = self.heard.subscribe();
-        heard.borrow_and_update();
+        let mut frames = self.heard.subscribe();
+        frames.borrow_and_update();
+        let transport = self.session.heard();
         self.ping_now.notify_one();
-        matches!(
-            tokio::time::timeout(within, heard.changed()).await,
-            Ok(Ok(()))
-        )
+        let answered = async {
+            loop {
+                tokio::select! {
+                    changed = frames.changed() => return changed.is_ok(),
+                    _ = tokio::time::sleep(PROBE_LOOK) => {
+                        if self.session.heard() != transport {
+                            return true;
+                        }
+                    }
+                }
+            }
+        };
+        matches!(tokio::time::timeout(within, answered).await, Ok(true))
     }
 }
 
@@ -102,19 +124,41 @@ pub async fn keepalive(
         }
     });
     let _reader = AbortOnDrop(reader);
+    // Writes may wait on flow control shared with every stream (see the
+    // module's notes): a writer task does them, so the heartbeat's clock
+    // never waits. A ping or pong that finds it still busy is dropped; the
+    // next beat sends another.
+    let (out, mut queued) = mpsc::channel::<Control>(4);
+    let mut writer = AbortOnDrop(tokio::spawn(async move {
+        while let Some(message) = queued.recv().await {
+            if let Err(e) = send.write_frame(&message, MAX_CONTROL_FRAME).await {
+                return e;
+            }
+        }
+        TransportError::Closed("control writer ended".into())
+    }));
     tokio::pin!(leave);
     let mut left = false;
+    let mut goaway_owed = false;
 
     let dead_after = interval * MISSED_BEATS;
     let mut last_heard = Instant::now();
+    let mut transport_heard = liveness.heard();
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     loop {
         let outgoing = tokio::select! {
             _ = ticker.tick() => {
+                let heard = liveness.heard();
+                if heard != transport_heard {
+                    (transport_heard, last_heard) = (heard, Instant::now());
+                }
                 if last_heard.elapsed() >= dead_after {
                     return ControlEnd::PeerSilent(last_heard.elapsed());
+                }
+                if goaway_owed {
+                    goaway_owed = out.try_send(Control::GoAway { reason: "leaving".into() }).is_err();
                 }
                 seq += 1;
                 Control::Ping { seq }
@@ -145,9 +189,18 @@ pub async fn keepalive(
                 left = true;
                 Control::GoAway { reason: "leaving".into() }
             }
+            failed = &mut writer.0 => {
+                return ControlEnd::Lost(failed.unwrap_or_else(|e| TransportError::Closed(e.to_string())));
+            }
         };
-        if let Err(e) = send.write_frame(&outgoing, MAX_CONTROL_FRAME).await {
-            return ControlEnd::Lost(e);
+        let goaway = matches!(outgoing, Control::GoAway { .. });
+        match out.try_send(outgoing) {
+            Ok(()) => {}
+            // The GoAway is owed until it fits; pings and pongs are not.
+            Err(mpsc::error::TrySendError::Full(_)) => goaway_owed |= goaway,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return ControlEnd::Lost(TransportError::Closed("control writer ended".into()))
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use warren::{
 };
 
 fn main() -> ExitCode {
+    warren::memory::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())

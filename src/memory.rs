@@ -24,6 +24,23 @@ pub fn spawn_trimmer() {
     });
 }
 
+/// Keeps the data path's buffers (64 KiB-1 MiB: read buffers, body chunks
+/// held until acknowledged) on the heap. glibc otherwise maps each one anew
+/// and unmaps it when freed, so every buffer costs page faults and zeroed
+/// pages (6% of the agent's CPU in a bulk download, in `clear_page` and
+/// `unmap_page_range`). Memory freed by a burst is still given back: by the
+/// trimmer every 10 s, or at once beyond 8 MiB at the top of the heap.
+/// Call once, before the runtime starts.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's thresholds; called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    }
+}
+
 /// Returns free heap memory to the OS now.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -3,6 +3,8 @@
 //! costs only its own requests. Everyone else's requests, WebSocket upgrades,
 //! room joins and listings go on while the mute agent's are still pending,
 //! and the mute agent's own end with clear errors once their deadlines pass.
+//! And clients that stop reading their downloads hold only their own
+//! streams: the agent's connection is not taken for dead.
 
 mod common;
 
@@ -13,7 +15,10 @@ use http::StatusCode;
 use warren::control;
 use warren_proto::{Control, MAX_CONTROL_FRAME};
 
-over_transports!(a_mute_agent_stalls_no_one_else);
+over_transports!(
+    a_mute_agent_stalls_no_one_else,
+    readers_that_stop_reading_do_not_kill_the_connection,
+);
 
 /// Connects as `client_id` with a real token, is welcomed, answers pings, and
 /// never accepts a stream. Returns the task keeping it alive.
@@ -34,16 +39,9 @@ async fn mute_agent(
     let beat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
     tokio::spawn(async move {
         // Alive on the control stream, deaf on every other.
+        let liveness = control::Liveness::new(session.clone());
         let _session = session;
-        control::keepalive(
-            send,
-            recv,
-            beat,
-            &control::Liveness::default(),
-            std::future::pending(),
-            |_| {},
-        )
-        .await;
+        control::keepalive(send, recv, beat, &liveness, std::future::pending(), |_| {}).await;
     })
 }
 
@@ -114,4 +112,56 @@ async fn a_mute_agent_stalls_no_one_else(t: Transport) {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     // And the good agent still serves.
     assert_eq!(get(&stack.url("/bytes/10")).await.status(), StatusCode::OK);
+}
+
+/// Downloads whose clients stop reading fill what the connection may have in
+/// flight (over QUIC, one flow-control window for all streams: here 4 MiB
+/// for five 1 MiB stream windows), so not even the agent's pongs can be sent.
+/// The agent is congested, not dead: its connection stays up through several
+/// heartbeat deadlines, and a request that waited meanwhile is answered once
+/// the stalled clients give up.
+async fn readers_that_stop_reading_do_not_kill_the_connection(t: Transport) {
+    let mut opts = StackOptions::new(t);
+    opts.server.tuning.stream_window = 1024 * 1024;
+    opts.server.tuning.connection_window = 4 * 1024 * 1024;
+    opts.server.probe_after = Duration::from_millis(300);
+    opts.server.probe_timeout = Duration::from_millis(500);
+    let mut stack = Stack::server_only(opts).await;
+    let config = stack.agent_config();
+    let mut status = stack.add_agent(config).await;
+    let before = wait_connected(&mut status).await;
+
+    // Six downloads whose clients read their first bytes, then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
+        let path = format!("/bytes/1073741824?clientId={}", stack.client_id);
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        stalled.push(tcp);
+    }
+    // Let them fill their windows and the connection's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = stack.url("/bytes/1000");
+    let waiting = tokio::spawn(async move { get(&url).await });
+    // Several heartbeat deadlines (3 × 500 ms) and probe timeouts pass.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        *status.borrow(),
+        before,
+        "the congested connection was kept (not closed as dead)"
+    );
+    drop(stalled);
+    let resp = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting request is answered")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(read_body(resp).await.unwrap().len(), 1000);
+    assert_eq!(*status.borrow(), before, "still the same connection");
 }

@@ -199,7 +199,7 @@ pub(super) async fn serve(
             }
         };
         // The agent does not probe the server between heartbeats.
-        let liveness = control::Liveness::default();
+        let liveness = control::Liveness::new(session.clone());
         let (code, end) = tokio::select! {
             end = control::keepalive(send, recv, heartbeat, &liveness, leaving, on_goaway) => {
                 let code = match end {

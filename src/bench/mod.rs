@@ -25,7 +25,12 @@ use std::{
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::{auth, lab::UdpGate, registry::Registry, transport::TransportKind};
+use crate::{
+    auth,
+    lab::{DelayLink, UdpGate},
+    registry::Registry,
+    transport::TransportKind,
+};
 pub use error::BenchError;
 use load::Target;
 use procs::{PeakRss, Proc};
@@ -65,6 +70,9 @@ struct Sizes {
     room_members: usize,
     room_broadcasts: usize,
     idle_clients: usize,
+    /// The long-path scenario: one download's size, and small requests timed.
+    rtt_bulk: u64,
+    rtt_requests: usize,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -87,6 +95,8 @@ impl Sizes {
                 room_members: 100,
                 room_broadcasts: 20,
                 idle_clients: 200,
+                rtt_bulk: 32 * MIB,
+                rtt_requests: 20,
             }
         } else {
             Sizes {
@@ -103,10 +113,15 @@ impl Sizes {
                 room_members: 1000,
                 room_broadcasts: 100,
                 idle_clients: 1000,
+                rtt_bulk: 512 * MIB,
+                rtt_requests: 100,
             }
         }
     }
 }
+
+/// The long path's delay each way: a 40 ms round trip, a continent away.
+const LONG_PATH_ONE_WAY: Duration = Duration::from_millis(20);
 
 /// A 320 kbit/s stream: 2000 bytes every 50 ms.
 const AUDIO_CHUNK: u64 = 2000;
@@ -188,7 +203,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     // 7 steps per target and run (3 targets), 2 raw, 2 idle, 2 fallback, …
     let mut progress = Progress {
         done: 0,
-        total: 7 * 3 * runs + 11,
+        total: 7 * 3 * runs + 13,
         started: Instant::now(),
     };
 
@@ -397,6 +412,41 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         agent.stop().await;
         server.proc.stop().await;
     }
+    // A long path between agent and server (20 ms each way): whether the
+    // windows carry one stream at speed across real round trips, and what a
+    // small request costs there (one round trip is the floor).
+    let mut long_path = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        progress.step(&format!("40 ms round trip over {kind}"));
+        let server = Server::start(&bin, &dir, &format!("rtt-{kind}"), &[]).await?;
+        let token = server.issue("rtt").await?;
+        let link = DelayLink::spawn(server.tunnel, LONG_PATH_ONE_WAY)
+            .await
+            .map_err(BenchError::io("delay link"))?;
+        let agent = server
+            .agent_via(
+                &bin,
+                &dir,
+                "rtt",
+                &token,
+                upstream_addr,
+                Some(kind),
+                link.addr(),
+                &[],
+            )
+            .await?;
+        server.wait_agents(1).await?;
+        let target = Target {
+            addr: server.api,
+            client_id: Some("rtt".into()),
+        };
+        let mut lat = load::sequential(&target, "/bytes/1024", sizes.rtt_requests).await?;
+        lat.sort();
+        let (bytes, secs) = load::download(&target, &format!("/bytes/{}", sizes.rtt_bulk)).await?;
+        long_path.push((mbps(bytes, secs), load::percentile_ms(&lat, 50.0)));
+        agent.stop().await;
+        server.proc.stop().await;
+    }
     // Rooms: one broadcast should cross the tunnel once, whatever the members.
     let mut room_figures = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
@@ -453,6 +503,19 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
                 )
             })
             .collect(),
+    );
+    let long = "40 ms round trip, agent to server";
+    let at = |i: usize, f: fn(&(f64, f64)) -> f64| long_path.get(i).map(f);
+    rows.push(
+        Row::new(long, "one stream's bulk", "MB/s", Better::Higher)
+            .tunnel(at(0, |p| p.0), at(1, |p| p.0))
+            .target("≥ 100 MB/s", 100.0, true),
+    );
+    rows.push(
+        // One round trip is the floor; a second would show as ~80 ms.
+        Row::new(long, "small request latency p50", "ms", Better::Lower)
+            .tunnel(at(0, |p| p.1), at(1, |p| p.1))
+            .target("≤ 45 ms (one round trip)", 45.0, true),
     );
     let room = format!("room, {} members, 10×1 KiB/s", sizes.room_members);
     let pick = |f: fn(&rooms::RoomFigures) -> f64| {

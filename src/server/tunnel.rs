@@ -311,7 +311,7 @@ async fn run_admitted(
         session: session.clone(),
         record,
         rooms_auth,
-        liveness: Default::default(),
+        liveness: control::Liveness::new(session.clone()),
         suspect_at: Default::default(),
         span: tracing::Span::current(),
     });

@@ -133,6 +133,8 @@ pub trait TurnFlush: Send {
 
 /// Handle to a yamux session run by a driver task.
 pub struct MuxSession {
+    /// Grows with what arrives from the peer (see `Session::heard`).
+    pub heard: Arc<std::sync::atomic::AtomicU64>,
     commands: mpsc::Sender<Command>,
     inbound: Mutex<mpsc::Receiver<yamux::Stream>>,
     closed: watch::Receiver<Option<String>>,
@@ -143,6 +145,7 @@ pub struct MuxSession {
 pub fn session<T>(
     io: T,
     flush: Option<Box<dyn TurnFlush>>,
+    heard: Arc<std::sync::atomic::AtomicU64>,
     role: Role,
     remote: SocketAddr,
     tuning: &TransportTuning,
@@ -172,6 +175,7 @@ where
     let (closed_tx, closed_rx) = watch::channel(None);
     tokio::spawn(drive(conn, flush, cmd_rx, in_tx, closed_tx));
     Arc::new(MuxSession {
+        heard,
         commands: cmd_tx,
         inbound: Mutex::new(in_rx),
         closed: closed_rx,
@@ -449,8 +453,22 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 20);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         (
-            session(a.compat(), None, Role::Client, addr, tuning),
-            session(b.compat(), None, Role::Server, addr, tuning),
+            session(
+                a.compat(),
+                None,
+                Default::default(),
+                Role::Client,
+                addr,
+                tuning,
+            ),
+            session(
+                b.compat(),
+                None,
+                Default::default(),
+                Role::Server,
+                addr,
+                tuning,
+            ),
         )
     }
 

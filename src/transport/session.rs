@@ -132,6 +132,19 @@ impl Session {
         }
     }
 
+    /// A count that grows whenever anything arrives from the peer (QUIC: any
+    /// datagram, acknowledgements included; WebSocket: any message). It
+    /// shows the peer alive even when no stream data can move: QUIC's
+    /// connection-wide flow control, exhausted by streams whose readers
+    /// stalled, blocks every stream's writes, the control stream's too, but
+    /// not acknowledgements and keep-alives.
+    pub fn heard(&self) -> u64 {
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => conn.stats().udp_rx.datagrams,
+            SessionInner::Mux(m) => m.heard.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// Whether the session is already closed.
     pub fn is_closed(&self) -> bool {
         match &self.inner {

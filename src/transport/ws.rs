@@ -6,7 +6,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     task::{ready, Context, Poll},
     time::Duration,
 };
@@ -56,6 +59,8 @@ pub struct WsIo<S> {
     core: Arc<Mutex<Core<S>>>,
     /// Unread rest of the last message received.
     read: Bytes,
+    /// Messages received so far (the session's `heard`).
+    heard: Arc<AtomicU64>,
 }
 
 /// What reads, writes and the turn's flush share (all on the driver's task,
@@ -73,17 +78,20 @@ pub struct WsFlush<S>(Arc<Mutex<Core<S>>>);
 /// one message never grows past a few hundred KiB.
 const SEND_AT: usize = 256 * 1024;
 
-fn pair<S>(ws: WebSocketStream<S>) -> (WsIo<S>, WsFlush<S>) {
+fn pair<S>(ws: WebSocketStream<S>) -> (WsIo<S>, WsFlush<S>, Arc<AtomicU64>) {
     let core = Arc::new(Mutex::new(Core {
         ws,
         write: BytesMut::new(),
     }));
+    let heard = Arc::new(AtomicU64::new(0));
     (
         WsIo {
             core: core.clone(),
             read: Bytes::new(),
+            heard: heard.clone(),
         },
         WsFlush(core),
+        heard,
     )
 }
 
@@ -139,6 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_util::io::AsyncRead for WsIo<S> 
                 return Poll::Ready(Ok(n));
             }
             let next = ready!(Pin::new(&mut self.core().ws).poll_next(cx));
+            self.heard.fetch_add(1, Ordering::Relaxed);
             match next {
                 Some(Ok(Message::Binary(data))) => self.read = data,
                 // Pings are answered by tungstenite itself.
@@ -233,10 +242,11 @@ impl Acceptor {
             tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()))
                 .await
                 .map_err(|e| fail(format!("WebSocket upgrade failed: {e}")))?;
-        let (io, flush) = pair(ws);
+        let (io, flush, heard) = pair(ws);
         Ok(Session::from_mux(mux::session(
             io,
             Some(Box::new(flush)),
+            heard,
             mux::Role::Server,
             remote,
             &self.tuning,
@@ -278,10 +288,11 @@ pub async fn connect(
     let ws = tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| fail(format!("no WebSocket handshake within {timeout:?}")))??;
-    let (io, flush) = pair(ws);
+    let (io, flush, heard) = pair(ws);
     Ok(Session::from_mux(mux::session(
         io,
         Some(Box::new(flush)),
+        heard,
         mux::Role::Client,
         addr,
         tuning,
@@ -294,7 +305,7 @@ mod tests {
     //! messages that cross it: writes collect until the driver's turn ends,
     //! and nothing written is ever left waiting for a later turn.
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{DuplexStream, ReadBuf};
     use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
@@ -355,8 +366,15 @@ mod tests {
             (b, WsRole::Server, mux::Role::Server),
         ] {
             let ws = WebSocketStream::from_raw_socket(io, ws_role, Some(ws_config())).await;
-            let (io, flush) = pair(ws);
-            made.push(mux::session(io, Some(Box::new(flush)), role, addr, &tuning));
+            let (io, flush, heard) = pair(ws);
+            made.push(mux::session(
+                io,
+                Some(Box::new(flush)),
+                heard,
+                role,
+                addr,
+                &tuning,
+            ));
         }
         let server = made.pop().unwrap();
         let client = made.pop().unwrap();
