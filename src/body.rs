@@ -23,10 +23,22 @@ pub type TunnelBody = UnsyncBoxBody<Bytes, TransportError>;
 /// fails: the client sees an error, never a clean end, and dropping `recv`
 /// tells the agent to abandon the upstream request.
 pub fn from_recv(recv: RecvStream, idle: Duration) -> TunnelBody {
-    let stream = futures_util::stream::unfold(Some(recv), move |state| async move {
-        let mut recv = state?;
+    from_recv_counted(recv, idle, |_| {})
+}
+
+/// [`from_recv`], telling `taken` how many bytes each chunk handed on had.
+pub fn from_recv_counted(
+    recv: RecvStream,
+    idle: Duration,
+    taken: impl FnMut(u64) + Send + 'static,
+) -> TunnelBody {
+    let stream = futures_util::stream::unfold(Some((recv, taken)), move |state| async move {
+        let (mut recv, mut taken) = state?;
         match tokio::time::timeout(idle, recv.read_chunk(CHUNK)).await {
-            Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some(recv))),
+            Ok(Ok(Some(chunk))) => {
+                taken(chunk.len() as u64);
+                Some((Ok(Frame::data(chunk)), Some((recv, taken))))
+            }
             Ok(Ok(None)) => None,
             Ok(Err(e)) => Some((Err(e), None)),
             Err(_) => {

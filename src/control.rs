@@ -60,6 +60,34 @@ pub struct Liveness {
     session: Session,
 }
 
+/// Messages for the peer that must not be lost but only matter in their
+/// latest form: one value per key, replaced by newer ones until the control
+/// stream's writer sends it. Bounded by its keys (for credit: one per
+/// response in flight).
+#[derive(Default)]
+pub struct Outbox {
+    pending: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// Queues `value` for `key`, replacing any not yet sent.
+    pub fn put(&self, key: u64, value: u64) {
+        self.pending.lock().expect("outbox lock").insert(key, value);
+        self.wake.notify_one();
+    }
+
+    /// Drops what is queued for `key` (it no longer matters).
+    pub fn forget(&self, key: u64) {
+        self.pending.lock().expect("outbox lock").remove(&key);
+    }
+
+    /// Takes everything queued.
+    pub(crate) fn take(&self) -> Vec<(u64, u64)> {
+        self.pending.lock().expect("outbox lock").drain().collect()
+    }
+}
+
 /// How often a probe looks at what the transport heard while it waits.
 const PROBE_LOOK: Duration = Duration::from_millis(25);
 
@@ -100,6 +128,16 @@ impl Liveness {
     }
 }
 
+/// What else travels on the control stream: credit (PROTOCOL.md §3 item 6).
+#[derive(Default)]
+pub struct Extras {
+    /// Credit to send the peer (server): `Control::Credit` per request id.
+    pub credit_out: Option<Arc<Outbox>>,
+    /// Where credit from the peer goes (agent); without it, a `Credit` is a
+    /// protocol error.
+    pub credit_in: Option<Box<dyn FnMut(u64, u64) + Send>>,
+}
+
 /// Runs the heartbeat until the peer dies or the connection ends. When `leave`
 /// resolves, sends `GoAway` once (and keeps beating); a `GoAway` from the peer
 /// is reported through `on_goaway`; `liveness` probes ping at once.
@@ -110,7 +148,12 @@ pub async fn keepalive(
     liveness: &Liveness,
     leave: impl Future<Output = ()>,
     mut on_goaway: impl FnMut(String),
+    extras: Extras,
 ) -> ControlEnd {
+    let Extras {
+        credit_out,
+        mut credit_in,
+    } = extras;
     // Reading a frame is not cancel-safe, so a dedicated task reads and hands
     // whole frames over; 8 slots is plenty for a few messages per interval.
     let (tx, mut rx) = mpsc::channel::<Result<Control, TransportError>>(8);
@@ -130,9 +173,24 @@ pub async fn keepalive(
     // next beat sends another.
     let (out, mut queued) = mpsc::channel::<Control>(4);
     let mut writer = AbortOnDrop(tokio::spawn(async move {
-        while let Some(message) = queued.recv().await {
-            if let Err(e) = send.write_frame(&message, MAX_CONTROL_FRAME).await {
-                return e;
+        loop {
+            let messages = tokio::select! {
+                message = queued.recv() => match message {
+                    Some(message) => vec![message],
+                    None => break,
+                },
+                _ = woken(credit_out.as_deref()) => credit_out
+                    .as_ref()
+                    .map(|o| o.take())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(request_id, offset)| Control::Credit { request_id, offset })
+                    .collect(),
+            };
+            for message in messages {
+                if let Err(e) = send.write_frame(&message, MAX_CONTROL_FRAME).await {
+                    return e;
+                }
             }
         }
         TransportError::Closed("control writer ended".into())
@@ -177,6 +235,12 @@ pub async fn keepalive(
                         on_goaway(reason);
                         continue;
                     }
+                    Some(Ok(Control::Credit { request_id, offset })) if credit_in.is_some() => {
+                        if let Some(credit) = credit_in.as_mut() {
+                            credit(request_id, offset);
+                        }
+                        continue;
+                    }
                     Some(Ok(other)) => {
                         // Named, never printed: a Hello carries a token.
                         return ControlEnd::ProtocolError(format!("unexpected {} after handshake", kind(&other)))
@@ -205,6 +269,14 @@ pub async fn keepalive(
     }
 }
 
+/// Resolves when `outbox` has something queued (never without one).
+async fn woken(outbox: Option<&Outbox>) {
+    match outbox {
+        Some(outbox) => outbox.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A control message's name, for logs and close reasons. Messages are never
 /// printed whole: a `Hello` carries the agent's token.
 pub fn kind(message: &Control) -> &'static str {
@@ -215,6 +287,7 @@ pub fn kind(message: &Control) -> &'static str {
         Control::Ping { .. } => "Ping",
         Control::Pong { .. } => "Pong",
         Control::GoAway { .. } => "GoAway",
+        Control::Credit { .. } => "Credit",
     }
 }
 

@@ -18,6 +18,7 @@ use warren_proto::{Control, MAX_CONTROL_FRAME};
 over_transports!(
     a_mute_agent_stalls_no_one_else,
     readers_that_stop_reading_do_not_kill_the_connection,
+    stalled_readers_do_not_hold_up_other_requests,
 );
 
 /// Connects as `client_id` with a real token, is welcomed, answers pings, and
@@ -41,7 +42,16 @@ async fn mute_agent(
         // Alive on the control stream, deaf on every other.
         let liveness = control::Liveness::new(session.clone());
         let _session = session;
-        control::keepalive(send, recv, beat, &liveness, std::future::pending(), |_| {}).await;
+        control::keepalive(
+            send,
+            recv,
+            beat,
+            &liveness,
+            std::future::pending(),
+            |_| {},
+            Default::default(),
+        )
+        .await;
     })
 }
 
@@ -131,20 +141,7 @@ async fn readers_that_stop_reading_do_not_kill_the_connection(t: Transport) {
     let mut status = stack.add_agent(config).await;
     let before = wait_connected(&mut status).await;
 
-    // Six downloads whose clients read their first bytes, then nothing.
-    let mut stalled = Vec::new();
-    for _ in 0..6 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
-        let path = format!("/bytes/1073741824?clientId={}", stack.client_id);
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut first = [0u8; 12];
-        tcp.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"HTTP/1.1 200");
-        stalled.push(tcp);
-    }
+    let stalled = stalled_downloads(&stack, 6).await;
     // Let them fill their windows and the connection's.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let url = stack.url("/bytes/1000");
@@ -164,4 +161,45 @@ async fn readers_that_stop_reading_do_not_kill_the_connection(t: Transport) {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(read_body(resp).await.unwrap().len(), 1000);
     assert_eq!(*status.borrow(), before, "still the same connection");
+}
+
+/// `n` downloads of 1 GiB whose clients read the status line and nothing more.
+async fn stalled_downloads(stack: &Stack, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stalled = Vec::new();
+    for _ in 0..n {
+        let mut tcp = tokio::net::TcpStream::connect(stack.api).await.unwrap();
+        let path = format!("/bytes/1073741824?clientId={}", stack.client_id);
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        stalled.push(tcp);
+    }
+    stalled
+}
+
+/// Forty downloads whose clients stop reading, on the default windows: more
+/// than enough to fill what a QUIC connection may have in flight if each
+/// held its stream's whole window. With credit each holds only what it was
+/// given, so other requests on the same connection are still answered (not
+/// left to their response timeout), and a download alongside still moves.
+async fn stalled_readers_do_not_hold_up_other_requests(t: Transport) {
+    let mut opts = StackOptions::new(t);
+    opts.server.response_timeout = Duration::from_secs(20);
+    let stack = Stack::start(opts).await;
+    let stalled = stalled_downloads(&stack, 40).await;
+    // Let them take what they can.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        let resp = get(&stack.url("/bytes/1000")).await;
+        assert_eq!(resp.status(), StatusCode::OK, "answered, not timed out");
+        assert_eq!(read_body(resp).await.unwrap().len(), 1000);
+    }
+    let resp = get(&stack.url("/bytes/33554432")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(read_body(resp).await.unwrap().len(), 32 << 20);
+    drop(stalled);
 }

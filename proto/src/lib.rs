@@ -36,6 +36,12 @@ pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// cap lower, 256 KiB, since no sane request has more headers than that).
 pub const DEFAULT_MAX_HEAD_FRAME: usize = 256 * 1024;
 
+/// Response body bytes an agent with credit may send on a request stream
+/// before the server's first `Control::Credit` for it: 64 KiB, one round trip's
+/// worth for a start, and small enough that a thousand stalled streams hold
+/// little of what the connection may have in flight.
+pub const INITIAL_CREDIT: u64 = 64 * 1024;
+
 /// Largest frame on a rooms stream: a member's message may be as large as the
 /// default WebSocket message limit (16 MiB), and the `RoomEvent`/`RoomCommand`
 /// around it (room name, ids, flags) needs a little more.

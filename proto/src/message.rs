@@ -25,6 +25,14 @@ pub enum Control {
     GoAway {
         reason: String,
     },
+    /// Server → agent, to an agent that said [`capability::CREDIT`]: the
+    /// response body of request `request_id` may run to `offset` bytes (from
+    /// the body's start). The first, `{ request_id: 0, offset: 0 }`, says the
+    /// server gives credit on this connection.
+    Credit {
+        request_id: u64,
+        offset: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +60,10 @@ pub mod capability {
     /// The rooms backend authenticates members: a member's first message is
     /// sent as `RoomEvent::Join::credentials`, and it is in only after `Accept`.
     pub const ROOMS_AUTH: &str = "rooms-auth";
+    /// The agent sends a response body no further than the server's
+    /// `Control::Credit` allows ([`INITIAL_CREDIT`](crate::INITIAL_CREDIT)
+    /// before any), once the server has said it gives credit.
+    pub const CREDIT: &str = "credit";
 }
 
 /// The protocol version of a `Control::Hello` frame payload (the bytes after the

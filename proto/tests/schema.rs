@@ -877,6 +877,8 @@ fn constants_match_the_document() {
         ("DEFAULT_MAX_HEAD_FRAME", DEFAULT_MAX_HEAD_FRAME.to_string()),
         ("ROOM_FRAME_LIMIT", ROOM_FRAME_LIMIT.to_string()),
         ("capability::ROOMS_AUTH", quoted(capability::ROOMS_AUTH)),
+        ("capability::CREDIT", quoted(capability::CREDIT)),
+        ("INITIAL_CREDIT", INITIAL_CREDIT.to_string()),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v))

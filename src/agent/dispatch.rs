@@ -8,6 +8,7 @@ use tracing::{warn, Instrument};
 use warren_proto::{decode_payload_borrowed, ErrorKind, Open, OpenRef, ResetCode};
 
 use super::{
+    credit::CreditBook,
     rooms::Rooms,
     upstream::{self, Upstream},
 };
@@ -26,6 +27,7 @@ impl Dispatch {
         mut send: SendStream,
         mut recv: RecvStream,
         max_head: usize,
+        credit: &Arc<CreditBook>,
     ) {
         // Decoded in place: the head's strings and header values are slices
         // of `frame`, which lives as long as this stream's task.
@@ -47,8 +49,9 @@ impl Dispatch {
         match open {
             Open::Http(head) => {
                 let span = tracing::info_span!("request", request_id = head.request_id);
+                let credit = credit.response(head.request_id);
                 self.upstream
-                    .http(head, &frame, send, recv, max_head)
+                    .http(head, &frame, send, recv, max_head, credit)
                     .instrument(span)
                     .await
             }

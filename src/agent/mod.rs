@@ -13,6 +13,7 @@
 
 mod backoff;
 mod config;
+mod credit;
 mod dial;
 mod dispatch;
 mod pool;

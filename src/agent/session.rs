@@ -19,6 +19,7 @@ use warren_proto::{
 
 use super::{
     config::{AgentConfig, AgentError},
+    credit::CreditBook,
     dispatch::Dispatch,
     status::AgentStatus,
 };
@@ -58,10 +59,12 @@ pub(super) async fn hello(
             client_id: config.client_id.clone(),
             token: config.token.expose().to_string(),
             agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
-            capabilities: if config.rooms_auth {
-                vec![capability::ROOMS_AUTH.to_string()]
-            } else {
-                Vec::new()
+            capabilities: {
+                let mut can = vec![capability::CREDIT.to_string()];
+                if config.rooms_auth {
+                    can.push(capability::ROOMS_AUTH.to_string());
+                }
+                can
             },
             transport_note,
             replaces,
@@ -144,6 +147,7 @@ pub(super) async fn serve(
             transport: session.kind().to_string(),
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let credit = Arc::new(CreditBook::default());
         // Streams accepted so far: a drain waits until none has come for a while.
         let accepted = AtomicUsize::new(0);
         let max_head = welcome.limits.max_head_frame as usize;
@@ -151,6 +155,7 @@ pub(super) async fn serve(
             while let Some((send, recv)) = session.accept().await {
                 accepted.fetch_add(1, Ordering::AcqRel);
                 let dispatch = dispatch.clone();
+                let credit = credit.clone();
                 let guard = InFlight::enter(&in_flight);
                 // Boxed: a stream's future is a few KiB, and spawning moves
                 // it through several frames (a copy each) where a box moves
@@ -158,7 +163,7 @@ pub(super) async fn serve(
                 tokio::spawn(Box::pin(
                     async move {
                         let _guard = guard;
-                        dispatch.serve_stream(send, recv, max_head).await
+                        dispatch.serve_stream(send, recv, max_head, &credit).await
                     }
                     .in_current_span(),
                 ));
@@ -201,7 +206,13 @@ pub(super) async fn serve(
         // The agent does not probe the server between heartbeats.
         let liveness = control::Liveness::new(session.clone());
         let (code, end) = tokio::select! {
-            end = control::keepalive(send, recv, heartbeat, &liveness, leaving, on_goaway) => {
+            end = control::keepalive(send, recv, heartbeat, &liveness, leaving, on_goaway, control::Extras {
+                credit_out: None,
+                credit_in: Some(Box::new({
+                    let credit = credit.clone();
+                    move |request_id, offset| credit.grant(request_id, offset)
+                })),
+            }) => {
                 let code = match end {
                     ControlEnd::PeerSilent(_) => CloseCode::Timeout,
                     ControlEnd::ProtocolError(_) => CloseCode::ProtocolError,

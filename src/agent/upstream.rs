@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
 use warren_proto::{ErrorKind, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError};
 
-use super::pool::Pool;
+use super::{credit::Credit, pool::Pool};
 use crate::{
     body::{self, TunnelBody},
     headers,
@@ -98,6 +98,7 @@ impl Upstream {
         mut send: SendStream,
         recv: RecvStream,
         max_head: usize,
+        mut credit: Option<Credit>,
     ) {
         let request = match self.request(head, frame, recv) {
             Ok(r) => r,
@@ -162,7 +163,12 @@ impl Upstream {
                 let Some(Ok(frame)) = next.take().flatten() else {
                     unreachable!()
                 };
-                first.extend_from_slice(frame.data_ref().expect("checked"));
+                let data = frame.data_ref().expect("checked");
+                first.extend_from_slice(data);
+                // Within the initial credit (COALESCE is smaller).
+                if let Some(credit) = credit.as_mut() {
+                    credit.sent(data.len() as u64);
+                }
             }
         }
         if next.is_none() && http_body::Body::is_end_stream(&body) {
@@ -189,7 +195,7 @@ impl Upstream {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    if let Err(e) = send.write_chunk(data).await {
+                    if let Err(e) = send_within(&mut send, &mut credit, data).await {
                         // The client went away: dropping `body` aborts the
                         // upstream request rather than reading it to the end.
                         debug!("response abandoned by the client: {e}");
@@ -350,6 +356,35 @@ impl Upstream {
         *req.headers_mut() = hdrs;
         Ok(req)
     }
+}
+
+/// Writes `data`, as far as `credit` (if any) allows at a time, waiting for
+/// more; gives up when the server stops the stream (its client left).
+async fn send_within(
+    send: &mut SendStream,
+    credit: &mut Option<Credit>,
+    mut data: Bytes,
+) -> Result<(), crate::transport::TransportError> {
+    let Some(credit) = credit.as_mut() else {
+        return send.write_chunk(data).await;
+    };
+    while !data.is_empty() {
+        let allowed = tokio::select! {
+            allowed = credit.allowance() => allowed,
+            _ = send.stopped() => {
+                return Err(crate::transport::TransportError::Closed(
+                    "the server stopped the stream".into(),
+                ))
+            }
+        };
+        let part = data.split_to(
+            data.len()
+                .min(usize::try_from(allowed).unwrap_or(usize::MAX)),
+        );
+        credit.sent(part.len() as u64);
+        send.write_chunk(part).await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn reply_error(

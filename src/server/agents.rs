@@ -32,6 +32,8 @@ pub struct AgentLink {
     /// Frames heard when a probe went unanswered (0: never): while no frame
     /// has been heard since, the connection takes no new requests.
     pub suspect_at: AtomicU64,
+    /// Credit for response bodies, when the agent takes it (QUIC only).
+    pub credit: Option<Arc<super::credit::Ledger>>,
     /// The connection's span (client id, connection id), made once: each
     /// request's span is its child and adds only the request id, so a
     /// request does not format the connection's fields again.

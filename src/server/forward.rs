@@ -105,11 +105,31 @@ async fn exchange(
     headers::strip_hop_by_hop(&mut resp_headers);
     debug!(%status, mode = ?target.mode, "response head");
 
+    // With credit (QUIC), each body byte taken lets the agent send another.
+    let mut grant = link.credit.as_ref().map(|c| c.response(request_id));
     let body = match target.mode {
-        Mode::Stream => body::from_recv(recv, config.body_idle_timeout),
+        Mode::Stream => match grant {
+            Some(mut grant) => {
+                body::from_recv_counted(recv, config.body_idle_timeout, move |n| grant.consumed(n))
+            }
+            None => body::from_recv(recv, config.body_idle_timeout),
+        },
         Mode::Blocking => {
             let cap = config.max_blocking_body;
-            match collect(&mut recv, &resp_headers, cap, config.response_timeout).await {
+            let taken = &mut |n| {
+                if let Some(grant) = grant.as_mut() {
+                    grant.consumed(n)
+                }
+            };
+            match collect(
+                &mut recv,
+                &resp_headers,
+                cap,
+                config.response_timeout,
+                taken,
+            )
+            .await
+            {
                 Ok(bytes) => {
                     if method != Method::HEAD {
                         resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
@@ -183,6 +203,7 @@ async fn collect(
     headers: &HeaderMap,
     cap: u64,
     timeout: std::time::Duration,
+    taken: &mut (dyn FnMut(u64) + Send),
 ) -> Result<bytes::Bytes, Collect> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -197,6 +218,7 @@ async fn collect(
             if (buf.len() + chunk.len()) as u64 > cap {
                 return Err(Collect::TooLarge);
             }
+            taken(chunk.len() as u64);
             buf.extend_from_slice(&chunk);
         }
         Ok(())

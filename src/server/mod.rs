@@ -17,6 +17,7 @@ mod builtin;
 mod cache;
 mod cluster;
 mod config;
+mod credit;
 mod forward;
 mod gate;
 mod idle;

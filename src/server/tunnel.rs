@@ -12,6 +12,7 @@ use warren_proto::{
 
 use super::{
     agents::{AgentLink, TableFull},
+    credit,
     state::Shared,
 };
 use crate::{
@@ -144,13 +145,18 @@ async fn serve_agent(
             }
         };
         let span = tracing::info_span!("conn", conn = %record.tunnel_ws_id);
-        let rooms_auth = hello
-            .capabilities
-            .iter()
-            .any(|c| c == warren_proto::capability::ROOMS_AUTH);
-        run_admitted(shared, session, send, recv, record, rooms_auth, shutdown)
-            .instrument(span)
-            .await
+        let says = |name: &str| hello.capabilities.iter().any(|c| c == name);
+        let rooms_auth = says(warren_proto::capability::ROOMS_AUTH);
+        // Credit only matters where one window is shared by all streams:
+        // over WebSocket, yamux gives each stream a window of its own.
+        let credit = (says(warren_proto::capability::CREDIT)
+            && session.kind() == crate::transport::TransportKind::Quic)
+            .then(|| credit::Ledger::start(session.clone()));
+        run_admitted(
+            shared, session, send, recv, record, rooms_auth, credit, shutdown,
+        )
+        .instrument(span)
+        .await
     }
     .instrument(span)
     .await
@@ -301,6 +307,7 @@ async fn run_admitted(
     recv: RecvStream,
     record: ConnectionRecord,
     rooms_auth: bool,
+    credit: Option<Arc<credit::Ledger>>,
     shutdown: Shutdown,
 ) {
     let client_id = record.client_id.clone();
@@ -313,9 +320,11 @@ async fn run_admitted(
         rooms_auth,
         liveness: control::Liveness::new(session.clone()),
         suspect_at: Default::default(),
+        credit,
         span: tracing::Span::current(),
     });
     let liveness = link.liveness.clone();
+    let link_credit = link.credit.as_ref().map(|c| c.outbox.clone());
     let refusal = match shared.agents.insert(link) {
         Ok(()) => None,
         Err(TableFull::Node(n)) => Some(format!("this node already holds {n} agent connections")),
@@ -363,10 +372,14 @@ async fn run_admitted(
         info!("agent going away: {reason}");
         shared.agents.remove(&client_id, &tunnel_ws_id);
     };
+    let extras = control::Extras {
+        credit_out: link_credit,
+        credit_in: None,
+    };
     let mut drained = shutdown.clone();
     let mut clients_drained = shared.clients_drained.subscribe();
     let end = tokio::select! {
-        end = control::keepalive(send, recv, config.heartbeat, &liveness, leave, on_goaway) => end.to_string(),
+        end = control::keepalive(send, recv, config.heartbeat, &liveness, leave, on_goaway, extras) => end.to_string(),
         // Server shutdown: GoAway went out at once; the connection stays up
         // until the client API's requests in flight are done, then the agent
         // gets a moment to close first.

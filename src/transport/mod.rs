@@ -68,3 +68,31 @@ pub async fn connect(kind: TransportKind, dial: Dial<'_>) -> Result<Session, Tra
         }
     }
 }
+
+/// A session over an in-memory pipe, for unit tests above this module that
+/// need a `Session` but no network (its peer is a session of its own).
+#[cfg(test)]
+pub(crate) fn test_session() -> Session {
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let addr: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+    let tuning = TransportTuning::default();
+    let peer = mux::session(
+        b.compat(),
+        None,
+        Default::default(),
+        mux::Role::Server,
+        addr,
+        &tuning,
+    );
+    // The peer lives as long as the test's runtime.
+    std::mem::forget(peer);
+    Session::from_mux(mux::session(
+        a.compat(),
+        None,
+        Default::default(),
+        mux::Role::Client,
+        addr,
+        &tuning,
+    ))
+}

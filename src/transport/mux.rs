@@ -9,6 +9,10 @@
 //! was reset or lost: the reader gets an error, never a clean short body.
 //! Dropping a stream before its end resets it (yamux RST), which makes the
 //! peer's writes fail: the equivalent of QUIC's STOP_SENDING.
+//!
+//! Long because: the three parts of the adapter (the stream shared by two
+//! tasks, the driver and its once-per-turn flush, the segmenting halves)
+//! rest on each other's invariants, and their tests drive them together.
 
 use std::{
     net::SocketAddr,

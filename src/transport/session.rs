@@ -145,6 +145,14 @@ impl Session {
         }
     }
 
+    /// The transport's estimate of the round trip, where it keeps one (QUIC).
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        match &self.inner {
+            SessionInner::Quic { conn, .. } => Some(conn.rtt()),
+            SessionInner::Mux(_) => None,
+        }
+    }
+
     /// Whether the session is already closed.
     pub fn is_closed(&self) -> bool {
         match &self.inner {

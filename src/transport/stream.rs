@@ -68,6 +68,18 @@ impl SendStream {
         }
     }
 
+    /// Resolves when the reader stopped the stream (it will read no more) or
+    /// the session ended. yamux has no such signal (a stopped reader shows as
+    /// the next write failing): there it never resolves.
+    pub async fn stopped(&mut self) {
+        match self {
+            SendStream::Quic(s) => {
+                let _ = s.stopped().await;
+            }
+            SendStream::Mux(_) => std::future::pending().await,
+        }
+    }
+
     /// Aborts the stream: the reader sees an error, never a clean end.
     pub async fn reset(&mut self, code: ResetCode) {
         match self {

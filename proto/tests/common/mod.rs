@@ -81,6 +81,13 @@ pub fn examples() -> Examples {
                     reason: "bye".into(),
                 },
             ),
+            (
+                "control.credit",
+                Control::Credit {
+                    request_id: 7,
+                    offset: 131_072,
+                },
+            ),
         ],
         open: vec![
             (
