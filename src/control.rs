@@ -23,6 +23,11 @@ use warren_proto::{Control, MAX_CONTROL_FRAME};
 
 use crate::transport::{RecvStream, SendStream, Session, TransportError};
 
+/// First read size on a control stream (`RecvStream::small_reads`): its
+/// frames are a few bytes (a Hello a few hundred; larger ones gather over
+/// reads that double).
+pub const CONTROL_READ: usize = 256;
+
 /// Silence, in heartbeat intervals, after which the peer counts as dead. Three
 /// tolerates one lost ping and one delayed pong on a lossy path.
 pub const MISSED_BEATS: u32 = 3;
@@ -156,12 +161,13 @@ pub async fn keepalive(
     } = extras;
     // Reading a frame is not cancel-safe, so a dedicated task reads and hands
     // whole frames over; 8 slots is plenty for a few messages per interval.
-    let (tx, mut rx) = mpsc::channel::<Result<Control, TransportError>>(8);
+    // (Boxed: a channel allocates its slots whole, and frames are rare.)
+    let (tx, mut rx) = mpsc::channel::<Box<Result<Control, TransportError>>>(8);
     let reader = tokio::spawn(async move {
         loop {
             let frame = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await;
             let failed = frame.is_err();
-            if tx.send(frame).await.is_err() || failed {
+            if tx.send(Box::new(frame)).await.is_err() || failed {
                 break;
             }
         }
@@ -171,12 +177,14 @@ pub async fn keepalive(
     // module's notes): a writer task does them, so the heartbeat's clock
     // never waits. A ping or pong that finds it still busy is dropped; the
     // next beat sends another.
-    let (out, mut queued) = mpsc::channel::<Control>(4);
+    // (`Beat`, not `Control`: the channel's slots are allocated whole, and a
+    // small type keeps an idle connection small.)
+    let (out, mut queued) = mpsc::channel::<Beat>(4);
     let mut writer = AbortOnDrop(tokio::spawn(async move {
         loop {
             let messages = tokio::select! {
                 message = queued.recv() => match message {
-                    Some(message) => vec![message],
+                    Some(beat) => vec![beat.message()],
                     None => break,
                 },
                 _ = woken(credit_out.as_deref()) => credit_out
@@ -216,20 +224,20 @@ pub async fn keepalive(
                     return ControlEnd::PeerSilent(last_heard.elapsed());
                 }
                 if goaway_owed {
-                    goaway_owed = out.try_send(Control::GoAway { reason: "leaving".into() }).is_err();
+                    goaway_owed = out.try_send(Beat::GoAway).is_err();
                 }
                 seq += 1;
-                Control::Ping { seq }
+                Beat::Ping(seq)
             }
             _ = liveness.ping_now.notified() => {
                 seq += 1;
-                Control::Ping { seq }
+                Beat::Ping(seq)
             }
             frame = rx.recv() => {
                 last_heard = Instant::now();
                 liveness.heard.send_modify(|n| *n += 1);
-                match frame {
-                    Some(Ok(Control::Ping { seq })) => Control::Pong { seq },
+                match frame.map(|f| *f) {
+                    Some(Ok(Control::Ping { seq })) => Beat::Pong(seq),
                     Some(Ok(Control::Pong { .. })) => continue,
                     Some(Ok(Control::GoAway { reason })) => {
                         on_goaway(reason);
@@ -251,13 +259,13 @@ pub async fn keepalive(
             }
             _ = &mut leave, if !left => {
                 left = true;
-                Control::GoAway { reason: "leaving".into() }
+                Beat::GoAway
             }
             failed = &mut writer.0 => {
                 return ControlEnd::Lost(failed.unwrap_or_else(|e| TransportError::Closed(e.to_string())));
             }
         };
-        let goaway = matches!(outgoing, Control::GoAway { .. });
+        let goaway = matches!(outgoing, Beat::GoAway);
         match out.try_send(outgoing) {
             Ok(()) => {}
             // The GoAway is owed until it fits; pings and pongs are not.
@@ -265,6 +273,26 @@ pub async fn keepalive(
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return ControlEnd::Lost(TransportError::Closed("control writer ended".into()))
             }
+        }
+    }
+}
+
+/// What the heartbeat hands its writer.
+#[derive(Clone, Copy)]
+enum Beat {
+    Ping(u64),
+    Pong(u64),
+    GoAway,
+}
+
+impl Beat {
+    fn message(self) -> Control {
+        match self {
+            Beat::Ping(seq) => Control::Ping { seq },
+            Beat::Pong(seq) => Control::Pong { seq },
+            Beat::GoAway => Control::GoAway {
+                reason: "leaving".into(),
+            },
         }
     }
 }

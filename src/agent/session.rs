@@ -54,6 +54,7 @@ pub(super) async fn hello(
 ) -> Result<Connection, Attempt> {
     let exchange = async {
         let (mut send, mut recv) = session.open().await?;
+        recv.small_reads(control::CONTROL_READ);
         let hello = Control::Hello(Hello {
             version: PROTOCOL_VERSION,
             client_id: config.client_id.clone(),

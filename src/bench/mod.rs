@@ -1094,7 +1094,7 @@ fn rows(
             Better::Lower,
         )
         .tunnel(idle_kib.first().copied(), idle_kib.get(1).copied())
-        .target("≤ 64 KiB", 64.0, true),
+        .target("≤ 48 KiB", 48.0, true),
     );
     rows.push(
         Row::new("idle", "agent process RSS", "MiB", Better::Lower).tunnel(

@@ -68,7 +68,11 @@ pub(super) async fn accept_agents(
                 // as surely as one that never finishes the handshake.
                 let timeout = shared.config.handshake_timeout;
                 let deadline = Instant::now() + timeout;
-                match tokio::time::timeout_at(deadline, incoming.establish()).await {
+                // The handshake's futures are boxed (here and in
+                // serve_agent): a task is as large as its largest state, and
+                // this one lives as long as the connection, mostly waiting
+                // on its heartbeat (9 KiB a connection before).
+                match tokio::time::timeout_at(deadline, Box::pin(incoming.establish())).await {
                     Ok(Ok(session)) => {
                         serve_agent(shared, session, deadline, permit, shutdown).await
                     }
@@ -92,7 +96,7 @@ async fn serve_agent(
     shutdown: Shutdown,
 ) {
     let (mut send, recv, hello) =
-        match tokio::time::timeout_at(deadline, read_hello(&session)).await {
+        match tokio::time::timeout_at(deadline, Box::pin(read_hello(&session))).await {
             Ok(Ok(parts)) => parts,
             Ok(Err(HelloError::Protocol(why))) => {
                 debug!("agent rejected before Hello: {why}");
@@ -117,16 +121,17 @@ async fn serve_agent(
         // Bounded below the agent's own wait for Welcome, so a registry
         // outage reaches the agent as a refusal in words, not a timeout.
         let wait = shared.config.registry_timeout;
-        let record = match tokio::time::timeout(wait, admit(&shared, &session, &hello)).await {
-            Ok(record) => record,
-            Err(_) => {
-                warn!("registry did not answer within {wait:?} while admitting an agent");
-                Err(Refusal {
-                    code: RefusalCode::Internal,
-                    message: "server cannot reach its registry; retry later".into(),
-                })
-            }
-        };
+        let record =
+            match tokio::time::timeout(wait, Box::pin(admit(&shared, &session, &hello))).await {
+                Ok(record) => record,
+                Err(_) => {
+                    warn!("registry did not answer within {wait:?} while admitting an agent");
+                    Err(Refusal {
+                        code: RefusalCode::Internal,
+                        message: "server cannot reach its registry; retry later".into(),
+                    })
+                }
+            };
         // Authenticated (or not): the peer no longer holds a pending place.
         drop(pending);
         let record = match record {
@@ -177,6 +182,7 @@ async fn read_hello(session: &Session) -> Result<(SendStream, RecvStream, Hello)
     let (send, mut recv) = session.accept().await.ok_or_else(|| {
         HelloError::Protocol("connection closed before the control stream opened".into())
     })?;
+    recv.small_reads(control::CONTROL_READ);
     let payload = recv
         .read_payload(MAX_CONTROL_FRAME)
         .await

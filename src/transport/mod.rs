@@ -69,30 +69,59 @@ pub async fn connect(kind: TransportKind, dial: Dial<'_>) -> Result<Session, Tra
     }
 }
 
-/// A session over an in-memory pipe, for unit tests above this module that
-/// need a `Session` but no network (its peer is a session of its own).
+/// Two sessions joined by an in-memory pipe, for unit tests that need a
+/// `Session` but no network.
 #[cfg(test)]
-pub(crate) fn test_session() -> Session {
+pub(crate) fn test_pair() -> (Session, Session) {
     use tokio_util::compat::TokioAsyncReadCompatExt;
     let (a, b) = tokio::io::duplex(1 << 16);
     let addr: SocketAddr = "127.0.0.1:1".parse().expect("literal");
     let tuning = TransportTuning::default();
-    let peer = mux::session(
-        b.compat(),
-        None,
-        Default::default(),
-        mux::Role::Server,
-        addr,
-        &tuning,
-    );
-    // The peer lives as long as the test's runtime.
+    let session = |io: tokio::io::DuplexStream, role| {
+        Session::from_mux(mux::session(
+            io.compat(),
+            None,
+            Default::default(),
+            role,
+            addr,
+            &tuning,
+        ))
+    };
+    (session(a, mux::Role::Client), session(b, mux::Role::Server))
+}
+
+/// One session of a [`test_pair`] (its peer lives as long as the runtime).
+#[cfg(test)]
+pub(crate) fn test_session() -> Session {
+    let (session, peer) = test_pair();
     std::mem::forget(peer);
-    Session::from_mux(mux::session(
-        a.compat(),
-        None,
-        Default::default(),
-        mux::Role::Client,
-        addr,
-        &tuning,
-    ))
+    session
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control stream's reader keeps a buffer the size of its frames, not
+    /// of a request stream's first read: an idle connection lives for days.
+    #[tokio::test]
+    async fn small_reads_keep_a_small_buffer() {
+        let (client, server) = test_pair();
+        let (mut send, _) = client.open().await.unwrap();
+        for seq in 0..20 {
+            let ping = warren_proto::Control::Ping { seq };
+            send.write_frame(&ping, 1024).await.unwrap();
+        }
+        let (_, mut recv) = server.accept().await.unwrap();
+        recv.small_reads(crate::control::CONTROL_READ);
+        for seq in 0..20 {
+            let frame: warren_proto::Control = recv.read_frame(1024).await.unwrap();
+            assert_eq!(frame, warren_proto::Control::Ping { seq });
+        }
+        let held = recv.buffer_capacity();
+        assert!(
+            held <= 4 * crate::control::CONTROL_READ,
+            "{held} bytes held for tiny frames"
+        );
+    }
 }

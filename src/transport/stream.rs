@@ -147,7 +147,7 @@ impl RecvStream {
             return Ok(None);
         }
         if n == want {
-            self.read_size = (self.read_size * 2).min(max.max(FIRST_READ));
+            self.read_size = (self.read_size * 2).min(max.max(self.read_size));
         }
         Ok(Some(self.buf.split().freeze()))
     }
@@ -205,6 +205,20 @@ impl RecvStream {
             joined.extend_from_slice(&more);
             staged = joined.freeze();
         }
+    }
+
+    /// Reads from now on start at `bytes` (then double while reads fill
+    /// them, as always): for a stream of small frames, such as the control
+    /// stream, whose buffer would otherwise hold 16 KiB for as long as the
+    /// connection lives (a third of an idle agent's memory on the server).
+    pub fn small_reads(&mut self, bytes: usize) {
+        self.read_size = bytes.max(1);
+    }
+
+    /// What the read buffer holds allocated (for tests of its size).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Tells the writer we will read no more. (On yamux the writer learns it
