@@ -320,7 +320,7 @@ async fn blocking_over_cap_is_502(t: Transport) {
 }
 
 async fn unknown_and_offline_agents(t: Transport) {
-    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let mut stack = Stack::server_only(StackOptions::new(t)).await;
     let resp = get(&format!("http://{}/?clientId=nobody-here", stack.api)).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let v = json(resp).await;
@@ -335,9 +335,33 @@ async fn unknown_and_offline_agents(t: Transport) {
     assert_eq!(v["error"], "agent_offline");
     assert_eq!(v["clientId"], stack.client_id.as_str());
 
-    let resp = get(&format!("http://{}/_warren/health", stack.api)).await;
+    let health = format!("http://{}/_warren/health", stack.api);
+    let resp = get(&health).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(json(resp).await["status"], "ok");
+    let v = json(resp).await;
+    assert_eq!(v["status"], "ok");
+    assert_eq!(
+        (v["agents"].as_u64(), v["admitted"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // An agent that connects, leaves and comes back: one connected, two
+    // admissions (how a flapping agent shows in the report).
+    let config = stack.agent_config();
+    stack.add_agent(config.clone()).await;
+    for agent in stack.take_agents() {
+        agent.stop().await;
+    }
+    stack.add_agent(config).await;
+    let settled = eventually(Duration::from_secs(10), || async {
+        let v = json(get(&health).await).await;
+        (v["agents"].as_u64(), v["admitted"].as_u64()) == (Some(1), Some(2))
+    })
+    .await;
+    assert!(
+        settled,
+        "health does not report one agent after two admissions"
+    );
 }
 
 async fn upstream_refused_and_timeout(t: Transport) {

@@ -67,6 +67,9 @@ struct Sizes {
     track: Duration,
     stalled: usize,
     idle_agents: usize,
+    /// The large idle crowd, and how long it is held after connecting.
+    many_agents: usize,
+    many_hold: Duration,
     room_members: usize,
     room_broadcasts: usize,
     idle_clients: usize,
@@ -92,6 +95,8 @@ impl Sizes {
                 track: Duration::from_secs(4),
                 stalled: 20,
                 idle_agents: 50,
+                many_agents: 200,
+                many_hold: Duration::from_secs(2),
                 room_members: 100,
                 room_broadcasts: 20,
                 idle_clients: 200,
@@ -110,6 +115,10 @@ impl Sizes {
                 track: Duration::from_secs(30),
                 stalled: 20,
                 idle_agents: 1000,
+                many_agents: 10_000,
+                // Past three heartbeats (10 s each), when a peer whose pongs
+                // are late is declared dead.
+                many_hold: Duration::from_secs(45),
                 room_members: 1000,
                 room_broadcasts: 100,
                 idle_clients: 1000,
@@ -203,7 +212,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     // 7 steps per target and run (3 targets), 2 raw, 2 idle, 2 fallback, …
     let mut progress = Progress {
         done: 0,
-        total: 7 * 3 * runs + 13,
+        total: 7 * 3 * runs + 15,
         started: Instant::now(),
     };
 
@@ -346,6 +355,15 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         reconnects.push(back);
         agents.stop().await;
         server.proc.stop().await;
+    }
+
+    // A crowd of idle agents: memory per agent at scale, and whether two
+    // cores keep every one through several heartbeats (none lost, none
+    // made again).
+    let mut many = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        progress.step(&format!("{} idle agents over {kind}", sizes.many_agents));
+        many.push(hold_idle_agents(&bin, &dir, kind, sizes.many_agents, sizes.many_hold).await?);
     }
 
     // Idle clients: server memory per keep-alive connection that made one
@@ -516,6 +534,27 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         Row::new(long, "small request latency p50", "ms", Better::Lower)
             .tunnel(at(0, |p| p.1), at(1, |p| p.1))
             .target("≤ 45 ms (one round trip)", 45.0, true),
+    );
+    let crowd = format!("idle, {} agents", sizes.many_agents);
+    let of = |i: usize, f: fn(&ManyIdle) -> f64| many.get(i).map(f);
+    rows.push(
+        Row::new(&crowd, "server memory per agent", "KiB", Better::Lower)
+            .tunnel(of(0, |m| m.kib_per_agent), of(1, |m| m.kib_per_agent))
+            .target("≤ 48 KiB", 48.0, true),
+    );
+    rows.push(
+        Row::new(&crowd, "time until all connected", "s", Better::Lower)
+            .tunnel(of(0, |m| m.connect_secs), of(1, |m| m.connect_secs)),
+    );
+    rows.push(
+        Row::new(
+            &crowd,
+            &format!("lost or made again in {} s idle", sizes.many_hold.as_secs()),
+            "count",
+            Better::Lower,
+        )
+        .tunnel(of(0, |m| m.lost as f64), of(1, |m| m.lost as f64))
+        .target("none", 0.0, true),
     );
     let room = format!("room, {} members, 10×1 KiB/s", sizes.room_members);
     let pick = |f: fn(&rooms::RoomFigures) -> f64| {
@@ -762,6 +801,22 @@ impl Server {
             .ok()?;
         let body = resp.into_body().collect().await.ok()?.to_bytes();
         serde_json::from_slice::<serde_json::Value>(&body).ok()?["agents"].as_u64()
+    }
+
+    /// The health report's connected agents and admissions so far.
+    async fn health(&self) -> Option<(u64, u64)> {
+        use http_body_util::BodyExt;
+        let target = Target {
+            addr: self.api,
+            client_id: None,
+        };
+        let mut sender = load::connect(&target).await.ok()?;
+        let resp = load::send(&mut sender, &target, "/_warren/health", None)
+            .await
+            .ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        let report = serde_json::from_slice::<serde_json::Value>(&body).ok()?;
+        Some((report["agents"].as_u64()?, report["admitted"].as_u64()?))
     }
 
     /// Waits until the server reports `n` connected agents.
@@ -1216,11 +1271,96 @@ fn write_report(
     Ok(())
 }
 
+/// What holding a crowd of idle agents showed.
+struct ManyIdle {
+    kib_per_agent: f64,
+    connect_secs: f64,
+    /// Connections that dropped, or were made again, during the hold.
+    lost: u64,
+}
+
+/// Connects `count` idle agents to a fresh server, then holds them for
+/// `hold`, watching the server's count and its admissions.
+async fn hold_idle_agents(
+    bin: &Path,
+    dir: &Path,
+    kind: TransportKind,
+    count: usize,
+    hold: Duration,
+) -> Result<ManyIdle, BenchError> {
+    let room = (count + 10).to_string();
+    let extra = [
+        "--max-connections-per-client".to_string(),
+        room.clone(),
+        "--max-agents".to_string(),
+        room,
+    ];
+    let server = Server::start(bin, dir, &format!("many-{kind}"), &extra).await?;
+    let token = server.issue("many").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.proc.rss();
+    let started = Instant::now();
+    let agents = Proc::spawn(
+        bin,
+        &[
+            "bench-idle-agents".into(),
+            "--server".into(),
+            server.tunnel.to_string(),
+            "--fingerprint".into(),
+            server.fingerprint.clone(),
+            "--client-id".into(),
+            "many".into(),
+            "--token".into(),
+            token,
+            "--transport".into(),
+            kind.as_str().into(),
+            "--count".into(),
+            count.to_string(),
+        ],
+        &dir.join(format!("logs/many-agents-{kind}.log")),
+        &["started"],
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // At least: a connection the agent gave up on during the storm may
+    // linger on the server until its idle timeout.
+    while server.health().await.map(|h| h.0).unwrap_or(0) < count as u64 {
+        if Instant::now() > deadline {
+            return Err(BenchError::new(format!(
+                "{count} agents did not connect within 300 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.proc.rss();
+    let admitted_before = server.health().await.map(|h| h.1).unwrap_or(0);
+    let mut fewest = count as u64;
+    let held = Instant::now() + hold;
+    while Instant::now() < held {
+        if let Some((connected, _)) = server.health().await {
+            fewest = fewest.min(connected);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let admitted_after = server.health().await.map(|h| h.1).unwrap_or(0);
+    agents.stop().await;
+    server.proc.stop().await;
+    Ok(ManyIdle {
+        kib_per_agent: (after as f64 - before as f64) / count as f64 / 1024.0,
+        connect_secs,
+        lost: (count as u64 - fewest).max(admitted_after.saturating_sub(admitted_before)),
+    })
+}
+
 /// `warren bench-idle-agents`: many agents in one process, all idle.
 pub async fn idle_agents(
     config: crate::agent::AgentConfig,
     count: usize,
 ) -> Result<(), BenchError> {
+    // One socket per agent (and per QUIC endpoint): thousands of them.
+    let _ = crate::accept::raise_fd_limit();
     let (trigger, stop) = crate::shutdown::channel();
     let mut tasks = Vec::new();
     for _ in 0..count {

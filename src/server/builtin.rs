@@ -33,6 +33,7 @@ pub(super) fn respond(shared: &Shared, path: &str) -> Response<TunnelBody> {
                 "status": "ok",
                 "node": shared.config.node_id,
                 "agents": shared.agents.len(),
+                "admitted": shared.admitted.load(std::sync::atomic::Ordering::Relaxed),
             }),
         ),
         _ => error_response(

@@ -179,6 +179,7 @@ impl Server {
             registry,
             agents,
             next_request_id: AtomicU64::new(1),
+            admitted: AtomicU64::new(0),
             peers: cluster,
             rooms,
             // 5 s: a newly issued token is recognised within seconds; a flood

@@ -15,6 +15,9 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub agents: AgentTable,
     pub next_request_id: AtomicU64,
+    /// Agent connections admitted since start (the health report's
+    /// `admitted`: connections lost and made again show as it grows).
+    pub admitted: AtomicU64,
     /// Other nodes, when this one runs in a cluster.
     pub peers: Option<Peers>,
     pub rooms: RoomHub,

@@ -332,7 +332,12 @@ async fn run_admitted(
     let liveness = link.liveness.clone();
     let link_credit = link.credit.as_ref().map(|c| c.outbox.clone());
     let refusal = match shared.agents.insert(link) {
-        Ok(()) => None,
+        Ok(()) => {
+            shared
+                .admitted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
         Err(TableFull::Node(n)) => Some(format!("this node already holds {n} agent connections")),
         Err(TableFull::Client(n)) => Some(format!(
             "client id {client_id:?} already has {n} connections (the per-client limit)"
