@@ -65,6 +65,21 @@ pub enum Command {
         /// An earlier run's tunnel.json: also print each figure's change against it.
         #[arg(long, value_name = "OLD.json")]
         compare: Option<PathBuf>,
+        /// Measure your own deployment instead: the client API of a running
+        /// server (http://HOST[:PORT]) whose agent's upstream is `warren upstream`.
+        #[arg(long, value_name = "URL", requires = "client_id", conflicts_with_all = ["audio", "compare"])]
+        remote: Option<String>,
+        /// With --remote: the agent to measure.
+        #[arg(long, requires = "remote")]
+        client_id: Option<String>,
+        /// With --remote: the agent's upstream as this machine reaches it
+        /// (http://HOST:PORT), for the direct baseline; left out when unreachable.
+        #[arg(long, value_name = "URL", requires = "remote")]
+        direct: Option<String>,
+        /// With --remote: the transport the agent connected over (its log says
+        /// `connected transport=…`); names the table's column.
+        #[arg(long, value_parser = ["quic", "ws"], default_value = "quic", requires = "remote")]
+        transport: String,
     },
     /// Benchmark helper: a raw transport peer (no HTTP, no tunnel).
     #[command(hide = true)]

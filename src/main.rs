@@ -106,9 +106,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
             runs,
             audio,
             compare,
+            remote,
+            client_id,
+            direct,
+            transport,
         } => {
-            let warren = std::env::current_exe().context("locating the warren binary")?;
             let runs = runs.unwrap_or(if quick { 1 } else { 3 });
+            if let (Some(server), Some(client_id)) = (remote, client_id) {
+                let transport = match transport.as_str() {
+                    "ws" => warren::transport::TransportKind::Ws,
+                    _ => warren::transport::TransportKind::Quic,
+                };
+                warren::bench::run_remote(warren::bench::RemoteOptions {
+                    server,
+                    client_id,
+                    direct,
+                    transport,
+                    quick,
+                    runs,
+                    out,
+                })
+                .await?;
+                return Ok(());
+            }
+            let warren = std::env::current_exe().context("locating the warren binary")?;
             let audio = match audio.as_slice() {
                 [listeners, seconds] => Some((
                     *listeners as usize,

@@ -309,3 +309,93 @@ async fn a_panic_in_a_spawned_process_fails_its_test() {
     assert!(watch.closed(Duration::from_secs(5)).await);
     drop(watch);
 }
+
+over_transports!(bench_remote_measures_a_running_deployment);
+
+/// `warren bench --remote` measures a running deployment (here a real server
+/// and agent in this process, over each transport) against its upstream
+/// directly, and says plainly what is wrong with a set-up it cannot measure.
+async fn bench_remote_measures_a_running_deployment(t: Transport) {
+    let stack = Stack::start(StackOptions::new(t)).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let server = format!("http://{}", stack.api);
+    let column = if t == Transport::Quic { "quic" } else { "ws" };
+    let out = warren()
+        .args(["bench", "--quick", "--remote", &server])
+        .args(["--client-id", &stack.client_id, "--transport", column])
+        .args(["--direct", &stack.upstream.url()])
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The table: every scenario with a direct figure and a tunnelled one
+    // in the transport's column, the other column empty.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("remote.json")).unwrap())
+            .unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let (here, there) = if column == "quic" { (0, 1) } else { (1, 0) };
+    for metric in ["throughput", "requests", "latency p50", "added latency p50"] {
+        let row = rows
+            .iter()
+            .find(|r| r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {metric} row: {stdout}"));
+        let value = row["tunnel"][here].as_f64().unwrap_or(0.0);
+        assert!(value > 0.0, "{metric} over {column}: {row}");
+        assert!(row["tunnel"][there].is_null(), "{row}");
+        if metric != "added latency p50" {
+            assert!(row["baseline"][here].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        }
+    }
+    assert!(
+        stdout.contains("| bulk 64 MiB | throughput (MB/s) |"),
+        "{stdout}"
+    );
+
+    // An agent nobody runs, and a server that is not there: an error
+    // naming the cause, not a table of failures.
+    let wrong = warren()
+        .args([
+            "bench",
+            "--quick",
+            "--remote",
+            &server,
+            "--client-id",
+            "nobody",
+        ])
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr.contains("404") && stderr.contains("unknown_agent"),
+        "{stderr}"
+    );
+    let refused = warren()
+        .args([
+            "bench",
+            "--remote",
+            "https://127.0.0.1:1",
+            "--client-id",
+            "x",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("plain HTTP"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

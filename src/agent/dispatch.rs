@@ -51,7 +51,7 @@ impl Dispatch {
                 let span = tracing::info_span!("request", request_id = head.request_id);
                 let credit = credit.response(head.request_id);
                 self.upstream
-                    .http(head, &frame, send, recv, max_head, credit)
+                    .http(head, frame, send, recv, max_head, credit)
                     .instrument(span)
                     .await
             }
@@ -59,7 +59,7 @@ impl Dispatch {
                 let span = tracing::info_span!("websocket", request_id = head.request_id);
                 // Boxed, as is the rooms arm: every stream's task is as large
                 // as its largest arm, and plain requests are the common case.
-                Box::pin(self.upstream.websocket(head, &frame, send, recv, max_head))
+                Box::pin(self.upstream.websocket(head, frame, send, recv, max_head))
                     .instrument(span)
                     .await
             }

@@ -196,10 +196,9 @@ impl Pool {
 impl Lease {
     /// Gives the connection back once its response has been read to the end.
     pub async fn release(mut self, pool: &Pool) {
-        match tokio::time::timeout(READY_WAIT, self.sender.ready()).await {
-            Ok(Ok(())) => pool.put_back(self.sender),
-            // Closed (`Connection: close`, an error) or stuck: not reused.
-            Ok(Err(_)) | Err(_) => {}
+        // Closed (`Connection: close`, an error) or stuck: not reused.
+        if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, self.sender.ready()).await {
+            pool.put_back(self.sender);
         }
     }
 }

@@ -9,6 +9,11 @@ impl BenchError {
         BenchError(message.into())
     }
 
+    /// The same error, saying what it happened to.
+    pub(super) fn context(self, what: &str) -> BenchError {
+        BenchError(format!("{what}: {}", self.0))
+    }
+
     pub(super) fn io(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
         move |e| BenchError(format!("{what}: {e}"))
     }

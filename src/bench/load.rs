@@ -48,6 +48,23 @@ fn request(target: &Target, path: &str, range: Option<u64>) -> Request<Empty<Byt
     req.body(Empty::new()).expect("valid request")
 }
 
+/// One request; any status is an answer.
+pub async fn send_any(
+    sender: &mut Sender,
+    target: &Target,
+    path: &str,
+) -> Result<http::Response<Incoming>, BenchError> {
+    sender
+        .ready()
+        .await
+        .map_err(BenchError::http("connection"))?;
+    sender
+        .send_request(request(target, path, None))
+        .await
+        .map_err(BenchError::http("request"))
+}
+
+/// One request; anything but a success is an error.
 pub async fn send(
     sender: &mut Sender,
     target: &Target,

@@ -12,6 +12,7 @@ mod error;
 mod load;
 mod procs;
 mod raw;
+mod remote;
 mod report;
 mod rooms;
 
@@ -34,6 +35,7 @@ use crate::{
 pub use error::BenchError;
 use load::Target;
 use procs::{PeakRss, Proc};
+pub use remote::{run as run_remote, RemoteOptions};
 pub use report::{Better, Row};
 
 pub struct BenchOptions {
@@ -167,6 +169,14 @@ struct Progress {
 }
 
 impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            done: 0,
+            total,
+            started: Instant::now(),
+        }
+    }
+
     fn step(&mut self, what: &str) {
         self.done += 1;
         let width = 30;
@@ -210,11 +220,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let bin = opts.warren.clone();
     let runs = opts.runs.max(1);
     // 7 steps per target and run (3 targets), 2 raw, 2 idle, 2 fallback, …
-    let mut progress = Progress {
-        done: 0,
-        total: 7 * 3 * runs + 15,
-        started: Instant::now(),
-    };
+    let mut progress = Progress::new(7 * 3 * runs + 15);
 
     let upstream = Proc::spawn(
         &bin,
@@ -888,20 +894,8 @@ async fn http_scenarios(
     label: &str,
 ) -> Result<HttpFigures, BenchError> {
     let mut f = HttpFigures::default();
-    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
-    let pair = |v: Vec<u64>| (v.len() == 2).then(|| (v[0], v[1]));
-
     progress.step(&format!("bulk via {label}"));
-    let peak = PeakRss::start(&pids);
-    let cpu0 = cpu();
-    let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
-    let used = cpu() - cpu0;
-    f.bulk_peak_rss = pair(peak.finish().await);
-    f.bulk_mbps = mbps(bytes, secs);
-    if !procs.is_empty() {
-        f.bulk_cpu_per_gib = Some(used / (bytes as f64 / GIB));
-    }
+    measure_bulk(target, procs, sizes, &mut f).await?;
 
     progress.step(&format!("parallel bulk via {label}"));
     let started = Instant::now();
@@ -924,25 +918,9 @@ async fn http_scenarios(
         rates.iter().cloned().fold(f64::MAX, f64::min) / rates.iter().cloned().fold(0.0, f64::max);
 
     progress.step(&format!("small requests via {label}"));
-    let peak = PeakRss::start(&pids);
-    let cpu0 = cpu();
-    let mut lat =
-        load::closed_loop(target, "/bytes/1024", sizes.small_clients, sizes.small_time).await?;
-    let used = cpu() - cpu0;
-    f.small_peak_rss = pair(peak.finish().await);
-    if !procs.is_empty() && !lat.is_empty() {
-        f.small_cpu_us = Some(used / lat.len() as f64 * 1e6);
-    }
-    lat.sort();
-    f.small_rps = lat.len() as f64 / sizes.small_time.as_secs_f64();
-    f.small_p50_ms = load::percentile_ms(&lat, 50.0);
-    f.small_p99_ms = load::percentile_ms(&lat, 99.0);
-    f.small_p999_ms = load::percentile_ms(&lat, 99.9);
-
+    measure_small(target, procs, sizes, &mut f).await?;
     progress.step(&format!("sequential requests via {label}"));
-    let mut lat = load::sequential(target, "/bytes/1024", sizes.sequential).await?;
-    lat.sort();
-    f.sequential_p50_ms = load::percentile_ms(&lat, 50.0);
+    measure_sequential(target, sizes, &mut f).await?;
 
     progress.step(&format!("{} audio listeners via {label}", sizes.listeners));
     let track = (sizes.track.as_secs_f64() / AUDIO_INTERVAL.as_secs_f64()) as u64 * AUDIO_CHUNK;
@@ -981,6 +959,73 @@ async fn http_scenarios(
 
     progress.step(&format!("done with {label}"));
     Ok(f)
+}
+
+/// One download of `sizes.bulk`: throughput, and with `procs` their CPU per
+/// GiB and peak RSS.
+async fn measure_bulk(
+    target: &Target,
+    procs: &[&Proc],
+    sizes: &Sizes,
+    f: &mut HttpFigures,
+) -> Result<(), BenchError> {
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
+    let peak = PeakRss::start(&pids);
+    let cpu0 = cpu();
+    let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
+    let used = cpu() - cpu0;
+    f.bulk_peak_rss = pair(peak.finish().await);
+    f.bulk_mbps = mbps(bytes, secs);
+    if !procs.is_empty() {
+        f.bulk_cpu_per_gib = Some(used / (bytes as f64 / GIB));
+    }
+    Ok(())
+}
+
+/// Small requests from `sizes.small_clients` keep-alive clients, back to
+/// back: rate, latency percentiles, and with `procs` CPU per request and
+/// peak RSS.
+async fn measure_small(
+    target: &Target,
+    procs: &[&Proc],
+    sizes: &Sizes,
+    f: &mut HttpFigures,
+) -> Result<(), BenchError> {
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
+    let peak = PeakRss::start(&pids);
+    let cpu0 = cpu();
+    let mut lat =
+        load::closed_loop(target, "/bytes/1024", sizes.small_clients, sizes.small_time).await?;
+    let used = cpu() - cpu0;
+    f.small_peak_rss = pair(peak.finish().await);
+    if !procs.is_empty() && !lat.is_empty() {
+        f.small_cpu_us = Some(used / lat.len() as f64 * 1e6);
+    }
+    lat.sort();
+    f.small_rps = lat.len() as f64 / sizes.small_time.as_secs_f64();
+    f.small_p50_ms = load::percentile_ms(&lat, 50.0);
+    f.small_p99_ms = load::percentile_ms(&lat, 99.0);
+    f.small_p999_ms = load::percentile_ms(&lat, 99.9);
+    Ok(())
+}
+
+/// One client, one request at a time: the unloaded latency.
+async fn measure_sequential(
+    target: &Target,
+    sizes: &Sizes,
+    f: &mut HttpFigures,
+) -> Result<(), BenchError> {
+    let mut lat = load::sequential(target, "/bytes/1024", sizes.sequential).await?;
+    lat.sort();
+    f.sequential_p50_ms = load::percentile_ms(&lat, 50.0);
+    Ok(())
+}
+
+/// Server and agent peak RSS, when both were watched.
+fn pair(v: Vec<u64>) -> Option<(u64, u64)> {
+    (v.len() == 2).then(|| (v[0], v[1]))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1050,55 +1095,7 @@ fn rows(
         .direct(direct.fairness)
         .tunnel(fq, fw),
     );
-    let small = format!("small 1 KiB, {} clients", sizes.small_clients);
-    let (rq, rw) = both(|f| f.small_rps);
-    rows.push(
-        Row::new(&small, "requests", "req/s", Better::Higher)
-            .direct(direct.small_rps)
-            .tunnel(rq, rw)
-            .targets("≥ 0.45× / 0.4× direct", [0.45, 0.4], false),
-    );
-    rows.push(
-        // What a request costs the tunnel, whatever else shares the machine:
-        // the L4 tunnels compared in issue 12 spend 28–40 µs (both ends).
-        Row::new(&small, "CPU server+agent per request", "µs", Better::Lower)
-            .tunnel(q.small_cpu_us, w.small_cpu_us)
-            .targets("≤ 30 / 40 µs", [30.0, 40.0], true),
-    );
-    for (name, get) in [
-        (
-            "p50",
-            (|f: &HttpFigures| f.small_p50_ms) as fn(&HttpFigures) -> f64,
-        ),
-        ("p99", |f| f.small_p99_ms),
-        ("p99.9", |f| f.small_p999_ms),
-    ] {
-        let (a, b) = both(get);
-        rows.push(
-            Row::new(&small, &format!("latency {name}"), "ms", Better::Lower)
-                .direct(get(direct))
-                .tunnel(a, b),
-        );
-    }
-    let (sq, sw) = both(|f| f.sequential_p50_ms);
-    rows.push(
-        Row::new("sequential 1 client", "latency p50", "ms", Better::Lower)
-            .direct(direct.sequential_p50_ms)
-            .tunnel(sq, sw),
-    );
-    rows.push(
-        Row::new(
-            "sequential 1 client",
-            "added latency p50",
-            "ms",
-            Better::Lower,
-        )
-        .tunnel(
-            sq.map(|v| v - direct.sequential_p50_ms),
-            sw.map(|v| v - direct.sequential_p50_ms),
-        )
-        .targets("≤ 0.08 / 0.12 ms", [0.08, 0.12], true),
-    );
+    rows.extend(request_rows(Some(direct), [Some(q), Some(w)], sizes));
     let audio = format!(
         "audio {}×320 kbit/s, {} s, seek",
         sizes.listeners,
@@ -1198,6 +1195,71 @@ fn rows(
         )
         .tunnel(None, fallback_ms.get(1).copied())
         .target("≤ 1000 ms", 1000.0, true),
+    );
+    rows
+}
+
+/// Small-request and latency rows: the part of the table a remote run
+/// measures too. `None` where a target was not measured.
+fn request_rows(
+    direct: Option<&HttpFigures>,
+    tunnel: [Option<&HttpFigures>; 2],
+    sizes: &Sizes,
+) -> Vec<Row> {
+    let both = |f: fn(&HttpFigures) -> f64| (tunnel[0].map(f), tunnel[1].map(f));
+    let opt = |f: fn(&HttpFigures) -> Option<f64>| (tunnel[0].and_then(f), tunnel[1].and_then(f));
+    let base = |f: fn(&HttpFigures) -> f64| direct.map(f);
+    let small = format!("small 1 KiB, {} clients", sizes.small_clients);
+    let mut rows = vec![];
+    let (rq, rw) = both(|f| f.small_rps);
+    let d = base(|f| f.small_rps);
+    rows.push(
+        Row::new(&small, "requests", "req/s", Better::Higher)
+            .baselines(d, d)
+            .tunnel(rq, rw)
+            .targets("≥ 0.45× / 0.4× direct", [0.45, 0.4], false),
+    );
+    let (cq, cw) = opt(|f| f.small_cpu_us);
+    rows.push(
+        // What a request costs the tunnel, whatever else shares the machine:
+        // the L4 tunnels compared in issue 12 spend 28–40 µs (both ends).
+        Row::new(&small, "CPU server+agent per request", "µs", Better::Lower)
+            .tunnel(cq, cw)
+            .targets("≤ 30 / 40 µs", [30.0, 40.0], true),
+    );
+    for (name, get) in [
+        (
+            "p50",
+            (|f: &HttpFigures| f.small_p50_ms) as fn(&HttpFigures) -> f64,
+        ),
+        ("p99", |f| f.small_p99_ms),
+        ("p99.9", |f| f.small_p999_ms),
+    ] {
+        let (a, b) = both(get);
+        let d = base(get);
+        rows.push(
+            Row::new(&small, &format!("latency {name}"), "ms", Better::Lower)
+                .baselines(d, d)
+                .tunnel(a, b),
+        );
+    }
+    let (sq, sw) = both(|f| f.sequential_p50_ms);
+    let d = base(|f| f.sequential_p50_ms);
+    rows.push(
+        Row::new("sequential 1 client", "latency p50", "ms", Better::Lower)
+            .baselines(d, d)
+            .tunnel(sq, sw),
+    );
+    let added = |t: Option<f64>| Some(t? - d?);
+    rows.push(
+        Row::new(
+            "sequential 1 client",
+            "added latency p50",
+            "ms",
+            Better::Lower,
+        )
+        .tunnel(added(sq), added(sw))
+        .targets("≤ 0.08 / 0.12 ms", [0.08, 0.12], true),
     );
     rows
 }

@@ -306,6 +306,7 @@ async fn admit(
     Ok(record)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_admitted(
     shared: Arc<Shared>,
     session: Session,
