@@ -971,6 +971,7 @@ async fn measure_bulk(
 ) -> Result<(), BenchError> {
     let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
     let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
+    settle(procs).await;
     let peak = PeakRss::start(&pids);
     let cpu0 = cpu();
     let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
@@ -994,6 +995,7 @@ async fn measure_small(
 ) -> Result<(), BenchError> {
     let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
     let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
+    settle(procs).await;
     let peak = PeakRss::start(&pids);
     let cpu0 = cpu();
     let mut lat =
@@ -1021,6 +1023,15 @@ async fn measure_sequential(
     lat.sort();
     f.sequential_p50_ms = load::percentile_ms(&lat, 50.0);
     Ok(())
+}
+
+/// Before a peak is taken: what the scenario before freed is given back to
+/// the OS by the processes' trimmer (`memory::TRIM_EVERY`), so the peak is
+/// this scenario's own.
+async fn settle(procs: &[&Proc]) {
+    if !procs.is_empty() {
+        tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_millis(500)).await;
+    }
 }
 
 /// Server and agent peak RSS, when both were watched.
