@@ -15,9 +15,9 @@ mod raw;
 mod remote;
 mod report;
 mod rooms;
+mod scenarios;
 
 use std::{
-    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -34,9 +34,13 @@ use crate::{
 };
 pub use error::BenchError;
 use load::Target;
-use procs::{PeakRss, Proc};
+use procs::Proc;
 pub use remote::{run as run_remote, RemoteOptions};
 pub use report::{Better, Row};
+use scenarios::{
+    mbps, measure_bulk, measure_sequential, measure_small, request_rows, HttpFigures, Progress,
+    Sizes, GIB, MIB,
+};
 
 pub struct BenchOptions {
     /// Every scenario small: seconds instead of minutes (CI runs this).
@@ -57,145 +61,12 @@ pub struct BenchOptions {
     pub compare: Option<PathBuf>,
 }
 
-/// Scenario sizes, full and quick.
-struct Sizes {
-    bulk: u64,
-    parallel: usize,
-    parallel_each: u64,
-    small_clients: usize,
-    small_time: Duration,
-    sequential: usize,
-    listeners: usize,
-    track: Duration,
-    stalled: usize,
-    idle_agents: usize,
-    /// The large idle crowd, and how long it is held after connecting.
-    many_agents: usize,
-    many_hold: Duration,
-    room_members: usize,
-    room_broadcasts: usize,
-    idle_clients: usize,
-    /// The long-path scenario: one download's size, and small requests timed.
-    rtt_bulk: u64,
-    rtt_requests: usize,
-}
-
-const MIB: u64 = 1024 * 1024;
-const GIB: f64 = (1u64 << 30) as f64;
-
-impl Sizes {
-    fn new(quick: bool) -> Sizes {
-        if quick {
-            Sizes {
-                bulk: 64 * MIB,
-                parallel: 8,
-                parallel_each: 8 * MIB,
-                small_clients: 64,
-                small_time: Duration::from_secs(1),
-                sequential: 200,
-                listeners: 50,
-                track: Duration::from_secs(4),
-                stalled: 20,
-                idle_agents: 50,
-                many_agents: 200,
-                many_hold: Duration::from_secs(2),
-                room_members: 100,
-                room_broadcasts: 20,
-                idle_clients: 200,
-                rtt_bulk: 32 * MIB,
-                rtt_requests: 20,
-            }
-        } else {
-            Sizes {
-                bulk: 1024 * MIB,
-                parallel: 8,
-                parallel_each: 256 * MIB,
-                small_clients: 64,
-                small_time: Duration::from_secs(10),
-                sequential: 2000,
-                listeners: 500,
-                track: Duration::from_secs(30),
-                stalled: 20,
-                idle_agents: 1000,
-                many_agents: 10_000,
-                // Past three heartbeats (10 s each), when a peer whose pongs
-                // are late is declared dead.
-                many_hold: Duration::from_secs(45),
-                room_members: 1000,
-                room_broadcasts: 100,
-                idle_clients: 1000,
-                rtt_bulk: 512 * MIB,
-                rtt_requests: 100,
-            }
-        }
-    }
-}
-
 /// The long path's delay each way: a 40 ms round trip, a continent away.
 const LONG_PATH_ONE_WAY: Duration = Duration::from_millis(20);
 
 /// A 320 kbit/s stream: 2000 bytes every 50 ms.
 const AUDIO_CHUNK: u64 = 2000;
 const AUDIO_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Everything measured against one target (direct, or one transport).
-#[derive(Default, Serialize, Clone)]
-struct HttpFigures {
-    bulk_mbps: f64,
-    bulk_cpu_per_gib: Option<f64>,
-    bulk_peak_rss: Option<(u64, u64)>,
-    parallel_mbps: f64,
-    fairness: f64,
-    small_rps: f64,
-    small_p50_ms: f64,
-    small_p99_ms: f64,
-    small_p999_ms: f64,
-    small_peak_rss: Option<(u64, u64)>,
-    /// CPU time of server and agent together per small request, in µs.
-    small_cpu_us: Option<f64>,
-    sequential_p50_ms: f64,
-    audio_kept_rate: usize,
-    audio_listeners: usize,
-    audio_worst_gap_ms: f64,
-    audio_worst_first_bytes_ms: f64,
-    isolation_mbps: f64,
-}
-
-/// A one-line progress bar on standard error.
-struct Progress {
-    done: usize,
-    total: usize,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        Progress {
-            done: 0,
-            total,
-            started: Instant::now(),
-        }
-    }
-
-    fn step(&mut self, what: &str) {
-        self.done += 1;
-        let width = 30;
-        let filled = width * self.done.min(self.total) / self.total;
-        eprint!(
-            "\r\x1b[2K[{}{}] {}/{} {:>5.0}s  {what}",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
-            self.done,
-            self.total,
-            self.started.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
-    }
-}
-
-fn mbps(bytes: u64, secs: f64) -> f64 {
-    bytes as f64 / 1e6 / secs
-}
 
 /// Runs everything and writes the report; returns the rows.
 pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
@@ -961,84 +832,6 @@ async fn http_scenarios(
     Ok(f)
 }
 
-/// One download of `sizes.bulk`: throughput, and with `procs` their CPU per
-/// GiB and peak RSS.
-async fn measure_bulk(
-    target: &Target,
-    procs: &[&Proc],
-    sizes: &Sizes,
-    f: &mut HttpFigures,
-) -> Result<(), BenchError> {
-    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
-    settle(procs).await;
-    let peak = PeakRss::start(&pids);
-    let cpu0 = cpu();
-    let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
-    let used = cpu() - cpu0;
-    f.bulk_peak_rss = pair(peak.finish().await);
-    f.bulk_mbps = mbps(bytes, secs);
-    if !procs.is_empty() {
-        f.bulk_cpu_per_gib = Some(used / (bytes as f64 / GIB));
-    }
-    Ok(())
-}
-
-/// Small requests from `sizes.small_clients` keep-alive clients, back to
-/// back: rate, latency percentiles, and with `procs` CPU per request and
-/// peak RSS.
-async fn measure_small(
-    target: &Target,
-    procs: &[&Proc],
-    sizes: &Sizes,
-    f: &mut HttpFigures,
-) -> Result<(), BenchError> {
-    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
-    settle(procs).await;
-    let peak = PeakRss::start(&pids);
-    let cpu0 = cpu();
-    let mut lat =
-        load::closed_loop(target, "/bytes/1024", sizes.small_clients, sizes.small_time).await?;
-    let used = cpu() - cpu0;
-    f.small_peak_rss = pair(peak.finish().await);
-    if !procs.is_empty() && !lat.is_empty() {
-        f.small_cpu_us = Some(used / lat.len() as f64 * 1e6);
-    }
-    lat.sort();
-    f.small_rps = lat.len() as f64 / sizes.small_time.as_secs_f64();
-    f.small_p50_ms = load::percentile_ms(&lat, 50.0);
-    f.small_p99_ms = load::percentile_ms(&lat, 99.0);
-    f.small_p999_ms = load::percentile_ms(&lat, 99.9);
-    Ok(())
-}
-
-/// One client, one request at a time: the unloaded latency.
-async fn measure_sequential(
-    target: &Target,
-    sizes: &Sizes,
-    f: &mut HttpFigures,
-) -> Result<(), BenchError> {
-    let mut lat = load::sequential(target, "/bytes/1024", sizes.sequential).await?;
-    lat.sort();
-    f.sequential_p50_ms = load::percentile_ms(&lat, 50.0);
-    Ok(())
-}
-
-/// Before a peak is taken: what the scenario before freed is given back to
-/// the OS by the processes' trimmer (`memory::TRIM_EVERY`), so the peak is
-/// this scenario's own.
-async fn settle(procs: &[&Proc]) {
-    if !procs.is_empty() {
-        tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_millis(500)).await;
-    }
-}
-
-/// Server and agent peak RSS, when both were watched.
-fn pair(v: Vec<u64>) -> Option<(u64, u64)> {
-    (v.len() == 2).then(|| (v[0], v[1]))
-}
-
 #[allow(clippy::too_many_arguments)]
 fn rows(
     direct: &HttpFigures,
@@ -1206,71 +999,6 @@ fn rows(
         )
         .tunnel(None, fallback_ms.get(1).copied())
         .target("≤ 1000 ms", 1000.0, true),
-    );
-    rows
-}
-
-/// Small-request and latency rows: the part of the table a remote run
-/// measures too. `None` where a target was not measured.
-fn request_rows(
-    direct: Option<&HttpFigures>,
-    tunnel: [Option<&HttpFigures>; 2],
-    sizes: &Sizes,
-) -> Vec<Row> {
-    let both = |f: fn(&HttpFigures) -> f64| (tunnel[0].map(f), tunnel[1].map(f));
-    let opt = |f: fn(&HttpFigures) -> Option<f64>| (tunnel[0].and_then(f), tunnel[1].and_then(f));
-    let base = |f: fn(&HttpFigures) -> f64| direct.map(f);
-    let small = format!("small 1 KiB, {} clients", sizes.small_clients);
-    let mut rows = vec![];
-    let (rq, rw) = both(|f| f.small_rps);
-    let d = base(|f| f.small_rps);
-    rows.push(
-        Row::new(&small, "requests", "req/s", Better::Higher)
-            .baselines(d, d)
-            .tunnel(rq, rw)
-            .targets("≥ 0.45× / 0.4× direct", [0.45, 0.4], false),
-    );
-    let (cq, cw) = opt(|f| f.small_cpu_us);
-    rows.push(
-        // What a request costs the tunnel, whatever else shares the machine:
-        // the L4 tunnels compared in issue 12 spend 28–40 µs (both ends).
-        Row::new(&small, "CPU server+agent per request", "µs", Better::Lower)
-            .tunnel(cq, cw)
-            .targets("≤ 30 / 40 µs", [30.0, 40.0], true),
-    );
-    for (name, get) in [
-        (
-            "p50",
-            (|f: &HttpFigures| f.small_p50_ms) as fn(&HttpFigures) -> f64,
-        ),
-        ("p99", |f| f.small_p99_ms),
-        ("p99.9", |f| f.small_p999_ms),
-    ] {
-        let (a, b) = both(get);
-        let d = base(get);
-        rows.push(
-            Row::new(&small, &format!("latency {name}"), "ms", Better::Lower)
-                .baselines(d, d)
-                .tunnel(a, b),
-        );
-    }
-    let (sq, sw) = both(|f| f.sequential_p50_ms);
-    let d = base(|f| f.sequential_p50_ms);
-    rows.push(
-        Row::new("sequential 1 client", "latency p50", "ms", Better::Lower)
-            .baselines(d, d)
-            .tunnel(sq, sw),
-    );
-    let added = |t: Option<f64>| Some(t? - d?);
-    rows.push(
-        Row::new(
-            "sequential 1 client",
-            "added latency p50",
-            "ms",
-            Better::Lower,
-        )
-        .tunnel(added(sq), added(sw))
-        .targets("≤ 0.08 / 0.12 ms", [0.08, 0.12], true),
     );
     rows
 }

@@ -13,9 +13,13 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use super::{
+    error::BenchError,
     load::{self, Target},
-    measure_bulk, measure_sequential, measure_small, report, request_rows, BenchError, Better,
-    HttpFigures, Progress, Row, Sizes,
+    report::{self, Better, Row},
+    scenarios::{
+        measure_bulk, measure_sequential, measure_small, request_rows, HttpFigures, Progress,
+        Sizes, MIB,
+    },
 };
 use crate::{sample, transport::TransportKind};
 
@@ -159,7 +163,7 @@ fn run_rows(
     let bulk = |f: &HttpFigures| f.bulk_mbps;
     let d = direct.map(bulk);
     let mut rows = vec![Row::new(
-        &format!("bulk {} MiB", sizes.bulk / super::MIB),
+        &format!("bulk {} MiB", sizes.bulk / MIB),
         "throughput",
         "MB/s",
         Better::Higher,
