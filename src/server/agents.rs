@@ -141,7 +141,16 @@ impl AgentTable {
     /// Whether `client_id` lost its last connection here moments ago (a
     /// restarting agent, likely back soon).
     pub fn recently_lost(&self, client_id: &str) -> bool {
-        self.lost.get(client_id).is_some()
+        if self.lost.get(client_id).is_some() {
+            return true;
+        }
+        // Closed but not yet removed (the connection's task is still ending):
+        // as lost already, or a request in that instant is refused at once
+        // where a moment later it would wait for the agent to come back.
+        let links = self.links.lock().expect("agent table poisoned");
+        links
+            .get(client_id)
+            .is_some_and(|entry| !entry.is_empty() && entry.iter().all(|l| l.session.is_closed()))
     }
 
     /// A live connection for `client_id`, rotating among several.
