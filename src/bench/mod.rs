@@ -667,17 +667,7 @@ impl Server {
 
     /// Connected agents, as `/_warren/health` reports them (None: no answer).
     async fn agents(&self) -> Option<u64> {
-        use http_body_util::BodyExt;
-        let target = Target {
-            addr: self.api,
-            client_id: None,
-        };
-        let mut sender = load::connect(&target).await.ok()?;
-        let resp = load::send(&mut sender, &target, "/_warren/health", None)
-            .await
-            .ok()?;
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        serde_json::from_slice::<serde_json::Value>(&body).ok()?["agents"].as_u64()
+        self.health().await.map(|(agents, _)| agents)
     }
 
     /// The health report's connected agents and admissions so far.

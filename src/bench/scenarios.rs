@@ -155,18 +155,12 @@ pub(super) async fn measure_bulk(
     sizes: &Sizes,
     f: &mut HttpFigures,
 ) -> Result<(), BenchError> {
-    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
-    settle(procs).await;
-    let peak = PeakRss::start(&pids);
-    let cpu0 = cpu();
+    let watch = Watch::start(procs).await;
     let (bytes, secs) = load::download(target, &format!("/bytes/{}", sizes.bulk)).await?;
-    let used = cpu() - cpu0;
-    f.bulk_peak_rss = pair(peak.finish().await);
+    let (used, peak) = watch.finish().await;
+    f.bulk_peak_rss = peak;
     f.bulk_mbps = mbps(bytes, secs);
-    if !procs.is_empty() {
-        f.bulk_cpu_per_gib = Some(used / (bytes as f64 / GIB));
-    }
+    f.bulk_cpu_per_gib = used.map(|cpu| cpu / (bytes as f64 / GIB));
     Ok(())
 }
 
@@ -179,18 +173,14 @@ pub(super) async fn measure_small(
     sizes: &Sizes,
     f: &mut HttpFigures,
 ) -> Result<(), BenchError> {
-    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-    let cpu = || procs.iter().map(|p| p.cpu_seconds()).sum::<f64>();
-    settle(procs).await;
-    let peak = PeakRss::start(&pids);
-    let cpu0 = cpu();
+    let watch = Watch::start(procs).await;
     let mut lat =
         load::closed_loop(target, "/bytes/1024", sizes.small_clients, sizes.small_time).await?;
-    let used = cpu() - cpu0;
-    f.small_peak_rss = pair(peak.finish().await);
-    if !procs.is_empty() && !lat.is_empty() {
-        f.small_cpu_us = Some(used / lat.len() as f64 * 1e6);
-    }
+    let (used, peak) = watch.finish().await;
+    f.small_peak_rss = peak;
+    f.small_cpu_us = used
+        .filter(|_| !lat.is_empty())
+        .map(|cpu| cpu / lat.len() as f64 * 1e6);
     lat.sort();
     f.small_rps = lat.len() as f64 / sizes.small_time.as_secs_f64();
     f.small_p50_ms = load::percentile_ms(&lat, 50.0);
@@ -220,9 +210,36 @@ async fn settle(procs: &[&Proc]) {
     }
 }
 
-/// Server and agent peak RSS, when both were watched.
-fn pair(v: Vec<u64>) -> Option<(u64, u64)> {
-    (v.len() == 2).then(|| (v[0], v[1]))
+/// The CPU time and peak RSS of the tunnel's processes over one scenario.
+struct Watch<'a> {
+    procs: &'a [&'a Proc],
+    peak: PeakRss,
+    cpu0: f64,
+}
+
+impl<'a> Watch<'a> {
+    async fn start(procs: &'a [&'a Proc]) -> Watch<'a> {
+        settle(procs).await;
+        let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+        Watch {
+            procs,
+            peak: PeakRss::start(&pids),
+            cpu0: cpu_seconds(procs),
+        }
+    }
+
+    /// CPU seconds used (None with no processes) and the server's and
+    /// agent's peak RSS (when both were watched).
+    async fn finish(self) -> (Option<f64>, Option<(u64, u64)>) {
+        let used = cpu_seconds(self.procs) - self.cpu0;
+        let peaks = self.peak.finish().await;
+        let pair = (peaks.len() == 2).then(|| (peaks[0], peaks[1]));
+        ((!self.procs.is_empty()).then_some(used), pair)
+    }
+}
+
+fn cpu_seconds(procs: &[&Proc]) -> f64 {
+    procs.iter().map(|p| p.cpu_seconds()).sum()
 }
 
 /// Small-request and latency rows: the part of the table a remote run
