@@ -189,27 +189,9 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let token = server.issue("idle").await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = server.proc.rss();
-        let agents = Proc::spawn(
-            &bin,
-            &[
-                "bench-idle-agents".into(),
-                "--server".into(),
-                server.tunnel.to_string(),
-                "--fingerprint".into(),
-                server.fingerprint.clone(),
-                "--client-id".into(),
-                "idle".into(),
-                "--token".into(),
-                token,
-                "--transport".into(),
-                kind.as_str().into(),
-                "--count".into(),
-                sizes.idle_agents.to_string(),
-            ],
-            &dir.join(format!("logs/idle-agents-{kind}.log")),
-            &["started"],
-        )
-        .await?;
+        let agents = server
+            .idle_agents(&bin, &dir, "idle", token, kind, sizes.idle_agents)
+            .await?;
         server.wait_agents(sizes.idle_agents).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = server.proc.rss();
@@ -665,6 +647,40 @@ impl Server {
         Proc::spawn(bin, &args, &log, &[]).await
     }
 
+    /// `count` idle agents of `client_id` in one `warren bench-idle-agents`
+    /// process, started (not yet all connected).
+    async fn idle_agents(
+        &self,
+        bin: &Path,
+        dir: &Path,
+        client_id: &str,
+        token: String,
+        kind: TransportKind,
+        count: usize,
+    ) -> Result<Proc, BenchError> {
+        Proc::spawn(
+            bin,
+            &[
+                "bench-idle-agents".into(),
+                "--server".into(),
+                self.tunnel.to_string(),
+                "--fingerprint".into(),
+                self.fingerprint.clone(),
+                "--client-id".into(),
+                client_id.into(),
+                "--token".into(),
+                token,
+                "--transport".into(),
+                kind.as_str().into(),
+                "--count".into(),
+                count.to_string(),
+            ],
+            &dir.join(format!("logs/{client_id}-agents-{kind}.log")),
+            &["started"],
+        )
+        .await
+    }
+
     /// Connected agents, as `/_warren/health` reports them (None: no answer).
     async fn agents(&self) -> Option<u64> {
         self.health().await.map(|(agents, _)| agents)
@@ -1091,27 +1107,9 @@ async fn hold_idle_agents(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.proc.rss();
     let started = Instant::now();
-    let agents = Proc::spawn(
-        bin,
-        &[
-            "bench-idle-agents".into(),
-            "--server".into(),
-            server.tunnel.to_string(),
-            "--fingerprint".into(),
-            server.fingerprint.clone(),
-            "--client-id".into(),
-            "many".into(),
-            "--token".into(),
-            token,
-            "--transport".into(),
-            kind.as_str().into(),
-            "--count".into(),
-            count.to_string(),
-        ],
-        &dir.join(format!("logs/many-agents-{kind}.log")),
-        &["started"],
-    )
-    .await?;
+    let agents = server
+        .idle_agents(bin, dir, "many", token, kind, count)
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     // At least: a connection the agent gave up on during the storm may
     // linger on the server until its idle timeout.
