@@ -46,6 +46,8 @@ impl From<&str> for Secret {
 const TOKEN_PREFIX: &str = "wrn_";
 /// The same for client tokens (what an agent's clients present).
 const CLIENT_TOKEN_PREFIX: &str = "wcl_";
+/// The same for admin tokens (what the admin API asks for).
+const ADMIN_TOKEN_PREFIX: &str = "wad_";
 
 /// Longest client id: fits a DNS label (63) with room to spare in the schema.
 pub const MAX_CLIENT_ID: usize = 63;
@@ -94,9 +96,20 @@ pub async fn issue_client_token(
     Ok(token)
 }
 
-/// Whether `presented` is one of the client tokens whose hashes are given;
-/// every hash is compared, in constant time.
-pub fn client_token_matches(hashes: &[String], presented: &str) -> bool {
+/// Creates or replaces the admin token called `name`; returns it (shown
+/// once). The admin API answers only requests presenting an admin token.
+pub async fn issue_admin_token(registry: &Registry, name: &str) -> Result<String, IssueError> {
+    check_client_id(name)
+        .map_err(|why| IssueError::BadClientId(format!("admin token name: {why}")))?;
+    let bytes: [u8; 32] = rand::random();
+    let token = format!("{ADMIN_TOKEN_PREFIX}{}", hex::encode(bytes));
+    registry.set_admin_token(name, &hash_token(&token)).await?;
+    Ok(token)
+}
+
+/// Whether `presented` is one of the tokens (client or admin) whose hashes
+/// are given; every hash is compared, in constant time.
+pub fn matches_any(hashes: &[String], presented: &str) -> bool {
     let hash = hash_token(presented);
     hashes.iter().fold(false, |found, stored| {
         found | bool::from(stored.as_bytes().ct_eq(hash.as_bytes()))

@@ -72,19 +72,31 @@ pub fn empty() -> TunnelBody {
 /// `body`, keeping `guard` alive until the body is dropped (finished,
 /// failed or abandoned): for bookkeeping that must outlive the handler.
 pub fn guarded<G: Send + Unpin + 'static>(body: TunnelBody, guard: G) -> TunnelBody {
-    Guarded {
-        body,
-        _guard: guard,
-    }
-    .boxed_unsync()
+    metered(body, Keep(guard))
 }
 
-struct Guarded<G> {
+/// What watches a body go by: told the size of each data frame, and dropped
+/// with the body (its `Drop` is where a finished body is accounted for).
+pub trait Meter: Send + Unpin + 'static {
+    fn data(&mut self, _bytes: u64) {}
+}
+
+/// A guard that only needs to live as long as the body.
+struct Keep<G>(#[allow(dead_code)] G);
+
+impl<G: Send + Unpin + 'static> Meter for Keep<G> {}
+
+/// `body`, with `meter` told of every data frame and dropped with it.
+pub fn metered(body: TunnelBody, meter: impl Meter) -> TunnelBody {
+    Metered { body, meter }.boxed_unsync()
+}
+
+struct Metered<M> {
     body: TunnelBody,
-    _guard: G,
+    meter: M,
 }
 
-impl<G: Unpin> http_body::Body for Guarded<G> {
+impl<M: Meter> http_body::Body for Metered<M> {
     type Data = Bytes;
     type Error = TransportError;
 
@@ -92,7 +104,14 @@ impl<G: Unpin> http_body::Body for Guarded<G> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, TransportError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.meter.data(data.len() as u64);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

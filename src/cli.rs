@@ -23,8 +23,23 @@ use warren::{
     about = "A reverse tunnel over QUIC: expose a service behind NAT through a public server."
 )]
 pub struct Cli {
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +120,14 @@ pub enum Command {
         #[arg(long)]
         count: usize,
     },
+    /// Nodes, agents and their connections, from a running server's admin API.
+    Status {
+        #[command(flatten)]
+        admin: AdminClientArgs,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run server, agent and a sample service on loopback, and print URLs to try.
     Demo {
         /// Where the demo's client API listens.
@@ -125,6 +148,31 @@ pub enum TokenCommand {
     /// one (Authorization: Bearer, or ?token=). Prints it as the last line.
     IssueClient {
         client_id: String,
+        #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+        database_url: String,
+    },
+    /// Every client id that may connect, with its client-token count.
+    List {
+        #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+        database_url: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke CLIENT_ID's token: its reconnections are refused. With
+    /// --admin-url, through a running server, which also disconnects it at once.
+    Revoke {
+        client_id: String,
+        #[command(flatten)]
+        admin: AdminClientArgs,
+        #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
+        database_url: String,
+    },
+    /// Create or replace the admin token NAME (default "admin"), for the admin
+    /// API; prints it as the last line.
+    IssueAdmin {
+        #[arg(default_value = "admin")]
+        name: String,
         #[arg(long, env = "WARREN_DATABASE_URL", default_value_t = ServerConfig::default().database_url)]
         database_url: String,
     },
@@ -206,6 +254,17 @@ impl WsArgs {
             idle_timeout: self.ws_idle_timeout.0,
         }
     }
+}
+
+/// How a command reaches a running server's admin API.
+#[derive(Args)]
+pub struct AdminClientArgs {
+    /// The server's admin listener, e.g. http://127.0.0.1:9090.
+    #[arg(long, env = "WARREN_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// An admin token (`warren token issue-admin`); prefer the environment variable.
+    #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Args)]
@@ -330,6 +389,16 @@ pub struct ServerArgs {
     /// How long a client-id → node lookup is cached.
     #[arg(long, env = "WARREN_ROUTE_CACHE_TTL", default_value_t = Human(cluster_defaults().route_ttl))]
     route_cache_ttl: Human,
+    /// Admin listener: /metrics, /healthz, /readyz and the admin API (off
+    /// unless set; keep it on loopback or a private network).
+    #[arg(long, env = "WARREN_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Agents given metric series of their own (the busiest by bytes; 0: none).
+    #[arg(long, env = "WARREN_METRICS_TOP_AGENTS", default_value_t = ServerConfig::default().metrics_top_agents)]
+    metrics_top_agents: usize,
+    /// Log one line per client request (method, path, status, bytes, duration, transport).
+    #[arg(long, env = "WARREN_ACCESS_LOG")]
+    access_log: bool,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -401,6 +470,9 @@ impl ServerArgs {
                 failure_burst: self.auth_failure_burst,
                 failure_refill: self.auth_failure_refill.0,
             },
+            admin_listen: self.admin_listen,
+            metrics_top_agents: self.metrics_top_agents,
+            access_log: self.access_log,
         })
     }
 }
@@ -509,6 +581,9 @@ pub struct AgentArgs {
     /// Longest wait between reconnection attempts.
     #[arg(long, env = "WARREN_BACKOFF_MAX", default_value_t = Human(agent_defaults().backoff_max))]
     backoff_max: Human,
+    /// Admin listener: /metrics, /healthz and /readyz (off unless set; keep it on loopback).
+    #[arg(long, env = "WARREN_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -574,6 +649,7 @@ impl AgentArgs {
                 .rooms_upstream
                 .map(warren::agent::rooms::RoomsBackend::WebSocket),
             rooms_auth: self.rooms_auth,
+            admin_listen: self.admin_listen,
             ..base
         })
     }

@@ -12,6 +12,7 @@
 //! library proper: embedders build with `default-features = false`.
 
 mod accept;
+pub mod admin;
 pub mod agent;
 pub mod auth;
 #[cfg(feature = "tools")]

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{AgentArgs, Cli, Command, ServerArgs, TokenCommand};
+use cli::{AdminClientArgs, AgentArgs, Cli, Command, LogFormat, ServerArgs, TokenCommand};
 use warren::{
+    admin::client as admin_client,
     agent::{Agent, AgentConfig, AgentError},
     auth,
     registry::Registry,
@@ -22,13 +23,23 @@ use warren::{
 fn main() -> ExitCode {
     warren::memory::tune_allocator();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(log_filter())
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One object per line, the spans' fields (client id, connection id,
+        // request id) with the event's own.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
         // Colours only for a terminal: escape codes in a log file are noise,
         // and formatting them costs every span (every request) its share.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,6 +178,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.transport = transport.into();
             Ok(warren::bench::idle_agents(config, count).await?)
         }
+        Command::Status { admin, json } => status(admin, json).await,
         Command::Demo { api_listen } => {
             let (trigger, stop) = shutdown::channel();
             tokio::spawn(async move {
@@ -214,6 +226,60 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             );
             println!("{token}");
         }
+        TokenCommand::List { database_url, json } => {
+            let registry = Registry::open(&database_url).await?;
+            let agents = registry.agents().await?;
+            registry.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents)?);
+            } else {
+                println!(
+                    "{:<40} {:<20} {:<20} CLIENT TOKENS",
+                    "CLIENT ID", "CREATED", "ROTATED"
+                );
+                for a in &agents {
+                    println!(
+                        "{:<40} {:<20} {:<20} {}",
+                        a.client_id,
+                        utc(a.created_at),
+                        utc(a.rotated_at),
+                        a.client_tokens
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke {
+            client_id,
+            admin,
+            database_url,
+        } => match admin_of(&admin)? {
+            Some((url, token)) => {
+                let path = format!("/api/tokens/{client_id}");
+                let answer =
+                    admin_client::call(url, token, http::Method::DELETE, &path, None).await?;
+                let n = answer["disconnected"].as_u64().unwrap_or(0);
+                println!("revoked {client_id:?}; {n} connection(s) closed");
+            }
+            None => {
+                let registry = Registry::open(&database_url).await?;
+                let removed = registry.remove_agent(&client_id).await?;
+                registry.close().await;
+                anyhow::ensure!(removed, "no agent is registered under {client_id:?}");
+                println!(
+                    "revoked {client_id:?}: its reconnections are refused; running servers keep \
+                     its current connections (revoke with --admin-url to close them at once)"
+                );
+            }
+        },
+        TokenCommand::IssueAdmin { name, database_url } => {
+            let registry = Registry::open(&database_url).await?;
+            let token = auth::issue_admin_token(&registry, &name).await?;
+            registry.close().await;
+            println!(
+                "Admin token {name:?} for the admin API (shown once; only its hash is stored):"
+            );
+            println!("{token}");
+        }
         TokenCommand::RevokeClient {
             client_id,
             token,
@@ -248,6 +314,95 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin URL and token, when both are given; an error when only one is.
+fn admin_of(args: &AdminClientArgs) -> anyhow::Result<Option<(&str, &str)>> {
+    match (args.admin_url.as_deref(), args.admin_token.as_deref()) {
+        (Some(url), Some(token)) => Ok(Some((url, token))),
+        (None, None) => Ok(None),
+        (Some(_), None) => {
+            anyhow::bail!("--admin-url needs an admin token: WARREN_ADMIN_TOKEN or --admin-token")
+        }
+        (None, Some(_)) => anyhow::bail!("an admin token needs --admin-url (WARREN_ADMIN_URL)"),
+    }
+}
+
+/// `warren status`: nodes, then each agent with its connections.
+async fn status(admin: AdminClientArgs, json: bool) -> anyhow::Result<()> {
+    let Some((url, token)) = admin_of(&admin)? else {
+        anyhow::bail!("warren status needs --admin-url and an admin token (WARREN_ADMIN_URL, WARREN_ADMIN_TOKEN)");
+    };
+    let get = |path: &'static str| admin_client::call(url, token, http::Method::GET, path, None);
+    let nodes = get("/api/nodes").await?;
+    let agents = get("/api/agents").await?;
+    if json {
+        let both = serde_json::json!({ "nodes": nodes, "agents": agents["agents"] });
+        println!("{}", serde_json::to_string_pretty(&both)?);
+        return Ok(());
+    }
+    let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "node {} (clustered: {})",
+        text(&nodes["this"]),
+        nodes["clustered"]
+    );
+    for n in list(&nodes["nodes"]) {
+        println!(
+            "  node {} at {}",
+            text(&n["nodeId"]),
+            text(&n["clusterAddr"])
+        );
+    }
+    println!();
+    println!(
+        "{:<32} {:<10} {:<10} {:<10} {:>12} {:>12} {:>9}  SINCE",
+        "CLIENT ID", "STATE", "NODE", "TRANSPORT", "SENT", "RECEIVED", "IN FLIGHT"
+    );
+    for a in list(&agents["agents"]) {
+        let conns = list(&a["connections"]);
+        if conns.is_empty() {
+            println!("{:<32} {:<10}", text(&a["clientId"]), "offline");
+        }
+        for c in conns {
+            let figure = |key: &str| c[key].as_u64().map_or("-".to_string(), |n| n.to_string());
+            println!(
+                "{:<32} {:<10} {:<10} {:<10} {:>12} {:>12} {:>9}  {}",
+                text(&a["clientId"]),
+                "connected",
+                text(&c["node"]),
+                text(&c["transport"]),
+                figure("sentBytes"),
+                figure("receivedBytes"),
+                figure("inFlight"),
+                utc(c["connectedAt"].as_i64().unwrap_or(0)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     warren::memory::spawn_trimmer();
@@ -264,6 +419,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     );
     if let Some(addr) = server.cluster_addr() {
         println!("cluster link on {addr}");
+    }
+    if let Some(addr) = server.admin_addr() {
+        println!("admin API on http://{addr} (/metrics, /healthz, /readyz, /api/)");
     }
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {

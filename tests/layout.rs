@@ -354,16 +354,20 @@ fn use_trees_expand() {
 }
 
 /// Every error code the server answers with (`StatusCode::…, "code"` in
-/// `src/server/`) is in the README's table, and the table lists no code the
-/// server never sends.
+/// `src/server/`) is in the README's table (the admin API's, from
+/// `src/server/admin.rs` and `src/admin/`, in the admin table), and neither table lists a
+/// code the server never sends.
 #[test]
 fn readme_lists_every_error_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sent = BTreeSet::new();
+    let (mut client, mut admin) = (BTreeSet::new(), BTreeSet::new());
     for file in modules(&root.join("src")).into_values() {
-        if !file.to_string_lossy().contains("/server/") {
+        let name = file.to_string_lossy();
+        let in_admin = name.ends_with("/server/admin.rs") || name.contains("/src/admin/");
+        if !name.contains("/server/") && !in_admin {
             continue;
         }
+        let sent = if in_admin { &mut admin } else { &mut client };
         let text = std::fs::read_to_string(&file).unwrap();
         let mut from = 0;
         while let Some(i) = text[from..].find("StatusCode::") {
@@ -388,27 +392,35 @@ fn readme_lists_every_error_code() {
         }
     }
     assert!(
-        sent.contains("agent_offline") && sent.len() > 10,
-        "found {sent:?}"
+        client.contains("agent_offline") && client.len() > 10,
+        "found {client:?}"
     );
+    assert!(admin.contains("bad_admin_token"), "found {admin:?}");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let table = &readme[readme.find("* **Errors** are JSON").unwrap()..];
-    let table = &table[..table.find("\n\n  If the agent").unwrap_or(table.len())];
-    let listed: BTreeSet<String> = table
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_') && s.contains('_'))
-        .map(str::to_string)
-        .collect();
-    let missing: Vec<_> = sent.difference(&listed).collect();
-    assert!(
-        missing.is_empty(),
-        "codes sent but not in the README: {missing:?}"
-    );
-    let stale: Vec<_> = listed.difference(&sent).collect();
-    assert!(
-        stale.is_empty(),
-        "codes in the README the server never sends: {stale:?}"
-    );
+    for (sent, start, end) in [
+        (&client, "* **Errors** are JSON", "\n\n  If the agent"),
+        (&admin, "Admin API errors are JSON", "\n\n**Metrics**"),
+    ] {
+        let table = &readme[readme
+            .find(start)
+            .unwrap_or_else(|| panic!("no {start:?} in the README"))..];
+        let table = &table[..table.find(end).unwrap_or(table.len())];
+        let listed: BTreeSet<String> = table
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_') && s.contains('_'))
+            .map(str::to_string)
+            .collect();
+        let missing: Vec<_> = sent.difference(&listed).collect();
+        assert!(
+            missing.is_empty(),
+            "codes sent but not in the README's {start:?} table: {missing:?}"
+        );
+        let stale: Vec<_> = listed.difference(sent).collect();
+        assert!(
+            stale.is_empty(),
+            "codes in the README's {start:?} table the server never sends: {stale:?}"
+        );
+    }
 }

@@ -61,6 +61,8 @@ pub struct AgentConfig {
     /// Rooms require the client's first message as credentials, and the
     /// backend's accept or refuse, before a member is in.
     pub rooms_auth: bool,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`): off unless set.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -98,6 +100,7 @@ impl AgentConfig {
             drain_grace: Duration::from_secs(30),
             rooms: None,
             rooms_auth: false,
+            admin_listen: None,
         }
     }
 }
@@ -112,6 +115,11 @@ pub enum AgentError {
     Upstream(#[from] UpstreamError),
     #[error("--server {0:?} must be HOST:PORT (one or more)")]
     BadServer(String),
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The host part of `HOST:PORT` (brackets removed from IPv6 literals).

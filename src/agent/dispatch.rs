@@ -9,6 +9,7 @@ use warren_proto::{decode_payload_borrowed, ErrorKind, Open, OpenRef, ResetCode}
 
 use super::{
     credit::CreditBook,
+    metrics::AgentMetrics,
     rooms::Rooms,
     upstream::{self, Upstream},
 };
@@ -18,6 +19,7 @@ pub(super) struct Dispatch {
     pub upstream: Upstream,
     /// The backend for rooms, when the agent has one.
     pub rooms: Option<Rooms>,
+    pub metrics: Arc<AgentMetrics>,
 }
 
 impl Dispatch {

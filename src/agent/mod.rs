@@ -11,11 +11,13 @@
 //! each opened stream goes: `upstream` for HTTP and WebSockets, over `pool`'s
 //! keep-alive connections; `rooms`), `backoff`, `status`.
 
+mod admin;
 mod backoff;
 mod config;
 mod credit;
 mod dial;
 mod dispatch;
+mod metrics;
 mod pool;
 pub mod rooms;
 mod session;
@@ -47,8 +49,10 @@ impl Agent {
             config::server_host(server)?;
         }
         let tls = tls::client_config(&config.trust)?;
+        let metrics = Arc::new(metrics::AgentMetrics::new());
         let dispatch = Arc::new(dispatch::Dispatch {
-            upstream: upstream::Upstream::new(config.upstream.clone())?,
+            upstream: upstream::Upstream::new(config.upstream.clone(), metrics.clone())?,
+            metrics,
             rooms: config
                 .rooms
                 .clone()
@@ -82,6 +86,12 @@ impl Agent {
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AgentError> {
         let span = tracing::info_span!("agent", client_id = %self.inner.config.client_id);
         async move {
+            if let Some(addr) = self.inner.config.admin_listen {
+                let listener = crate::admin::bind(addr)
+                    .map_err(|source| AgentError::AdminBind { addr, source })?;
+                let service = Arc::new(admin::AgentAdmin(self.inner.clone()));
+                tokio::spawn(crate::admin::serve(listener, service, shutdown.clone()));
+            }
             let mut slots = tokio::task::JoinSet::new();
             for slot in 0..self.inner.status.len() {
                 let inner = self.inner.clone();

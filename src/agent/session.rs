@@ -142,6 +142,7 @@ pub(super) async fn serve(
             server = %session.remote_addr(),
             "connected"
         );
+        dispatch.metrics.established(session.kind().as_str());
         status.send_replace(AgentStatus::Connected {
             tunnel_ws_id: welcome.tunnel_ws_id.clone(),
             node_id: welcome.node_id.clone(),

@@ -94,6 +94,7 @@ impl Slots {
                         }
                         upgraded = probe => {
                             info!("QUIC works again: new requests move to it; requests in flight finish on WebSocket");
+                            self.dispatch.metrics.quic_returned();
                             leave.send_replace(Some(config.migrate_drain));
                             // The old session's task drains and closes by itself.
                             conn = upgraded;
@@ -121,6 +122,7 @@ impl Slots {
             };
             let delay = backoff.next_delay();
             warn!(slot, "{reason}; reconnecting in {delay:?}");
+            self.dispatch.metrics.reconnecting();
             status.send_replace(AgentStatus::Disconnected { reason });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
 use warren_proto::{ErrorKind, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError};
 
-use super::{credit::Credit, pool::Pool};
+use super::{credit::Credit, metrics::AgentMetrics, pool::Pool};
 use crate::{
     body::{self, TunnelBody},
     headers,
@@ -65,10 +65,14 @@ pub struct Upstream {
     prefix: String,
     authority: HeaderValue,
     config: UpstreamConfig,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Self, UpstreamError> {
+    pub(super) fn new(
+        config: UpstreamConfig,
+        metrics: Arc<AgentMetrics>,
+    ) -> Result<Self, UpstreamError> {
         let bad = || UpstreamError::BadUrl(config.url.clone());
         let uri: Uri = config.url.parse().map_err(|_| bad())?;
         if uri.scheme_str() != Some("http") {
@@ -88,6 +92,7 @@ impl Upstream {
             prefix,
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
             config,
+            metrics,
         })
     }
 
@@ -109,14 +114,17 @@ impl Upstream {
         };
         let method = request.method().clone();
         let uri = request.uri().clone();
+        let started = std::time::Instant::now();
         let (response, lease) =
             match tokio::time::timeout(self.config.response_timeout, self.pool.send(request)).await
             {
                 Ok(Ok(exchange)) => exchange,
                 Ok(Err(e)) => {
                     let (kind, what) = if e.is_timeout() {
+                        self.metrics.upstream_failed("timeout");
                         (ErrorKind::UpstreamTimeout, "timed out")
                     } else {
+                        self.metrics.upstream_failed("unavailable");
                         (ErrorKind::UpstreamUnavailable, "failed")
                     };
                     let message = format!(
@@ -128,6 +136,7 @@ impl Upstream {
                     return;
                 }
                 Err(_) => {
+                    self.metrics.upstream_failed("timeout");
                     let message = format!(
                         "upstream {} sent no response within {:?}",
                         self.base, self.config.response_timeout
@@ -138,6 +147,8 @@ impl Upstream {
                     return;
                 }
             };
+        self.metrics
+            .upstream_answered(response.status().as_u16(), started.elapsed());
         let (parts, mut body) = response.into_parts();
         let mut resp_headers = parts.headers;
         headers::strip_hop_by_hop(&mut resp_headers);

@@ -35,9 +35,12 @@ impl Registry {
 
     /// The client token hashes of `client_id` (none: its clients need none).
     pub async fn client_token_hashes(&self, client_id: &str) -> Result<Vec<String>, RegistryError> {
-        let rows = sqlx::query("SELECT token_hash FROM client_tokens WHERE client_id = ?")
-            .bind(client_id)
-            .fetch_all(&self.pool)
+        let rows = self
+            .timed(
+                sqlx::query("SELECT token_hash FROM client_tokens WHERE client_id = ?")
+                    .bind(client_id)
+                    .fetch_all(&self.pool),
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }

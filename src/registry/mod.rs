@@ -9,7 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
+pub mod admin;
 mod client_tokens;
+mod nodes;
+mod stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -35,12 +38,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("schema/sqlite/0002_transport_note.sql")),
     (3, include_str!("schema/sqlite/0003_nodes.sql")),
     (4, include_str!("schema/sqlite/0004_client_tokens.sql")),
+    (5, include_str!("schema/sqlite/0005_admin_tokens.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/mysql/0001_init.sql")),
     (2, include_str!("schema/mysql/0002_transport_note.sql")),
     (3, include_str!("schema/mysql/0003_nodes.sql")),
     (4, include_str!("schema/mysql/0004_client_tokens.sql")),
+    (5, include_str!("schema/mysql/0005_admin_tokens.sql")),
 ];
 
 /// One live agent connection, as recorded in `connections`.
@@ -56,10 +61,18 @@ pub struct ConnectionRecord {
     pub transport_note: String,
 }
 
+/// How the registry's queries fare (see `stats`); clones share the figures.
+#[derive(Clone, Debug)]
+pub struct QueryMetrics {
+    pub duration: prometheus_client::metrics::histogram::Histogram,
+    pub errors: prometheus_client::metrics::counter::Counter,
+}
+
 #[derive(Clone, Debug)]
 pub struct Registry {
     pool: AnyPool,
     backend: Backend,
+    metrics: QueryMetrics,
 }
 
 pub fn now_ms() -> i64 {
@@ -123,7 +136,11 @@ impl Registry {
                 .await
                 .map_err(open_err)?;
         }
-        let registry = Registry { pool, backend };
+        let registry = Registry {
+            pool,
+            backend,
+            metrics: QueryMetrics::default(),
+        };
         registry.migrate().await?;
         Ok(registry)
     }
@@ -207,17 +224,19 @@ impl Registry {
 
     /// The stored token hash (hex) for `client_id`, if a token was ever issued.
     pub async fn token_hash(&self, client_id: &str) -> Result<Option<String>, RegistryError> {
-        let row = sqlx::query("SELECT token_hash FROM agents WHERE client_id = ?")
-            .bind(client_id)
-            .fetch_optional(&self.pool)
+        let row = self
+            .timed(
+                sqlx::query("SELECT token_hash FROM agents WHERE client_id = ?")
+                    .bind(client_id)
+                    .fetch_optional(&self.pool),
+            )
             .await?;
         Ok(row.map(|r| r.get::<String, _>(0)))
     }
 
     /// Records a live connection (upsert on `tunnel_ws_id`).
     pub async fn upsert_connection(&self, rec: &ConnectionRecord) -> Result<(), RegistryError> {
-        bind_record(sqlx::query(self.connection_upsert()), rec)
-            .execute(&self.pool)
+        self.timed(bind_record(sqlx::query(self.connection_upsert()), rec).execute(&self.pool))
             .await?;
         Ok(())
     }
@@ -255,106 +274,19 @@ impl Registry {
         old_tunnel_ws_id: &str,
         rec: &ConnectionRecord,
     ) -> Result<(), RegistryError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM connections WHERE tunnel_ws_id = ? AND client_id = ?")
-            .bind(old_tunnel_ws_id)
-            .bind(&rec.client_id)
-            .execute(&mut *tx)
-            .await?;
-        bind_record(sqlx::query(self.connection_upsert()), rec)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Registers this node (or refreshes its address) with a lease until `lease_expires_ms`.
-    pub async fn upsert_node(
-        &self,
-        node_id: &str,
-        cluster_addr: &str,
-        lease_expires_ms: i64,
-    ) -> Result<(), RegistryError> {
-        let sql = match self.backend {
-            Backend::Sqlite => {
-                "INSERT INTO nodes (node_id, cluster_addr, started_at, lease_expires_at)
-                 VALUES (?, ?, ?, ?)
-                 ON CONFLICT (node_id) DO UPDATE SET
-                   cluster_addr = excluded.cluster_addr, started_at = excluded.started_at,
-                   lease_expires_at = excluded.lease_expires_at"
-            }
-            Backend::MySql => {
-                "INSERT INTO nodes (node_id, cluster_addr, started_at, lease_expires_at)
-                 VALUES (?, ?, ?, ?)
-                 ON DUPLICATE KEY UPDATE
-                   cluster_addr = VALUES(cluster_addr), started_at = VALUES(started_at),
-                   lease_expires_at = VALUES(lease_expires_at)"
-            }
-        };
-        sqlx::query(sql)
-            .bind(node_id)
-            .bind(cluster_addr)
-            .bind(now_ms())
-            .bind(lease_expires_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Extends this node's lease; `false` if its row is gone (another node
-    /// declared it dead), in which case the caller must re-register.
-    pub async fn renew_lease(
-        &self,
-        node_id: &str,
-        lease_expires_ms: i64,
-    ) -> Result<bool, RegistryError> {
-        let done = sqlx::query("UPDATE nodes SET lease_expires_at = ? WHERE node_id = ?")
-            .bind(lease_expires_ms)
-            .bind(node_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// Removes nodes whose lease expired before `now_ms`, and their connection
-    /// rows; returns the ids removed.
-    pub async fn reap_expired_nodes(&self, now_ms: i64) -> Result<Vec<String>, RegistryError> {
-        let expired: Vec<String> =
-            sqlx::query("SELECT node_id FROM nodes WHERE lease_expires_at < ?")
-                .bind(now_ms)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-        for node in &expired {
-            self.remove_node_connections(node).await?;
-            // Only if it did not come back meanwhile.
-            sqlx::query("DELETE FROM nodes WHERE node_id = ? AND lease_expires_at < ?")
-                .bind(node)
-                .bind(now_ms)
-                .execute(&self.pool)
+        self.timed(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM connections WHERE tunnel_ws_id = ? AND client_id = ?")
+                .bind(old_tunnel_ws_id)
+                .bind(&rec.client_id)
+                .execute(&mut *tx)
                 .await?;
-        }
-        Ok(expired)
-    }
-
-    /// Registered node ids (live or not yet reaped).
-    pub async fn node_ids(&self) -> Result<Vec<String>, RegistryError> {
-        Ok(sqlx::query("SELECT node_id FROM nodes ORDER BY node_id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    pub async fn remove_node(&self, node_id: &str) -> Result<(), RegistryError> {
-        sqlx::query("DELETE FROM nodes WHERE node_id = ?")
-            .bind(node_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            bind_record(sqlx::query(self.connection_upsert()), rec)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        })
+        .await
     }
 
     /// Live nodes (lease not expired at `now_ms`) holding a connection for
@@ -372,8 +304,8 @@ impl Registry {
         )
         .bind(client_id)
         .bind(now_ms)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(&self.pool);
+        let rows = self.timed(rows).await?;
         let mut routes: Vec<(String, String)> = Vec::new();
         for r in &rows {
             let route = (r.get::<String, _>(0), r.get::<String, _>(1));
@@ -385,10 +317,12 @@ impl Registry {
     }
 
     pub async fn remove_connection(&self, tunnel_ws_id: &str) -> Result<(), RegistryError> {
-        sqlx::query("DELETE FROM connections WHERE tunnel_ws_id = ?")
-            .bind(tunnel_ws_id)
-            .execute(&self.pool)
-            .await?;
+        self.timed(
+            sqlx::query("DELETE FROM connections WHERE tunnel_ws_id = ?")
+                .bind(tunnel_ws_id)
+                .execute(&self.pool),
+        )
+        .await?;
         Ok(())
     }
 
@@ -405,30 +339,40 @@ impl Registry {
         &self,
         client_id: &str,
     ) -> Result<Vec<ConnectionRecord>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT tunnel_ws_id, client_id, node_id, transport, remote_addr, connected_at,
-                    transport_note
-             FROM connections WHERE client_id = ? ORDER BY connected_at",
-        )
-        .bind(client_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| ConnectionRecord {
-                tunnel_ws_id: r.get(0),
-                client_id: r.get(1),
-                node_id: r.get(2),
-                transport: r.get(3),
-                remote_addr: r.get(4),
-                connected_at_ms: r.get(5),
-                transport_note: r.get(6),
-            })
-            .collect())
+        let sql = format!("{CONNECTION_COLUMNS} WHERE client_id = ? ORDER BY connected_at");
+        let rows = sqlx::query(&sql)
+            .bind(client_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(connection_row).collect())
+    }
+
+    /// Every live connection on every node, by client id then age.
+    pub async fn all_connections(&self) -> Result<Vec<ConnectionRecord>, RegistryError> {
+        let sql = format!("{CONNECTION_COLUMNS} ORDER BY client_id, connected_at");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(connection_row).collect())
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The columns `connection_row` reads, in its order.
+const CONNECTION_COLUMNS: &str =
+    "SELECT tunnel_ws_id, client_id, node_id, transport, remote_addr, \
+     connected_at, transport_note FROM connections";
+
+fn connection_row(r: &sqlx::any::AnyRow) -> ConnectionRecord {
+    ConnectionRecord {
+        tunnel_ws_id: r.get(0),
+        client_id: r.get(1),
+        node_id: r.get(2),
+        transport: r.get(3),
+        remote_addr: r.get(4),
+        connected_at_ms: r.get(5),
+        transport_note: r.get(6),
     }
 }
 

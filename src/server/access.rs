@@ -63,7 +63,7 @@ pub(super) async fn check<B>(
             "this agent requires a client token: Authorization: Bearer TOKEN, or ?token=TOKEN",
         ))));
     };
-    if !auth::client_token_matches(&hashes, &presented) {
+    if !auth::matches_any(&hashes, &presented) {
         info!(client_id, "request with a wrong client token refused");
         return Err(Box::new(challenge(error_response(
             StatusCode::UNAUTHORIZED,

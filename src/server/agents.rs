@@ -34,10 +34,43 @@ pub struct AgentLink {
     pub suspect_at: AtomicU64,
     /// Credit for response bodies, when the agent takes it (QUIC only).
     pub credit: Option<Arc<super::credit::Ledger>>,
+    /// What this connection carried (admin API, per-agent metrics).
+    pub traffic: Traffic,
     /// The connection's span (client id, connection id), made once: each
     /// request's span is its child and adds only the request id, so a
     /// request does not format the connection's fields again.
     pub span: tracing::Span,
+}
+
+/// What one agent connection carried, counted as it goes.
+#[derive(Default)]
+pub struct Traffic {
+    /// Response body bytes from the agent to clients.
+    pub sent: AtomicU64,
+    /// Request body bytes from clients to the agent.
+    pub received: AtomicU64,
+    /// Requests on this connection whose response is not over.
+    pub in_flight: AtomicUsize,
+}
+
+/// A request on a connection, counted in flight until it is dropped.
+pub struct InFlight(Arc<AgentLink>);
+
+impl InFlight {
+    pub fn new(link: &Arc<AgentLink>) -> Self {
+        link.traffic.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(link.clone())
+    }
+
+    pub fn sent(&self, bytes: u64) {
+        self.0.traffic.sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.traffic.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AgentLink {

@@ -14,7 +14,10 @@ use tracing::{debug, info, warn};
 use super::{
     access, builtin, cluster,
     idle::{IdleConns, Registration},
-    local, rooms,
+    local,
+    meter::{Received, RequestMeter},
+    reply::FailureCode,
+    rooms,
     state::Shared,
     target,
     upgrade::ConnectionSlot,
@@ -119,12 +122,13 @@ fn spawn_connection(
             let shared = shared.clone();
             service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(slot.clone());
-                // Busy from the request's start to its body's end.
-                let busy = state.busy();
+                // Busy (and in flight) from the request's start to its
+                // body's end.
+                let meter = RequestMeter::start(&shared, &req, state.busy());
                 let shared = shared.clone();
                 async move {
                     let resp = handle(shared, peer, req).await?;
-                    Ok::<_, Infallible>(resp.map(|body| body::guarded(body, busy)))
+                    Ok::<_, Infallible>(meter.answered(resp))
                 }
             })
         };
@@ -183,7 +187,15 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
-    let mut req = req.map(body::from_incoming);
+    let mut req = req.map(|incoming| {
+        let body = body::from_incoming(incoming);
+        // A bodiless request (most) is not wrapped: nothing to count.
+        if hyper::body::Body::is_end_stream(&body) {
+            body
+        } else {
+            body::metered(body, Received::new(&shared))
+        }
+    });
     let path = req.uri().path();
     let joining_room = path.starts_with("/_warren/rooms/");
     if path.starts_with("/_warren/") && !joining_room && path != "/_warren/rooms" {
@@ -213,7 +225,12 @@ async fn handle(
     };
     // Not here: another node of the cluster may hold it.
     if let Some(peers) = &shared.peers {
-        return Ok(cluster::forward_remote(&shared, peers, req, target, peer).await);
+        let resp = cluster::forward_remote(&shared, peers, req, target, peer).await;
+        let failed = resp.extensions().get::<FailureCode>().is_some();
+        shared
+            .metrics
+            .forwarded(if failed { "failed" } else { "answered" });
+        return Ok(resp);
     }
     Ok(local::not_connected(&shared, &target.client_id).await)
 }

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{
-    local,
-    peers::Peers,
+    admin, local,
+    peers::{Peers, SECRET_HEADER},
     reply::{error_response, FailureCode},
     state::Shared,
     stream, target, upgrade,
@@ -35,8 +35,6 @@ use crate::{
     transport::TransportError,
 };
 
-/// Header carrying the cluster secret on the internal link.
-const SECRET_HEADER: &str = "x-warren-cluster-secret";
 /// Header carrying the original client's address across the internal link.
 const PEER_HEADER: &str = "x-warren-peer";
 /// Response header on the internal link: the answering node could not serve
@@ -226,6 +224,9 @@ async fn from_node(
             None,
             "this is a node-to-node endpoint; the cluster secret does not match",
         ));
+    }
+    if req.uri().path() == admin::CLUSTER_DISCONNECT {
+        return Ok(admin::disconnect_for_node(&shared, &req));
     }
     let peer = req
         .headers_mut()

@@ -73,6 +73,13 @@ pub struct ServerConfig {
     pub rooms: RoomLimits,
     /// What unauthenticated agent peers may cost.
     pub gate: GateLimits,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, admin API):
+    /// off unless set.
+    pub admin_listen: Option<SocketAddr>,
+    /// Agents given metric series of their own: the N busiest by bytes.
+    pub metrics_top_agents: usize,
+    /// One log line per client request (target `warren::access`).
+    pub access_log: bool,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +124,11 @@ impl Default for ServerConfig {
             ws: WsLimits::default(),
             rooms: RoomLimits::default(),
             gate: GateLimits::default(),
+            admin_listen: None,
+            // 10: the few tenants worth a graph; every series is one more
+            // line per scrape, so this bounds a scrape's size.
+            metrics_top_agents: 10,
+            access_log: false,
         }
     }
 }

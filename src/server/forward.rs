@@ -11,7 +11,8 @@ use tracing::{debug, info, Instrument};
 use warren_proto::{Mode, Open, RequestHead, ResetCode};
 
 use super::{
-    agents::AgentLink,
+    agents::{AgentLink, InFlight},
+    metrics::Carried,
     reply::Failure,
     state::Shared,
     stream::{self, Answer},
@@ -32,11 +33,18 @@ pub(super) async fn forward(
 ) -> Response<TunnelBody> {
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(parent: &link.span, "request", request_id);
+    let carried = shared.config.access_log.then(|| Carried {
+        client_id: target.client_id.clone(),
+        transport: link.session.kind(),
+    });
     let mut resp = exchange(shared, link, req, target, peer, request_id)
         .instrument(span)
         .await;
     resp.headers_mut()
         .insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
+    if let Some(carried) = carried {
+        resp.extensions_mut().insert(carried);
+    }
     resp
 }
 
@@ -107,16 +115,19 @@ async fn exchange(
 
     // With credit (QUIC), each body byte taken lets the agent send another.
     let mut grant = link.credit.as_ref().map(|c| c.response(request_id));
+    // In flight on this connection until the body is over.
+    let flight = InFlight::new(&link);
     let body = match target.mode {
-        Mode::Stream => match grant {
-            Some(mut grant) => {
-                body::from_recv_counted(recv, config.body_idle_timeout, move |n| grant.consumed(n))
+        Mode::Stream => body::from_recv_counted(recv, config.body_idle_timeout, move |n| {
+            flight.sent(n);
+            if let Some(grant) = grant.as_mut() {
+                grant.consumed(n)
             }
-            None => body::from_recv(recv, config.body_idle_timeout),
-        },
+        }),
         Mode::Blocking => {
             let cap = config.max_blocking_body;
             let taken = &mut |n| {
+                flight.sent(n);
                 if let Some(grant) = grant.as_mut() {
                     grant.consumed(n)
                 }
@@ -177,13 +188,14 @@ async fn exchange(
 /// the body, if any), wait for the reply head.
 async fn send_request(
     shared: &Shared,
-    link: &AgentLink,
+    link_arc: &Arc<AgentLink>,
     head: RequestHead<&str, &[u8]>,
     body: &mut Option<TunnelBody>,
 ) -> Result<(RecvStream, u16, Result<HeaderMap, BadHeader>), Failure> {
+    let link: &AgentLink = link_arc;
     let (send, mut recv) = stream::open(shared, link, &Open::Http(head), body.is_none()).await?;
     if let Some(incoming) = body.take() {
-        tokio::spawn(pump_request_body(incoming, send).in_current_span());
+        tokio::spawn(pump_request_body(incoming, send, link_arc.clone()).in_current_span());
     }
     match stream::read_reply(shared, link, &mut recv).await? {
         Answer::Head { status, headers } => Ok((recv, status, headers)),
@@ -233,7 +245,7 @@ async fn collect(
 /// Streams the client's request body into the agent's stream. A client that
 /// breaks off mid-upload resets the stream, so the upstream never sees a
 /// truncated body as complete.
-async fn pump_request_body(mut incoming: TunnelBody, mut send: SendStream) {
+async fn pump_request_body(mut incoming: TunnelBody, mut send: SendStream, link: Arc<AgentLink>) {
     loop {
         match incoming.frame().await {
             Some(Ok(frame)) => {
@@ -243,6 +255,9 @@ async fn pump_request_body(mut incoming: TunnelBody, mut send: SendStream) {
                 if data.is_empty() {
                     continue;
                 }
+                link.traffic
+                    .received
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Err(e) = send.write_chunk(data).await {
                     debug!("agent stopped reading the request body: {e}");
                     return;

@@ -11,6 +11,7 @@
 //! into `agents`; `state` is what they all share.
 
 mod access;
+mod admin;
 mod agents;
 mod api;
 mod builtin;
@@ -22,6 +23,8 @@ mod forward;
 mod gate;
 mod idle;
 mod local;
+mod meter;
+mod metrics;
 mod peers;
 mod reply;
 mod rooms;
@@ -61,6 +64,11 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen for other nodes on {addr}: {source}")]
     ClusterBind {
         addr: SocketAddr,
@@ -83,6 +91,7 @@ pub struct Server {
     api: TcpListener,
     tunnel: Listener,
     cluster_listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     identity: ServerIdentity,
 }
 
@@ -121,6 +130,13 @@ impl Server {
                     source,
                 }
             })?;
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(
+                crate::admin::bind(addr)
+                    .map_err(|source| ServerError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
         let (cluster, cluster_listener) = match &config.cluster {
             None => (None, None),
             Some(cc) => {
@@ -176,7 +192,6 @@ impl Server {
             config.open_stream_timeout,
         );
         let shared = Arc::new(Shared {
-            registry,
             agents,
             next_request_id: AtomicU64::new(1),
             admitted: AtomicU64::new(0),
@@ -191,6 +206,11 @@ impl Server {
             gate: gate::Gate::new(config.gate.clone()),
             clients_drained: tokio::sync::watch::channel(false).0,
             stopping: tokio::sync::watch::channel(false).0,
+            metrics: metrics::ServerMetrics::new(
+                config.metrics_top_agents,
+                registry.query_metrics(),
+            ),
+            registry,
             config,
         });
         if let Some(peers) = &shared.peers {
@@ -201,8 +221,16 @@ impl Server {
             api,
             tunnel,
             cluster_listener,
+            admin_listener,
             identity,
         })
+    }
+
+    /// Where the admin listener is, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -238,8 +266,17 @@ impl Server {
             api,
             tunnel,
             cluster_listener,
+            admin_listener,
             ..
         } = self;
+        // The admin listener stays up through the drain (readyz says "not
+        // ready" meanwhile) and stops with the rest.
+        let admin = admin_listener.map(|listener| {
+            let service = Arc::new(admin::ServerAdmin(shared.clone()));
+            let (trigger, stop) = crate::shutdown::channel();
+            let task = tokio::spawn(crate::admin::serve(listener, service, stop));
+            (trigger, task)
+        });
         let (cluster_serve, cluster_heartbeat) = match cluster_listener {
             Some(listener) => (
                 Some(tokio::spawn(cluster::serve(
@@ -308,6 +345,10 @@ impl Server {
             .await?;
         if shared.peers.is_some() {
             shared.registry.remove_node(&shared.config.node_id).await?;
+        }
+        if let Some((trigger, task)) = admin {
+            trigger.fire();
+            let _ = task.await;
         }
         tracing::info!(rows = removed, "server stopped");
         Ok(())

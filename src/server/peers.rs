@@ -14,6 +14,9 @@ use crate::{
     registry::now_ms,
 };
 
+/// Header carrying the cluster secret on the internal link.
+pub(super) const SECRET_HEADER: &str = "x-warren-cluster-secret";
+
 /// `(node_id, cluster_addr)` pairs a client id can be reached through.
 pub(crate) type Routes = Vec<(String, String)>;
 

@@ -39,14 +39,13 @@ impl Failure {
     /// Logs the failure (in the request's span) and turns it into the client's answer.
     pub fn respond(self, client_id: &str) -> Response<TunnelBody> {
         info!(status = %self.status, code = self.code, "{}", self.message);
-        let mut resp = error_response(self.status, self.code, Some(client_id), &self.message);
-        resp.extensions_mut().insert(FailureCode(self.code));
-        resp
+        error_response(self.status, self.code, Some(client_id), &self.message)
     }
 }
 
-/// On a failure's response (an extension, never sent): its error code, for
-/// the cluster link to tell the forwarding node what happened.
+/// On a warren error response (an extension, never sent): its error code, for
+/// the cluster link to tell the forwarding node what happened, and for the
+/// metrics.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct FailureCode(pub &'static str);
 
@@ -63,12 +62,14 @@ pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Res
 /// A warren error: `{"error": code, "clientId": id, "message": text}`.
 pub(super) fn error_response(
     status: StatusCode,
-    code: &str,
+    code: &'static str,
     client_id: Option<&str>,
     message: &str,
 ) -> Response<TunnelBody> {
-    json_response(
+    let mut resp = json_response(
         status,
         serde_json::json!({ "error": code, "clientId": client_id, "message": message }),
-    )
+    );
+    resp.extensions_mut().insert(FailureCode(code));
+    resp
 }

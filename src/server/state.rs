@@ -5,8 +5,8 @@
 use std::sync::atomic::AtomicU64;
 
 use super::{
-    agents::AgentTable, cache::TtlCache, config::ServerConfig, gate::Gate, peers::Peers,
-    rooms::RoomHub,
+    agents::AgentTable, cache::TtlCache, config::ServerConfig, gate::Gate, metrics::ServerMetrics,
+    peers::Peers, rooms::RoomHub,
 };
 use crate::registry::Registry;
 
@@ -34,4 +34,5 @@ pub(crate) struct Shared {
     /// Set during shutdown once the client API's requests in flight are done
     /// (or the drain grace ran out): agent connections may close then.
     pub clients_drained: tokio::sync::watch::Sender<bool>,
+    pub metrics: ServerMetrics,
 }

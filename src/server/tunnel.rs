@@ -105,6 +105,7 @@ async fn serve_agent(
             }
             Ok(Err(HelloError::Version { mut send, version })) => {
                 info!("agent of protocol version {version} refused");
+                shared.metrics.refused("unsupported_version");
                 refuse(&session, &mut send, Refusal::unsupported_version(version)).await;
                 return;
             }
@@ -137,6 +138,7 @@ async fn serve_agent(
         let record = match record {
             Ok(record) => record,
             Err(refusal) => {
+                shared.metrics.refused(refusal_reason(refusal.code));
                 if refusal.code.is_transient() {
                     info!(code = ?refusal.code, "agent refused: {}", refusal.message);
                 } else {
@@ -165,6 +167,18 @@ async fn serve_agent(
     }
     .instrument(span)
     .await
+}
+
+/// A refusal's label in the metrics (a fixed set of values).
+fn refusal_reason(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::BadToken => "bad_token",
+        RefusalCode::UnknownClient => "unknown_client",
+        RefusalCode::TooManyConnections => "too_many_connections",
+        RefusalCode::UnsupportedVersion => "unsupported_version",
+        RefusalCode::ShuttingDown => "shutting_down",
+        RefusalCode::Internal => "internal",
+    }
 }
 
 /// Why no Hello could be read.
@@ -268,7 +282,7 @@ async fn admit(
             return Err(refuse(
                 RefusalCode::UnknownClient,
                 format!(
-                    "no token was ever issued for client id {:?}; run `warren token issue {}` on the server",
+                    "no token was ever issued for client id {:?}, or it was revoked; run `warren token issue {}` on the server",
                     hello.client_id, hello.client_id
                 ),
             ))
@@ -328,6 +342,7 @@ async fn run_admitted(
         liveness: control::Liveness::new(session.clone()),
         suspect_at: Default::default(),
         credit,
+        traffic: Default::default(),
         span: tracing::Span::current(),
     });
     let liveness = link.liveness.clone();
@@ -337,6 +352,7 @@ async fn run_admitted(
             shared
                 .admitted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.metrics.admitted();
             None
         }
         Err(TableFull::Node(n)) => Some(format!("this node already holds {n} agent connections")),
@@ -345,6 +361,7 @@ async fn run_admitted(
         )),
     };
     if let Some(message) = refusal {
+        shared.metrics.refused("too_many_connections");
         let _ = shared.registry.remove_connection(&tunnel_ws_id).await;
         info!("agent refused: {message}");
         let refusal = Refusal {

@@ -595,6 +595,8 @@ pub struct ServerProcess {
     pub log: StderrWatch,
     pub api: SocketAddr,
     pub tunnel: SocketAddr,
+    /// The admin listener, when `--admin-listen` was among the flags.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Starts `warren server` on `tunnel` (e.g. `127.0.0.1:0`) with its registry
@@ -627,7 +629,9 @@ pub async fn server_process(
         .unwrap();
     let log = StderrWatch::on(&mut child, "the server process");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut api, mut tunnel) = (None, None);
+    let (mut api, mut tunnel, mut admin) = (None, None, None);
+    // The admin line, when there is one, is the last the server prints.
+    let with_admin = extra.contains(&"--admin-listen");
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
         .expect("server process starts")
@@ -638,6 +642,11 @@ pub async fn server_process(
         }
         if let Some(rest) = line.strip_prefix("tunnel on ") {
             tunnel = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.strip_prefix("admin API on http://") {
+            admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if tunnel.is_some() && (admin.is_some() || !with_admin) {
             break;
         }
     }
@@ -647,5 +656,6 @@ pub async fn server_process(
         log,
         api: api.expect("API address printed"),
         tunnel: tunnel.expect("tunnel address printed"),
+        admin,
     }
 }

@@ -40,8 +40,13 @@ impl Member {
         self.close.send_replace(Some((code, reason.to_string())));
     }
 
-    fn deliver(&self, message: Message) {
+    /// Queues `message`; a member whose queue is full is dropped (closed as
+    /// too slow), and `dropped` counts it.
+    fn deliver(&self, message: Message, dropped: &AtomicU64) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message) {
+            if self.close.borrow().is_none() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
             self.close(room_close::TOO_SLOW, reason_for(room_close::TOO_SLOW));
         }
     }
@@ -62,6 +67,8 @@ pub(super) struct Channel {
     pub events: mpsc::Sender<RoomEvent>,
     pub state: std::sync::Mutex<ChannelState>,
     pub closed: AtomicBool,
+    /// The hub's count of members dropped for being too slow.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Channel {
@@ -75,7 +82,7 @@ impl Channel {
                     .and_then(|room| state.rooms.get(room))
                     .and_then(|members| members.get(&conn))
                 {
-                    member.deliver(payload_message(payload));
+                    member.deliver(payload_message(payload), &self.dropped);
                 }
             }
             RoomCommand::Broadcast {
@@ -88,7 +95,7 @@ impl Channel {
                     let message = payload_message(payload);
                     for (conn, member) in members {
                         if Some(*conn) != except {
-                            member.deliver(message.clone());
+                            member.deliver(message.clone(), &self.dropped);
                         }
                     }
                 }
@@ -169,6 +176,8 @@ pub(crate) struct RoomHub {
     max_head: usize,
     /// Time the agent has to open its rooms channel (stream and reply).
     open_timeout: Duration,
+    /// Members dropped for not keeping up, since start.
+    dropped: Arc<AtomicU64>,
 }
 
 impl RoomHub {
@@ -185,7 +194,51 @@ impl RoomHub {
             ws_limits,
             max_head,
             open_timeout,
+            dropped: Default::default(),
         }
+    }
+
+    /// Members dropped for not keeping up with their room, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Members across every room of every agent on this node.
+    pub fn member_total(&self) -> usize {
+        self.live_channels()
+            .iter()
+            .map(|(_, channel)| channel.member_count())
+            .sum()
+    }
+
+    /// `(client id, room, members)` of every room with members on this
+    /// node, hidden rooms (`_…`) included: for the operator.
+    pub fn all_rooms(&self) -> Vec<(String, String, usize)> {
+        let mut rooms: HashMap<(String, String), usize> = HashMap::new();
+        for (client_id, channel) in self.live_channels() {
+            let state = channel.state.lock().expect("rooms poisoned");
+            for (room, members) in state.rooms.iter().filter(|(_, m)| !m.is_empty()) {
+                *rooms.entry((client_id.clone(), room.clone())).or_default() += members.len();
+            }
+        }
+        let mut rooms: Vec<_> = rooms.into_iter().map(|((c, r), n)| (c, r, n)).collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// Every open rooms channel, with its agent's client id.
+    fn live_channels(&self) -> Vec<(String, Arc<Channel>)> {
+        let slots: Vec<(String, Arc<Slot>)> = {
+            let channels = self.channels.lock().expect("rooms poisoned");
+            channels
+                .values()
+                .map(|(owner, slot)| (owner.clone(), slot.clone()))
+                .collect()
+        };
+        slots
+            .into_iter()
+            .filter_map(|(owner, slot)| Some((owner, slot.live()?)))
+            .collect()
     }
 
     /// The rooms channel of `link`, opening it on first use.
@@ -248,6 +301,7 @@ impl RoomHub {
             events,
             state: std::sync::Mutex::new(ChannelState::default()),
             closed: AtomicBool::new(false),
+            dropped: self.dropped.clone(),
         });
         let writer = async move {
             while let Some(event) = events_rx.recv().await {

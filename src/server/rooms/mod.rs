@@ -55,8 +55,9 @@ pub(crate) async fn join(
     peer: SocketAddr,
 ) -> Response<TunnelBody> {
     let client_id = link.client_id.clone();
-    let fail =
-        |status, code: &str, message: &str| error_response(status, code, Some(&client_id), message);
+    let fail = |status, code: &'static str, message: &str| {
+        error_response(status, code, Some(&client_id), message)
+    };
     if !valid_room(room) {
         return fail(
             StatusCode::BAD_REQUEST,
