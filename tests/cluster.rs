@@ -28,6 +28,8 @@ struct Node {
     api: std::net::SocketAddr,
     cluster: std::net::SocketAddr,
     tunnel: std::net::SocketAddr,
+    /// The admin listener, when the node was tuned to have one.
+    admin: Option<std::net::SocketAddr>,
     trigger: Option<ShutdownTrigger>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -72,6 +74,7 @@ impl Node {
         let server = Server::bind(config).await.expect("node binds");
         let (api, tunnel) = (server.api_addr(), server.tunnel_addr());
         let cluster = server.cluster_addr().expect("clustered");
+        let admin = server.admin_addr();
         let (trigger, stop) = shutdown::channel();
         let task = tokio::spawn(async move { server.run(stop).await.expect("node runs") });
         Node {
@@ -79,6 +82,7 @@ impl Node {
             api,
             cluster,
             tunnel,
+            admin,
             trigger: Some(trigger),
             task: Some(task),
         }
@@ -365,6 +369,55 @@ async fn agent_keeps_connections_on_several_nodes() {
     let _ = task.await;
     a.stop().await;
     let _ = AgentStatus::Connecting;
+}
+
+/// Revoking an agent's token through one node's admin API closes its
+/// connection on another node at once (over the cluster link); its
+/// reconnection is refused, so the agent stops with the refusal, and no
+/// node serves it any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_on_one_node_disconnects_the_agent_on_another() {
+    let Some(fx) = fixture().await else { return };
+    let mut a = Node::start_tuned(&fx.url, &fx.certs(), &unique("node-a"), None, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut b = Node::start(&fx.url, &fx.certs(), &unique("node-b")).await;
+    let (agent, _trigger, stop) = fx.agent(vec![b.tunnel.to_string()], 1);
+    let mut status = agent.status();
+    let task = tokio::spawn(agent.run(stop));
+    wait_connected(&mut status).await;
+    assert_eq!(
+        get(&fx.url(a.api, "/bytes/100")).await.status(),
+        StatusCode::OK
+    );
+    let admin_token = auth::issue_admin_token(&fx.registry, &unique("ops"))
+        .await
+        .unwrap();
+    let req = Request::delete(format!(
+        "http://{}/api/tokens/{}",
+        a.admin.unwrap(),
+        fx.client_id
+    ))
+    .header("authorization", format!("Bearer {admin_token}"))
+    .body(empty())
+    .unwrap();
+    let answer = json(send(req).await).await;
+    assert_eq!(answer["disconnected"], 1, "{answer}");
+    let end = tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the revoked agent stops")
+        .unwrap();
+    assert!(
+        matches!(end, Err(warren::agent::AgentError::Refused { .. })),
+        "{end:?}"
+    );
+    for api in [a.api, b.api] {
+        let resp = get(&fx.url(api, "/bytes/100")).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{api}");
+    }
+    a.stop().await;
+    b.stop().await;
 }
 
 /// `--cluster-tls`: the link between nodes is mutual TLS under the cluster

@@ -2,7 +2,10 @@
 //! `WARREN_LOG=trace` (every dependency's tracing too), driven through
 //! requests, a WebSocket, a room join, a wrong token and a replayed Hello;
 //! then every line either process wrote is searched for the token (as text
-//! and as hex) and, on a two-node cluster, for the cluster secret.
+//! and as hex), the client and admin tokens (used through the client API and
+//! the admin API, right and wrong) and, on a two-node cluster, for the
+//! cluster secret. Over QUIC the processes log JSON (`--log-format json`),
+//! and every line must be a JSON object; over WebSocket, text.
 
 mod common;
 
@@ -25,6 +28,7 @@ fn assert_absent(log: &[String], secret: &str, what: &str) {
 }
 
 async fn no_token_at_trace(t: Transport) {
+    let format = if t == Transport::Quic { "json" } else { "text" };
     let stack = Stack::server_only(StackOptions::new(t)).await;
     let dir = stack.dir.path();
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -39,6 +43,8 @@ async fn no_token_at_trace(t: Transport) {
         .arg(format!("sqlite://{}", dir.join("trace.db").display()))
         .arg("--certs")
         .arg(dir.join("certs"))
+        .args(["--admin-listen", "127.0.0.1:0", "--access-log"])
+        .args(["--log-format", format])
         .env("WARREN_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -47,13 +53,16 @@ async fn no_token_at_trace(t: Transport) {
         .unwrap();
     let server_log = StderrWatch::on(&mut server, "the server process");
     let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
-    let (mut api, mut tunnel) = (String::new(), String::new());
+    let (mut api, mut tunnel, mut admin) = (String::new(), String::new(), String::new());
     while let Ok(Some(line)) = out.next_line().await {
         if let Some(rest) = line.strip_prefix("client API on http://") {
             api = rest.trim().to_string();
         }
         if let Some(rest) = line.strip_prefix("tunnel on ") {
             tunnel = rest.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some(rest) = line.strip_prefix("admin API on http://") {
+            admin = rest.split_whitespace().next().unwrap().to_string();
             break;
         }
     }
@@ -62,6 +71,12 @@ async fn no_token_at_trace(t: Transport) {
             .await
             .unwrap();
     let token = warren::auth::issue_token(&registry, &stack.client_id)
+        .await
+        .unwrap();
+    let admin_token = warren::auth::issue_admin_token(&registry, "ops")
+        .await
+        .unwrap();
+    let client_token = warren::auth::issue_client_token(&registry, &stack.client_id)
         .await
         .unwrap();
     let token_file = dir.join("token");
@@ -79,6 +94,7 @@ async fn no_token_at_trace(t: Transport) {
         .args(["--upstream", &stack.upstream.url(), "--transport", t.flag()])
         .arg("--ca")
         .arg(stack.ca_path())
+        .args(["--log-format", format])
         .env("WARREN_LOG", "trace")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -87,7 +103,10 @@ async fn no_token_at_trace(t: Transport) {
     let agent_log = StderrWatch::on(&mut agent, "the agent process");
 
     let base = format!("http://{api}");
-    let url = format!("{base}/bytes/100000?clientId={}", stack.client_id);
+    let url = format!(
+        "{base}/bytes/100000?clientId={}&token={client_token}",
+        stack.client_id
+    );
     let up = eventually(Duration::from_secs(20), || {
         let url = url.clone();
         async move {
@@ -101,10 +120,27 @@ async fn no_token_at_trace(t: Transport) {
     assert!(up, "served through the agent");
     let resp = get(&url).await;
     assert_eq!(read_body(resp).await.unwrap().len(), 100_000);
+    // The client token as a Bearer header, and a wrong one.
+    for presented in [client_token.clone(), format!("{client_token}x")] {
+        let req = http::Request::get(format!("{base}/bytes/10?clientId={}", stack.client_id))
+            .header("authorization", format!("Bearer {presented}"))
+            .body(empty())
+            .unwrap();
+        read_body(send(req).await).await.unwrap();
+    }
+    // The admin API, with the admin token and with a wrong one.
+    let wrong_admin = format!("{admin_token}x");
+    for presented in [&admin_token, &wrong_admin] {
+        let req = http::Request::get(format!("http://{admin}/api/agents"))
+            .header("authorization", format!("Bearer {presented}"))
+            .body(empty())
+            .unwrap();
+        read_body(send(req).await).await.unwrap();
+    }
     let api_addr: std::net::SocketAddr = api.parse().unwrap();
     let (ws, _) = ws_upgrade(
         api_addr,
-        &format!("/ws/echo?clientId={}", stack.client_id),
+        &format!("/ws/echo?clientId={}&token={client_token}", stack.client_id),
         None,
     )
     .await
@@ -112,7 +148,10 @@ async fn no_token_at_trace(t: Transport) {
     drop(ws);
     let _ = ws_upgrade(
         api_addr,
-        &format!("/_warren/rooms/lobby?clientId={}", stack.client_id),
+        &format!(
+            "/_warren/rooms/lobby?clientId={}&token={client_token}",
+            stack.client_id
+        ),
         None,
     )
     .await;
@@ -161,4 +200,26 @@ async fn no_token_at_trace(t: Transport) {
     );
     assert_absent(&log, &token, "the agent's token");
     assert_absent(&log, &wrong, "a wrong token");
+    assert_absent(&log, &client_token, "a client token");
+    assert_absent(&log, &admin_token, "the admin token");
+    assert_absent(&log, &wrong_admin, "a wrong admin token");
+    assert!(
+        log.iter().any(|l| l.contains("warren::access")),
+        "the access log was on"
+    );
+    if format == "json" {
+        for line in &log {
+            let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+            assert!(
+                parsed.is_ok_and(|v| v.is_object() && v["level"].is_string()),
+                "not a JSON log object: {line}"
+            );
+        }
+        // The request spans' fields travel with each event.
+        assert!(
+            log.iter()
+                .any(|l| l.contains("\"request_id\"") && l.contains("\"client_id\"")),
+            "no event carries its request's span fields"
+        );
+    }
 }

@@ -52,6 +52,8 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
         (&Method::GET, "/metrics") => {
             admin::metrics(shared.metrics.render(&shared.agents, &shared.rooms))
         }
+        (&Method::GET, "/" | "/status") => page(STATUS_HTML, "text/html; charset=utf-8"),
+        (&Method::GET, "/status.js") => page(STATUS_JS, "text/javascript; charset=utf-8"),
         (_, p) if p.starts_with("/api/") => {
             if let Err(resp) = authorize(shared, &req).await {
                 return resp;
@@ -60,6 +62,28 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
         }
         _ => admin::error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
+}
+
+/// The status page: static, polling the admin API from the browser with the
+/// admin token the operator gives it (the page itself needs none).
+const STATUS_HTML: &str = include_str!("admin_page/status.html");
+const STATUS_JS: &str = include_str!("admin_page/status.js");
+
+fn page(body: &'static str, content_type: &'static str) -> AdminResponse {
+    let mut resp = admin::respond(StatusCode::OK, content_type, body);
+    let h = resp.headers_mut();
+    // Only its own script, no framing: the page holds an admin token.
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        http::header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// Why this node should not get traffic now, if it should not.
