@@ -521,3 +521,94 @@ async fn admin_api_refuses_bad_tokens_and_bad_input() {
     );
     assert!(!log.contains("wad_not-a-token") && !log.contains(&d.admin_token));
 }
+
+/// The page as headless Chromium renders it after its scripts ran and its
+/// admin API calls came back.
+async fn render(chromium: &str, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom", url])
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status page in a real browser: it renders the node and a connected
+/// agent, reflects the agent going away, and with a wrong token shows the
+/// API's refusal and asks for a token instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_headless_chromium() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let d = deploy().await;
+    let mut agent = d.agent(Transport::Quic);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
+                .await
+                .1["connected"]
+                == true
+        })
+        .await
+    );
+    let page = format!("http://{}/#token={}", d.admin, d.admin_token);
+    let dom = render(chromium, &page).await;
+    assert!(
+        dom.contains(&format!(
+            r#"data-client-id="{CLIENT_ID}" data-state="connected""#
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>local</td>") && dom.contains(">quic<"),
+        "{dom}"
+    );
+    assert!(dom.contains("updated "), "{dom}");
+
+    // The agent stops (SIGTERM: it says GoAway and closes): the page says offline.
+    signal(&agent, "-TERM");
+    agent.wait().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
+                .await
+                .1["connected"]
+                == false
+        })
+        .await
+    );
+    let dom = render(chromium, &page).await;
+    assert!(
+        dom.contains(&format!(
+            r#"data-client-id="{CLIENT_ID}" data-state="offline""#
+        )),
+        "{dom}"
+    );
+
+    let dom = render(chromium, &format!("http://{}/#token=wad_wrong", d.admin)).await;
+    assert!(
+        dom.contains("admin API: the admin token is not valid"),
+        "{dom}"
+    );
+    assert!(!dom.contains(r#"<form id="login" hidden"#), "{dom}");
+    assert!(!dom.contains("data-client-id"), "{dom}");
+
+    // The page keeps to itself: no framing, its own script only.
+    let resp = get(&format!("http://{}/", d.admin)).await;
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+}

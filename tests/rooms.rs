@@ -456,14 +456,7 @@ async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
 /// (and counted as skipped) elsewhere, and a failure under CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warren_js_in_headless_chromium() {
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok()
-    });
-    let Some(chromium) = chromium else {
-        skip("Chromium is not installed (apt-get install chromium)");
+    let Some(chromium) = chromium() else {
         return;
     };
     let (stack, backend) = stack_with_rooms(Transport::Quic, true, |_| {}).await;

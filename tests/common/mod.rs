@@ -659,3 +659,18 @@ pub async fn server_process(
         admin,
     }
 }
+
+/// The installed Chromium's command, if there is one: tests that need a
+/// browser skip (and say so, or fail under CI) without it.
+pub fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
+    if found.is_none() {
+        skip("Chromium is not installed (apt-get install chromium)");
+    }
+    found
+}
