@@ -16,7 +16,11 @@ fn warren(args: &[&str]) -> std::process::Output {
 fn compose_commands(text: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix("command:") else {
+        let line = line.trim();
+        let Some(rest) = line
+            .strip_prefix("command:")
+            .or_else(|| line.strip_prefix("args:"))
+        else {
             continue;
         };
         let list: Vec<String> =
@@ -120,6 +124,7 @@ fn deploy_files_only_set_variables_the_cli_reads() {
         "docker-compose.yml",
         "systemd/warren-server.service",
         "systemd/warren-agent.service",
+        "kubernetes/warren.yaml",
     ] {
         texts.push_str(&std::fs::read_to_string(format!("{dir}/{path}")).unwrap());
     }
@@ -142,4 +147,46 @@ fn deploy_files_only_set_variables_the_cli_reads() {
         }
     }
     assert!(checked >= 5, "checked {checked} variables");
+}
+
+/// The Kubernetes manifests: the server's argument list parses with the
+/// real CLI (and is a cluster node with its admin listener, which the probes
+/// use), and every WARREN_ variable they set is one the CLI reads (above).
+#[test]
+fn kubernetes_manifests_parse_with_the_real_cli() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/warren.yaml"
+    ))
+    .unwrap();
+    let commands = compose_commands(&text);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let args = &commands[0];
+    assert_eq!(args[0], "server");
+    for flag in ["--cluster-listen", "--cluster-tls", "--admin-listen"] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    let admin = &args[args.iter().position(|a| a == "--admin-listen").unwrap() + 1];
+    let port = admin.rsplit(':').next().unwrap();
+    assert!(text.contains(&format!("containerPort: {port}")), "the admin port is exposed");
+    for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
+        assert!(text.contains(probe), "{probe}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env("WARREN_CHECK_ARGS", "1")
+        .env("WARREN_DATABASE_URL", "mysql://warren:change-me@mariadb:3306/warren")
+        .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
+        .env("WARREN_MAX_AGENTS", "10000")
+        .env("WARREN_DRAIN_GRACE", "25s")
+        .env("WARREN_METRICS_TOP_AGENTS", "10")
+        .env("WARREN_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("arguments ok"),
+        "`warren {}` is rejected: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
