@@ -128,12 +128,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Config files (`--config`).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run server, agent and a sample service on loopback, and print URLs to try.
     Demo {
         /// Where the demo's client API listens.
         #[arg(long, env = "WARREN_API_LISTEN", default_value_t = ServerConfig::default().api_listen)]
         api_listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check FILE: every key of its [server] and [agent] tables is a flag, every
+    /// value parses, and each table makes a valid configuration.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -269,6 +281,10 @@ pub struct AdminClientArgs {
 
 #[derive(Args)]
 pub struct ServerArgs {
+    /// A TOML file whose [server] table holds these flags' keys (flags and
+    /// WARREN_* variables win over it); see deploy/warren.toml.
+    #[arg(long, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
     /// Plain-HTTP client API address.
     #[arg(long, env = "WARREN_API_LISTEN", default_value_t = ServerConfig::default().api_listen)]
     api_listen: SocketAddr,
@@ -501,6 +517,10 @@ fn agent_defaults() -> AgentConfig {
 
 #[derive(Args)]
 pub struct AgentArgs {
+    /// A TOML file whose [agent] table holds these flags' keys (flags and
+    /// WARREN_* variables win over it); see deploy/warren.toml.
+    #[arg(long, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
     /// The server's tunnel address, HOST:PORT. Repeat (or separate with commas)
     /// for the nodes of a cluster.
     #[arg(long, env = "WARREN_SERVER", value_delimiter = ',', required = true)]

@@ -3,6 +3,7 @@
 //! variable. Errors end here, as `anyhow` reports with a non-zero exit code.
 
 mod cli;
+mod config_file;
 mod demo;
 
 use std::process::ExitCode;
@@ -22,7 +23,15 @@ use warren::{
 
 fn main() -> ExitCode {
     warren::memory::tune_allocator();
-    let cli = Cli::parse();
+    // The config file's keys become flags before the command line is parsed.
+    let argv = match config_file::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(std::io::stderr);
@@ -179,6 +188,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(warren::bench::idle_agents(config, count).await?)
         }
         Command::Status { admin, json } => status(admin, json).await,
+        Command::Config {
+            command: cli::ConfigCommand::Check { file },
+        } => config_check(&file),
         Command::Demo { api_listen } => {
             let (trigger, stop) = shutdown::channel();
             tokio::spawn(async move {
@@ -310,6 +322,38 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 println!("revoked; {client_id:?} has {left} client token(s) left");
             }
         }
+    }
+    Ok(())
+}
+
+/// `warren config check FILE`: each table, as flags, parsed by the real
+/// command line parser and turned into its configuration.
+fn config_check(path: &std::path::Path) -> anyhow::Result<()> {
+    let file = config_file::ConfigFile::load(path)?;
+    anyhow::ensure!(
+        !file.sections().is_empty(),
+        "{}: no [server] or [agent] table",
+        path.display()
+    );
+    for section in file.sections() {
+        let mut argv = vec![std::ffi::OsString::from("warren"), section.into()];
+        argv.extend(file.flags(section, &[])?);
+        // The required agent flags may come from the environment instead.
+        let cli = Cli::try_parse_from(&argv).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("");
+            anyhow::anyhow!(
+                "{}: [{section}]: {}",
+                path.display(),
+                first.trim_start_matches("error: ")
+            )
+        })?;
+        match cli.command {
+            Command::Server(args) => drop(args.config()?),
+            Command::Agent(args) => drop(Agent::new(args.config()?)?),
+            _ => unreachable!("sections are server and agent"),
+        }
+        println!("{}: [{section}] ok", path.display());
     }
     Ok(())
 }

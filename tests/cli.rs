@@ -399,3 +399,145 @@ async fn bench_remote_measures_a_running_deployment(t: Transport) {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// `--config FILE`: its `[server]` keys configure the server unless a
+/// `WARREN_*` variable or a flag says otherwise (flags > environment > file
+/// > defaults); `WARREN_CONFIG` names the file too; a key that is no flag
+/// is refused with its name and line, bad TOML with the file's name; and
+/// `warren config check` passes the annotated example in `deploy/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_precedence_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warren.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# a comment\n[server]\napi-listen = \"127.0.0.2:0\"\ntunnel-listen = \"127.0.0.1:0\"\n\
+             database-url = \"sqlite://{}\"\ncerts = \"{}\"\naccess-log = true\n",
+            dir.path().join("w.db").display(),
+            dir.path().join("certs").display()
+        ),
+    )
+    .unwrap();
+    // Which address the client API came up on, for a given set-up.
+    let api_ip = |env: Option<(&'static str, String)>, args: Vec<String>| {
+        let mut cmd = warren();
+        cmd.arg("server").args(&args).stdout(Stdio::piped());
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        async move {
+            let mut child = cmd.spawn().unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let seen = read_until(&mut lines, "client API on http://").await;
+            let line = seen.last().unwrap().clone();
+            let _ = child.kill().await;
+            line.trim_start_matches("client API on http://")
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let config = file.display().to_string();
+    assert_eq!(
+        api_ip(None, vec!["--config".into(), config.clone()]).await,
+        "127.0.0.2"
+    );
+    assert_eq!(
+        api_ip(Some(("WARREN_CONFIG", config.clone())), vec![]).await,
+        "127.0.0.2"
+    );
+    let env = || Some(("WARREN_API_LISTEN", "127.0.0.3:0".to_string()));
+    assert_eq!(
+        api_ip(env(), vec![format!("--config={config}")]).await,
+        "127.0.0.3"
+    );
+    assert_eq!(
+        api_ip(
+            env(),
+            vec![
+                "--config".into(),
+                config.clone(),
+                "--api-listen".into(),
+                "127.0.0.4:0".into()
+            ]
+        )
+        .await,
+        "127.0.0.4"
+    );
+
+    // Wrong keys and bad files: the file, the line, the key.
+    let cases = [
+        (
+            "[server]\napi-listen = \"127.0.0.1:0\"\n\nmax-agentz = 5\n",
+            vec!["line 4", "max-agentz"],
+        ),
+        ("[sever]\n", vec!["line 1", "sever"]),
+        ("[server]\naccess-log = \"yes\"\n", vec!["line 2", "switch"]),
+        ("[server\n", vec!["not valid TOML"]),
+    ];
+    for (text, wanted) in cases {
+        std::fs::write(&file, text).unwrap();
+        for args in [
+            vec!["server", "--config", &config],
+            vec!["config", "check", &config],
+        ] {
+            let out = warren().args(&args).output().await.unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} with {text:?}");
+            assert!(stderr.contains(&config), "{stderr}");
+            for w in &wanted {
+                assert!(stderr.contains(w), "{w:?} in {stderr}");
+            }
+        }
+    }
+    // A value the flag does not take: the flag named, nothing started.
+    std::fs::write(&file, "[server]\nmax-agents = \"lots\"\n").unwrap();
+    let out = warren()
+        .args(["config", "check", &config])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--max-agents"),
+        "{stderr}"
+    );
+
+    // The annotated example, its files put where it says they are.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/warren.toml"))
+            .unwrap();
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "wrn_placeholder\n").unwrap();
+    let made = warren()
+        .args(["certs", "--certs"])
+        .arg(dir.path().join("certs"))
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success());
+    let example = example
+        .replace("/etc/warren/agent.token", &token.display().to_string())
+        .replace(
+            "/etc/warren/server.pem",
+            &dir.path().join("certs/server.pem").display().to_string(),
+        );
+    std::fs::write(&file, example).unwrap();
+    let out = warren()
+        .args(["config", "check", &config])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[server] ok") && stdout.contains("[agent] ok"),
+        "{stdout}"
+    );
+}

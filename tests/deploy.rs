@@ -168,14 +168,20 @@ fn kubernetes_manifests_parse_with_the_real_cli() {
     }
     let admin = &args[args.iter().position(|a| a == "--admin-listen").unwrap() + 1];
     let port = admin.rsplit(':').next().unwrap();
-    assert!(text.contains(&format!("containerPort: {port}")), "the admin port is exposed");
+    assert!(
+        text.contains(&format!("containerPort: {port}")),
+        "the admin port is exposed"
+    );
     for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
         assert!(text.contains(probe), "{probe}");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(args)
         .env("WARREN_CHECK_ARGS", "1")
-        .env("WARREN_DATABASE_URL", "mysql://warren:change-me@mariadb:3306/warren")
+        .env(
+            "WARREN_DATABASE_URL",
+            "mysql://warren:change-me@mariadb:3306/warren",
+        )
         .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
         .env("WARREN_MAX_AGENTS", "10000")
         .env("WARREN_DRAIN_GRACE", "25s")

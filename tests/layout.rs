@@ -35,9 +35,13 @@ fn modules(root: &Path) -> BTreeMap<Vec<String>, PathBuf> {
             if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
                 parts.pop();
             }
-            // The binary's own modules (main.rs, cli.rs, demo.rs) are a crate of
+            // The binary's own modules (main.rs, cli.rs, demo.rs, config_file.rs) are a crate of
             // their own; they only use the library, so leave them out.
-            if parts == ["main"] || parts == ["cli"] || parts == ["demo"] {
+            if parts == ["main"]
+                || parts == ["cli"]
+                || parts == ["demo"]
+                || parts == ["config_file"]
+            {
                 continue;
             }
             out.insert(parts, path);
