@@ -63,6 +63,9 @@ pub struct AgentConfig {
     pub rooms_auth: bool,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`): off unless set.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// An in-process service answering instead of `upstream.url` (an
+    /// embedded agent; see `Agent::builder`).
+    pub service: Option<super::local::LocalService>,
 }
 
 impl AgentConfig {
@@ -101,6 +104,7 @@ impl AgentConfig {
             rooms: None,
             rooms_auth: false,
             admin_listen: None,
+            service: None,
         }
     }
 }

@@ -17,6 +17,7 @@ mod config;
 mod credit;
 mod dial;
 mod dispatch;
+mod local;
 mod metrics;
 mod pool;
 pub mod rooms;
@@ -33,6 +34,7 @@ use tracing::Instrument;
 use crate::{shutdown::Shutdown, tls};
 pub use backoff::Backoff;
 pub use config::{AgentConfig, AgentError, TransportChoice};
+pub use local::{BoxError, LocalService, ServiceResponse};
 pub use status::AgentStatus;
 pub use upstream::{UpstreamConfig, UpstreamError};
 
@@ -51,7 +53,11 @@ impl Agent {
         let tls = tls::client_config(&config.trust)?;
         let metrics = Arc::new(metrics::AgentMetrics::new());
         let dispatch = Arc::new(dispatch::Dispatch {
-            upstream: upstream::Upstream::new(config.upstream.clone(), metrics.clone())?,
+            upstream: upstream::Upstream::new(
+                config.upstream.clone(),
+                metrics.clone(),
+                config.service.clone(),
+            )?,
             metrics,
             rooms: config
                 .rooms
@@ -119,6 +125,84 @@ impl Agent {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// An agent made in code, for a program that embeds it:
+///
+/// ```no_run
+/// # async fn run(token: String) -> Result<(), warren::agent::AgentError> {
+/// use warren::agent::{Agent, LocalService};
+/// let service = LocalService::from_fn(|req| async move {
+///     http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("you asked for {}", req.uri()))))
+/// });
+/// let agent = Agent::builder()
+///     .server("tunnel.example.com:7443")
+///     .client_id("music-box")
+///     .token(&token)
+///     .serve(service)?;
+/// let (_stop, shutdown) = warren::shutdown::channel();
+/// agent.run(shutdown).await
+/// # }
+/// ```
+///
+/// The same reconnects, transport race and fallback, backpressure and
+/// shutdown as the `warren agent` binary; everything else as
+/// [`AgentConfig`]'s defaults unless [`AgentBuilder::configure`] says.
+pub struct AgentBuilder {
+    config: AgentConfig,
+}
+
+impl Agent {
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder {
+            // No HTTP upstream: `serve` gives the service, `upstream` a URL.
+            config: AgentConfig::new("", "", "", "http://in-process.invalid", tls::Trust::System),
+        }
+    }
+}
+
+impl AgentBuilder {
+    /// The server's tunnel address, `HOST:PORT`; call again for each node
+    /// of a cluster.
+    pub fn server(mut self, server: &str) -> Self {
+        self.config.servers.retain(|s| !s.is_empty());
+        self.config.servers.push(server.to_string());
+        self
+    }
+
+    pub fn client_id(mut self, client_id: &str) -> Self {
+        self.config.client_id = client_id.to_string();
+        self
+    }
+
+    pub fn token(mut self, token: &str) -> Self {
+        self.config.token = token.into();
+        self
+    }
+
+    /// How the server's certificate is checked (default: the system roots).
+    pub fn trust(mut self, trust: tls::Trust) -> Self {
+        self.config.trust = trust;
+        self
+    }
+
+    /// Any other setting.
+    pub fn configure(mut self, change: impl FnOnce(&mut AgentConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// An agent whose requests `service` answers, in this process.
+    pub fn serve(mut self, service: LocalService) -> Result<Agent, AgentError> {
+        self.config.service = Some(service);
+        Agent::new(self.config)
+    }
+
+    /// An agent forwarding to an HTTP service at `url`, as the binary does.
+    pub fn upstream(mut self, url: &str) -> Result<Agent, AgentError> {
+        self.config.upstream.url = url.to_string();
+        Agent::new(self.config)
     }
 }
 

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
 use warren_proto::{ErrorKind, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError};
 
-use super::{credit::Credit, metrics::AgentMetrics, pool::Pool};
+use super::{credit::Credit, local::LocalService, metrics::AgentMetrics, pool::Pool};
 use crate::{
     body::{self, TunnelBody},
     headers,
@@ -66,12 +66,15 @@ pub struct Upstream {
     authority: HeaderValue,
     config: UpstreamConfig,
     metrics: Arc<AgentMetrics>,
+    /// An in-process service that answers instead of the HTTP upstream.
+    service: Option<LocalService>,
 }
 
 impl Upstream {
     pub(super) fn new(
         config: UpstreamConfig,
         metrics: Arc<AgentMetrics>,
+        service: Option<LocalService>,
     ) -> Result<Self, UpstreamError> {
         let bad = || UpstreamError::BadUrl(config.url.clone());
         let uri: Uri = config.url.parse().map_err(|_| bad())?;
@@ -93,6 +96,7 @@ impl Upstream {
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
             config,
             metrics,
+            service,
         })
     }
 
@@ -103,7 +107,7 @@ impl Upstream {
         mut send: SendStream,
         recv: RecvStream,
         max_head: usize,
-        mut credit: Option<Credit>,
+        credit: Option<Credit>,
     ) {
         let request = match self.request(head, frame, recv) {
             Ok(r) => r,
@@ -115,6 +119,32 @@ impl Upstream {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let started = std::time::Instant::now();
+        if let Some(service) = &self.service {
+            let timeout = self.config.response_timeout;
+            let response = match tokio::time::timeout(timeout, service.call(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(message)) => {
+                    self.metrics.upstream_failed("unavailable");
+                    let message = format!("the service failed {method} {uri}: {message}");
+                    info!("{message}");
+                    let _ =
+                        reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head)
+                            .await;
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.upstream_failed("timeout");
+                    let message = format!("the service sent no response within {timeout:?}");
+                    info!("{message}");
+                    let _ =
+                        reply_error(&mut send, ErrorKind::UpstreamTimeout, message, max_head).await;
+                    return;
+                }
+            };
+            self.metrics
+                .upstream_answered(response.status().as_u16(), started.elapsed());
+            return self.relay(response, None, send, max_head, credit).await;
+        }
         let (response, lease) =
             match tokio::time::timeout(self.config.response_timeout, self.pool.send(request)).await
             {
@@ -149,6 +179,24 @@ impl Upstream {
             };
         self.metrics
             .upstream_answered(response.status().as_u16(), started.elapsed());
+        self.relay(response, Some(lease), send, max_head, credit)
+            .await
+    }
+
+    /// Streams a response (head, then body) back to the server; `lease`, the
+    /// pooled connection it came on (none for an in-process service), goes
+    /// back to the pool once the body was read to its end.
+    async fn relay<B>(
+        &self,
+        response: http::Response<B>,
+        lease: Option<super::pool::Lease>,
+        mut send: SendStream,
+        max_head: usize,
+        mut credit: Option<Credit>,
+    ) where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (parts, mut body) = response.into_parts();
         let mut resp_headers = parts.headers;
         headers::strip_hop_by_hop(&mut resp_headers);
@@ -189,7 +237,9 @@ impl Upstream {
                 return;
             }
             drop(body);
-            lease.release(&self.pool).await;
+            if let Some(lease) = lease {
+                lease.release(&self.pool).await;
+            }
             return;
         }
         if let Err(e) = send.write_chunk(Bytes::from(first)).await {
@@ -222,7 +272,9 @@ impl Upstream {
                     let _ = send.finish().await;
                     drop(body);
                     // Read to its end: the connection can take another request.
-                    lease.release(&self.pool).await;
+                    if let Some(lease) = lease {
+                        lease.release(&self.pool).await;
+                    }
                     return;
                 }
             }
@@ -240,6 +292,11 @@ impl Upstream {
         max_head: usize,
     ) {
         use tokio_tungstenite::tungstenite::{handshake::client::generate_key, Error as WsError};
+        if self.service.is_some() {
+            let message = "this agent's in-process service takes no WebSockets".to_string();
+            let _ = reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head).await;
+            return;
+        }
         let fail = |message: String| {
             info!("{message}");
             message

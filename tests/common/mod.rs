@@ -291,7 +291,12 @@ impl Stack {
 
     /// Starts an in-process agent and waits until it is connected.
     pub async fn add_agent(&mut self, config: AgentConfig) -> watch::Receiver<AgentStatus> {
-        let agent = Agent::new(config).expect("agent config");
+        self.add_running(Agent::new(config).expect("agent config"))
+            .await
+    }
+
+    /// Runs `agent` in this process and waits until it is connected.
+    pub async fn add_running(&mut self, agent: Agent) -> watch::Receiver<AgentStatus> {
         let mut status = agent.status();
         let (trigger, stop) = shutdown::channel();
         let task = tokio::spawn(agent.run(stop));
