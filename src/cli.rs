@@ -23,6 +23,9 @@ use warren::{
     about = "A reverse tunnel over QUIC: expose a service behind NAT through a public server."
 )]
 pub struct Cli {
+    /// What to log: a `tracing` filter, e.g. `info`, `warn,warren=debug`.
+    #[arg(long, global = true, env = "WARREN_LOG", default_value = "info")]
+    pub log: String,
     /// Log lines as text, or as one JSON object per line.
     #[arg(
         long,

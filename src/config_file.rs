@@ -103,10 +103,27 @@ impl ConfigFile {
     /// `command`'s table as flags, leaving out those that `given` (the
     /// command line) or the environment already set.
     pub fn flags(&self, command: &str, given: &[OsString]) -> Result<Vec<OsString>, ConfigError> {
+        let mut out = Vec::new();
+        for (flag, value) in self.entries(command, given)? {
+            out.push(OsString::from(flag));
+            out.extend(value.map(OsString::from));
+        }
+        Ok(out)
+    }
+
+    /// `command`'s table as `(--flag, value)` pairs (no value: a switch
+    /// that is on), leaving out what `given` or the environment set.
+    pub fn entries(
+        &self,
+        command: &str,
+        given: &[OsString],
+    ) -> Result<Vec<(String, Option<String>)>, ConfigError> {
         let Some((_, table)) = self.sections.get(command) else {
             return Ok(Vec::new());
         };
-        let cli = Cli::command();
+        // Built, so that the global flags (`log`, `log-format`) are keys too.
+        let mut cli = Cli::command();
+        cli.build();
         let sub = cli
             .find_subcommand(command)
             .expect("sections name subcommands");
@@ -149,7 +166,7 @@ impl ConfigFile {
                     Value::Float(f) => f.to_string(),
                     Value::Boolean(b) if !takes_value => {
                         if *b {
-                            out.push(OsString::from(&flag));
+                            out.push((flag.clone(), None));
                         }
                         continue;
                     }
@@ -173,35 +190,30 @@ impl ConfigFile {
                         ),
                     ));
                 }
-                out.push(OsString::from(&flag));
-                out.push(OsString::from(text));
+                out.push((flag.clone(), Some(text)));
             }
         }
         Ok(out)
     }
 }
 
-/// `argv` with the config file's flags for its command inserted after the
-/// command's name: the file named by `--config FILE` (or `WARREN_CONFIG`),
-/// for `warren server` and `warren agent`. Anything else is left alone.
-pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
+/// Where `argv` says its config file is: the command (`server` or
+/// `agent`), the index of its name in `argv`, and the file (`--config FILE`,
+/// else `WARREN_CONFIG`). `None` for other commands or without a file.
+fn locate(argv: &[OsString]) -> Option<(String, usize, OsString)> {
     // The command: the first word that is not a global flag or its value.
-    let mut at = None;
     let mut i = 1;
-    while i < argv.len() {
-        match argv[i].to_str() {
-            Some("--log-format") => i += 2,
-            Some(a) if a.starts_with("--log-format=") => i += 1,
-            Some(a) => {
-                at = Some((i, a.to_string()));
-                break;
-            }
-            None => break,
+    let (at, command) = loop {
+        let a = argv.get(i)?.to_str()?;
+        match a {
+            "--log-format" | "--log" => i += 2,
+            a if a.starts_with("--log-format=") || a.starts_with("--log=") => i += 1,
+            a => break (i, a.to_string()),
         }
-    }
-    let Some((at, command)) = at.filter(|(_, c)| SECTIONS.contains(&c.as_str())) else {
-        return Ok(argv);
     };
+    if !SECTIONS.contains(&command.as_str()) {
+        return None;
+    }
     let rest = &argv[at + 1..];
     let named = rest.iter().enumerate().find_map(|(j, a)| {
         let a = a.to_str()?;
@@ -211,15 +223,38 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
             a.strip_prefix("--config=").map(OsString::from)
         }
     });
-    let Some(path) = named.or_else(|| std::env::var_os("WARREN_CONFIG")) else {
+    let path = named.or_else(|| std::env::var_os("WARREN_CONFIG"))?;
+    Some((command, at, path))
+}
+
+/// `argv` with the config file's flags for its command inserted after the
+/// command's name: the file named by `--config FILE` (or `WARREN_CONFIG`),
+/// for `warren server` and `warren agent`. Anything else is left alone.
+pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
+    let Some((command, at, path)) = locate(&argv) else {
         return Ok(argv);
     };
-    let file = ConfigFile::load(Path::new(&path))?;
-    let flags = file.flags(&command, rest)?;
+    let rest = &argv[at + 1..];
+    let flags = ConfigFile::load(Path::new(&path))?.flags(&command, rest)?;
     let mut out = argv[..=at].to_vec();
     out.extend(flags);
     out.extend_from_slice(rest);
     Ok(out)
+}
+
+/// What the config file of `argv` says now, flag by flag (those the command
+/// line or environment override left out); `None` without a file. For
+/// reloading: compared with an earlier reading, it shows what changed.
+pub fn current(argv: &[OsString]) -> Result<Option<BTreeMap<String, Vec<String>>>, ConfigError> {
+    let Some((command, at, path)) = locate(argv) else {
+        return Ok(None);
+    };
+    let file = ConfigFile::load(Path::new(&path))?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (flag, value) in file.entries(&command, &argv[at + 1..])? {
+        out.entry(flag).or_default().extend(value);
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -32,23 +32,13 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        // One object per line, the spans' fields (client id, connection id,
-        // request id) with the event's own.
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-        // Colours only for a terminal: escape codes in a log file are noise,
-        // and formatting them costs every span (every request) its share.
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    let logs = match Logs::init(&cli.log, cli.log_format) {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, logs)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -76,7 +66,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, logs: Logs) -> anyhow::Result<()> {
     // WARREN_CHECK_ARGS=1: parse and validate the command line and build the
     // configuration it describes, then stop without running (how the deploy
     // files are checked against the real CLI).
@@ -90,8 +80,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         return Ok(());
     }
     match command {
-        Command::Server(args) => server(args).await,
-        Command::Agent(args) => agent(args).await,
+        Command::Server(args) => server(args, logs).await,
+        Command::Agent(args) => agent(args, logs).await,
         Command::Token { command } => token(command).await,
         Command::Certs(args) if args.cluster => {
             let created = warren::cluster_tls::create(&args.certs)?;
@@ -447,7 +437,7 @@ fn utc(ms: i64) -> String {
     )
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
+async fn server(args: ServerArgs, logs: Logs) -> anyhow::Result<()> {
     let config = args.config()?;
     warren::memory::spawn_trimmer();
     let server = Server::bind(config).await.context("starting the server")?;
@@ -467,6 +457,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(addr) = server.admin_addr() {
         println!("admin API on http://{addr} (/metrics, /healthz, /readyz, /api/)");
     }
+    reload_on_hangup(logs, Some(server.live()));
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -477,10 +468,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+async fn agent(args: AgentArgs, logs: Logs) -> anyhow::Result<()> {
     let config = args.config()?;
     warren::memory::spawn_trimmer();
     let agent = Agent::new(config)?;
+    reload_on_hangup(logs, None);
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -491,27 +483,149 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `WARREN_LOG` (a `tracing` filter; default `info`), with the crates that
-/// dump message payloads at trace level capped at debug whatever it says:
-/// tungstenite logs every WebSocket frame's bytes, and on the WebSocket
-/// transport those carry the agent's Hello, token included.
-fn log_filter() -> tracing_subscriber::EnvFilter {
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log's subscriber, installed; its filter can be changed while running.
+struct Logs {
+    filter: FilterHandle,
+}
+
+impl Logs {
+    fn init(directives: &str, format: LogFormat) -> anyhow::Result<Logs> {
+        use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer};
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(directives)?);
+        let output = match format {
+            // One object per line, the spans' fields (client id, connection
+            // id, request id) with the event's own.
+            LogFormat::Json => fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(std::io::stderr)
+                .boxed(),
+            // Colours only for a terminal: escape codes in a log file are
+            // noise, and formatting them costs every span its share.
+            LogFormat::Text => fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .boxed(),
+        };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(output)
+            .init();
+        Ok(Logs { filter: handle })
+    }
+}
+
+/// SIGHUP: reads the config file again and applies what a running process
+/// can take (the log filter; on the server the access log and
+/// `metrics-top-agents`; tokens are read from the registry anyway), and says
+/// in the log what it applied and which changed keys need a restart.
+fn reload_on_hangup(logs: Logs, live: Option<std::sync::Arc<warren::server::LiveSettings>>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use std::sync::atomic::Ordering;
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let mut before = config_file::current(&argv)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        while hangups.recv().await.is_some() {
+            let after = match config_file::current(&argv) {
+                Ok(Some(now)) => now,
+                Ok(None) => {
+                    tracing::info!("SIGHUP: no config file (--config) to reload");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("SIGHUP: config file not reloaded: {e}");
+                    continue;
+                }
+            };
+            // The whole file must still make a valid command line.
+            let checked = config_file::expand(argv.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|full| Cli::try_parse_from(full).map_err(|e| e.to_string()));
+            let cli = match checked {
+                Ok(cli) => cli,
+                Err(e) => {
+                    let first = e.lines().next().unwrap_or("").trim_start_matches("error: ");
+                    tracing::warn!("SIGHUP: config file not reloaded: {first}");
+                    continue;
+                }
+            };
+            let mut changed: Vec<String> = before
+                .iter()
+                .filter(|(k, v)| after.get(*k) != Some(*v))
+                .chain(after.iter().filter(|(k, _)| !before.contains_key(*k)))
+                .map(|(k, _)| k.trim_start_matches("--").to_string())
+                .collect();
+            changed.sort();
+            changed.dedup();
+            let (mut applied, mut restart) = (Vec::new(), Vec::new());
+            for key in changed {
+                let value = after.get(&format!("--{key}"));
+                let done = match (key.as_str(), &live) {
+                    ("log", _) => match log_filter(&cli.log) {
+                        Ok(filter) => logs.filter.reload(filter).is_ok(),
+                        Err(e) => {
+                            tracing::warn!("SIGHUP: log filter not changed: {e}");
+                            false
+                        }
+                    },
+                    ("access-log", Some(live)) => {
+                        live.access_log.store(value.is_some(), Ordering::Relaxed);
+                        true
+                    }
+                    ("metrics-top-agents", Some(live)) => {
+                        let n = value
+                            .and_then(|v| v.first())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(warren::server::ServerConfig::default().metrics_top_agents);
+                        live.metrics_top_agents.store(n, Ordering::Relaxed);
+                        true
+                    }
+                    _ => false,
+                };
+                if done {
+                    applied.push(key);
+                } else {
+                    restart.push(key);
+                }
+            }
+            tracing::info!(?applied, needs_restart = ?restart, "SIGHUP: config file reloaded");
+            before = after;
+        }
+    });
+}
+
+/// A `tracing` filter from `directives` (`--log`, `WARREN_LOG`), with the
+/// crates that dump message payloads at trace level capped at debug
+/// whatever it says: tungstenite logs every WebSocket frame's bytes, and on
+/// the WebSocket transport those carry the agent's Hello, token included.
+fn log_filter(directives: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
     use tracing_subscriber::filter::LevelFilter;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .with_context(|| format!("--log {directives:?} is not a valid log filter"))?;
     // Only a filter that lets trace through needs the cap; adding it to a
     // quieter one would raise those crates to debug instead.
     if filter
         .max_level_hint()
         .is_some_and(|max| max < LevelFilter::TRACE)
     {
-        return filter;
+        return Ok(filter);
     }
-    ["tungstenite=debug", "tokio_tungstenite=debug"]
+    Ok(["tungstenite=debug", "tokio_tungstenite=debug"]
         .into_iter()
         .fold(filter, |filter, cap| {
             filter.add_directive(cap.parse().expect("a valid directive"))
-        })
+        }))
 }
 
 /// Ctrl-C or SIGTERM (what systemd and docker send).

@@ -541,3 +541,82 @@ async fn config_file_precedence_and_errors() {
         "{stdout}"
     );
 }
+
+/// SIGHUP re-reads the config file: the log filter and the access log change
+/// while the server runs, a changed limit is named as needing a restart, and
+/// a broken file is refused with its reason while the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_what_can_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warren.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[server]\napi-listen = \"127.0.0.1:0\"\ntunnel-listen = \"127.0.0.1:0\"\n\
+                 database-url = \"sqlite://{}\"\ncerts = \"{}\"\n{extra}",
+                dir.path().join("w.db").display(),
+                dir.path().join("certs").display()
+            ),
+        )
+        .unwrap()
+    };
+    write("log = \"warn\"\nmax-agents = 100\n");
+    let mut child = warren()
+        .env_remove("WARREN_LOG")
+        .arg("server")
+        .arg("--config")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrWatch::on(&mut child, "the server process");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = read_until(&mut lines, "client API on http://").await;
+    let api = seen
+        .last()
+        .unwrap()
+        .trim_start_matches("client API on http://")
+        .to_string();
+    let probe = format!("http://{api}/x?clientId=nobody");
+    assert_eq!(get(&probe).await.status(), StatusCode::NOT_FOUND);
+
+    write("log = \"info\"\naccess-log = true\nmax-agents = 200\n");
+    signal(&child, "-HUP");
+    assert!(
+        log.wait_for("SIGHUP: config file reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        log.text()
+    );
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("SIGHUP: config file reloaded"))
+        .unwrap();
+    assert!(
+        line.contains(r#"applied=["access-log", "log"]"#)
+            && line.contains(r#"needs_restart=["max-agents"]"#),
+        "{line}"
+    );
+    // The access log is on now, without a restart.
+    assert_eq!(get(&probe).await.status(), StatusCode::NOT_FOUND);
+    assert!(
+        log.wait_for("warren::access", Duration::from_secs(5)).await,
+        "{}",
+        log.text()
+    );
+
+    write("log = \"info\"\nmax-agentz = 1\n");
+    signal(&child, "-HUP");
+    assert!(
+        log.wait_for("config file not reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        log.text()
+    );
+    assert!(log.text().contains("max-agentz"), "{}", log.text());
+    assert_eq!(get(&probe).await.status(), StatusCode::NOT_FOUND);
+    let _ = child.kill().await;
+}

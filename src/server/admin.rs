@@ -49,9 +49,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => admin::respond(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => admin::readiness(not_ready(shared).await),
-        (&Method::GET, "/metrics") => {
-            admin::metrics(shared.metrics.render(&shared.agents, &shared.rooms))
-        }
+        (&Method::GET, "/metrics") => admin::metrics(shared.metrics.render(
+            &shared.agents,
+            &shared.rooms,
+            shared.live.metrics_top_agents(),
+        )),
         (&Method::GET, "/" | "/status") => page(STATUS_HTML, "text/html; charset=utf-8"),
         (&Method::GET, "/status.js") => page(STATUS_JS, "text/javascript; charset=utf-8"),
         (_, p) if p.starts_with("/api/") => {

@@ -133,6 +133,32 @@ impl Default for ServerConfig {
     }
 }
 
+/// What a running server takes on without a restart (`warren server` reloads
+/// them from its config file on SIGHUP); read on every use.
+#[derive(Debug, Default)]
+pub struct LiveSettings {
+    pub access_log: std::sync::atomic::AtomicBool,
+    pub metrics_top_agents: std::sync::atomic::AtomicUsize,
+}
+
+impl LiveSettings {
+    pub fn from_config(config: &ServerConfig) -> Self {
+        LiveSettings {
+            access_log: config.access_log.into(),
+            metrics_top_agents: config.metrics_top_agents.into(),
+        }
+    }
+
+    pub fn access_log(&self) -> bool {
+        self.access_log.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn metrics_top_agents(&self) -> usize {
+        self.metrics_top_agents
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Where this node accepts forwarded requests from other nodes.

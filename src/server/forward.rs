@@ -33,7 +33,7 @@ pub(super) async fn forward(
 ) -> Response<TunnelBody> {
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(parent: &link.span, "request", request_id);
-    let carried = shared.config.access_log.then(|| Carried {
+    let carried = shared.live.access_log().then(|| Carried {
         client_id: target.client_id.clone(),
         transport: link.session.kind(),
     });

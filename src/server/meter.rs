@@ -34,7 +34,7 @@ impl<G: Send + Unpin + 'static> RequestMeter<G> {
     pub fn start<B>(shared: &Arc<Shared>, req: &http::Request<B>, guard: G) -> Self {
         shared.metrics.started();
         // Only the path: a query may hold a client token (`?token=`).
-        let access = shared.config.access_log.then(|| Access {
+        let access = shared.live.access_log().then(|| Access {
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             status: 0,

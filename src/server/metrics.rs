@@ -42,13 +42,11 @@ pub(crate) struct ServerMetrics {
     room_dropped: Counter,
     agent_sent: Family<AgentLabels, Counter>,
     agent_received: Family<AgentLabels, Counter>,
-    /// Agents given series of their own (the busiest by bytes sent).
-    top_agents: usize,
 }
 
 impl ServerMetrics {
     /// `queries`: the registry's own figures, shown with the rest.
-    pub fn new(top_agents: usize, queries: &crate::registry::QueryMetrics) -> Self {
+    pub fn new(queries: &crate::registry::QueryMetrics) -> Self {
         let mut registry = Registry::with_prefix("warren");
         let agents = Family::<Labels, Gauge>::default();
         registry.register(
@@ -156,7 +154,6 @@ impl ServerMetrics {
             room_dropped,
             agent_sent,
             agent_received,
-            top_agents,
         }
     }
 
@@ -204,7 +201,8 @@ impl ServerMetrics {
 
     /// The OpenMetrics text of every metric, with the figures read from the
     /// agent table and the rooms brought up to date first.
-    pub fn render(&self, agents: &AgentTable, rooms: &RoomHub) -> String {
+    /// `top_agents`: how many of the busiest agents get series of their own.
+    pub fn render(&self, agents: &AgentTable, rooms: &RoomHub, top_agents: usize) -> String {
         let links = agents.all();
         for kind in [TransportKind::Quic, TransportKind::Ws] {
             let n = links.iter().filter(|l| l.session.kind() == kind).count();
@@ -226,7 +224,7 @@ impl ServerMetrics {
         }
         let mut busiest: Vec<_> = per_agent.into_iter().collect();
         busiest.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
-        busiest.truncate(self.top_agents);
+        busiest.truncate(top_agents);
         self.agent_sent.clear();
         self.agent_received.clear();
         for (client_id, (sent, received)) in busiest {

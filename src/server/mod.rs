@@ -49,7 +49,7 @@ use crate::{
     tls::{ServerIdentity, TlsError},
     transport::{Listener, TransportError},
 };
-pub use config::{ClusterConfig, RoomLimits, ServerConfig};
+pub use config::{ClusterConfig, LiveSettings, RoomLimits, ServerConfig};
 pub use gate::GateLimits;
 use state::Shared;
 
@@ -206,10 +206,8 @@ impl Server {
             gate: gate::Gate::new(config.gate.clone()),
             clients_drained: tokio::sync::watch::channel(false).0,
             stopping: tokio::sync::watch::channel(false).0,
-            metrics: metrics::ServerMetrics::new(
-                config.metrics_top_agents,
-                registry.query_metrics(),
-            ),
+            metrics: metrics::ServerMetrics::new(registry.query_metrics()),
+            live: Arc::new(config::LiveSettings::from_config(&config)),
             registry,
             config,
         });
@@ -224,6 +222,11 @@ impl Server {
             admin_listener,
             identity,
         })
+    }
+
+    /// The settings this server takes on while running (SIGHUP reloads).
+    pub fn live(&self) -> Arc<LiveSettings> {
+        self.shared.live.clone()
     }
 
     /// Where the admin listener is, when it is on.

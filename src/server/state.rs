@@ -5,8 +5,13 @@
 use std::sync::atomic::AtomicU64;
 
 use super::{
-    agents::AgentTable, cache::TtlCache, config::ServerConfig, gate::Gate, metrics::ServerMetrics,
-    peers::Peers, rooms::RoomHub,
+    agents::AgentTable,
+    cache::TtlCache,
+    config::{LiveSettings, ServerConfig},
+    gate::Gate,
+    metrics::ServerMetrics,
+    peers::Peers,
+    rooms::RoomHub,
 };
 use crate::registry::Registry;
 
@@ -35,4 +40,6 @@ pub(crate) struct Shared {
     /// (or the drain grace ran out): agent connections may close then.
     pub clients_drained: tokio::sync::watch::Sender<bool>,
     pub metrics: ServerMetrics,
+    /// Settings changed without a restart (SIGHUP).
+    pub live: std::sync::Arc<LiveSettings>,
 }
