@@ -415,6 +415,10 @@ pub struct ServerArgs {
     /// Agents given metric series of their own (the busiest by bytes; 0: none).
     #[arg(long, env = "WARREN_METRICS_TOP_AGENTS", default_value_t = ServerConfig::default().metrics_top_agents)]
     metrics_top_agents: usize,
+    /// The client API as the internet reaches it (e.g. https://tunnel.example.com):
+    /// the address agents are told to show. Default: the API's own address.
+    #[arg(long, env = "WARREN_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Log one line per client request (method, path, status, bytes, duration, transport).
     #[arg(long, env = "WARREN_ACCESS_LOG")]
     access_log: bool,
@@ -492,6 +496,7 @@ impl ServerArgs {
             admin_listen: self.admin_listen,
             metrics_top_agents: self.metrics_top_agents,
             access_log: self.access_log,
+            public_url: self.public_url,
         })
     }
 }

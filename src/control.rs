@@ -243,6 +243,13 @@ pub async fn keepalive(
                         on_goaway(reason);
                         continue;
                     }
+                    // Only sent to an agent that asked for it.
+                    Some(Ok(Control::Addresses { urls })) => {
+                        for url in urls {
+                            tracing::info!(%url, "clients reach this agent at");
+                        }
+                        continue;
+                    }
                     Some(Ok(Control::Credit { request_id, offset })) if credit_in.is_some() => {
                         if let Some(credit) = credit_in.as_mut() {
                             credit(request_id, offset);
@@ -316,6 +323,7 @@ pub fn kind(message: &Control) -> &'static str {
         Control::Pong { .. } => "Pong",
         Control::GoAway { .. } => "GoAway",
         Control::Credit { .. } => "Credit",
+        Control::Addresses { .. } => "Addresses",
     }
 }
 

@@ -32,7 +32,13 @@ async fn deploy() -> Deployment {
     let server = server_process(
         dir.path(),
         "127.0.0.1:0",
-        &["--admin-listen", "127.0.0.1:0", "--access-log"],
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "--base-domain",
+            "tunnels.example.com",
+        ],
         true,
     )
     .await;
@@ -202,6 +208,17 @@ async fn metrics_admin_api_and_revoke(t: Transport) {
         )
         .await
     );
+    // The agent says where its clients reach it, as the server told it.
+    for url in [
+        format!("url=http://{}/?clientId={CLIENT_ID}", d.server.api),
+        format!("url=http://{CLIENT_ID}.tunnels.example.com/"),
+    ] {
+        assert!(
+            agent.log.wait_for(&url, Duration::from_secs(5)).await,
+            "{url}: {}",
+            agent.log.text()
+        );
+    }
 
     // Traffic flows while the metrics are scraped.
     let before = scrape(d.admin).await;

@@ -33,6 +33,12 @@ pub enum Control {
         request_id: u64,
         offset: u64,
     },
+    /// Server → agent, after `Welcome`, to an agent that said
+    /// [`capability::ADDRESSES`]: where its clients reach it (the client API
+    /// URL with `clientId`, and the subdomain form when the server has one).
+    Addresses {
+        urls: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +70,8 @@ pub mod capability {
     /// `Control::Credit` allows ([`INITIAL_CREDIT`](crate::INITIAL_CREDIT)
     /// before any), once the server has said it gives credit.
     pub const CREDIT: &str = "credit";
+    /// The agent wants `Control::Addresses` after `Welcome`.
+    pub const ADDRESSES: &str = "addresses";
 }
 
 /// The protocol version of a `Control::Hello` frame payload (the bytes after the

@@ -878,6 +878,7 @@ fn constants_match_the_document() {
         ("ROOM_FRAME_LIMIT", ROOM_FRAME_LIMIT.to_string()),
         ("capability::ROOMS_AUTH", quoted(capability::ROOMS_AUTH)),
         ("capability::CREDIT", quoted(capability::CREDIT)),
+        ("capability::ADDRESSES", quoted(capability::ADDRESSES)),
         ("INITIAL_CREDIT", INITIAL_CREDIT.to_string()),
     ]
     .into_iter()

@@ -61,7 +61,10 @@ pub(super) async fn hello(
             token: config.token.expose().to_string(),
             agent: concat!("warren/", env!("CARGO_PKG_VERSION")).into(),
             capabilities: {
-                let mut can = vec![capability::CREDIT.to_string()];
+                let mut can = vec![
+                    capability::CREDIT.to_string(),
+                    capability::ADDRESSES.to_string(),
+                ];
                 if config.rooms_auth {
                     can.push(capability::ROOMS_AUTH.to_string());
                 }

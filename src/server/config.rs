@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub metrics_top_agents: usize,
     /// One log line per client request (target `warren::access`).
     pub access_log: bool,
+    /// The client API as the internet reaches it (e.g. `https://tunnel.example.com`),
+    /// for the addresses agents are told; default: the API's own address.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +132,7 @@ impl Default for ServerConfig {
             // line per scrape, so this bounds a scrape's size.
             metrics_top_agents: 10,
             access_log: false,
+            public_url: None,
         }
     }
 }

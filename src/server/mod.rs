@@ -208,6 +208,11 @@ impl Server {
             stopping: tokio::sync::watch::channel(false).0,
             metrics: metrics::ServerMetrics::new(registry.query_metrics()),
             live: Arc::new(config::LiveSettings::from_config(&config)),
+            public_base: match (&config.public_url, api.local_addr()) {
+                (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
+                (None, Ok(addr)) if !addr.ip().is_unspecified() => Some(format!("http://{addr}")),
+                _ => None,
+            },
             registry,
             config,
         });

@@ -40,6 +40,29 @@ pub(crate) struct Shared {
     /// (or the drain grace ran out): agent connections may close then.
     pub clients_drained: tokio::sync::watch::Sender<bool>,
     pub metrics: ServerMetrics,
+    /// Where clients reach the client API (`--public-url`, else its bound
+    /// address when that is not a wildcard), without a trailing slash.
+    pub public_base: Option<String>,
     /// Settings changed without a restart (SIGHUP).
     pub live: std::sync::Arc<LiveSettings>,
+}
+
+impl Shared {
+    /// Where `client_id`'s clients reach it, for its agent to show.
+    pub fn addresses(&self, client_id: &str) -> Vec<String> {
+        let mut urls: Vec<String> = self
+            .public_base
+            .iter()
+            .map(|base| format!("{base}/?clientId={client_id}"))
+            .collect();
+        if let Some(domain) = &self.config.base_domain {
+            let scheme = self
+                .public_base
+                .as_deref()
+                .and_then(|b| b.split_once("://"))
+                .map_or("http", |(scheme, _)| scheme);
+            urls.push(format!("{scheme}://{client_id}.{domain}/"));
+        }
+        urls
+    }
 }

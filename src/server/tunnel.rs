@@ -154,13 +154,22 @@ async fn serve_agent(
         let span = tracing::info_span!("conn", conn = %record.tunnel_ws_id);
         let says = |name: &str| hello.capabilities.iter().any(|c| c == name);
         let rooms_auth = says(warren_proto::capability::ROOMS_AUTH);
+        let wants_addresses = says(warren_proto::capability::ADDRESSES);
         // Credit only matters where one window is shared by all streams:
         // over WebSocket, yamux gives each stream a window of its own.
         let credit = (says(warren_proto::capability::CREDIT)
             && session.kind() == crate::transport::TransportKind::Quic)
             .then(|| credit::Ledger::start(session.clone()));
         run_admitted(
-            shared, session, send, recv, record, rooms_auth, credit, shutdown,
+            shared,
+            session,
+            send,
+            recv,
+            record,
+            rooms_auth,
+            credit,
+            wants_addresses,
+            shutdown,
         )
         .instrument(span)
         .await
@@ -329,6 +338,7 @@ async fn run_admitted(
     record: ConnectionRecord,
     rooms_auth: bool,
     credit: Option<Arc<credit::Ledger>>,
+    wants_addresses: bool,
     shutdown: Shutdown,
 ) {
     let client_id = record.client_id.clone();
@@ -390,6 +400,13 @@ async fn run_admitted(
         session.close(CloseCode::Normal, "lost");
         let _ = shared.registry.remove_connection(&tunnel_ws_id).await;
         return;
+    }
+    let urls = shared.addresses(&client_id);
+    if wants_addresses && !urls.is_empty() {
+        // Told once; a connection that cannot take it is found by the heartbeat.
+        let _ = send
+            .write_frame(&Control::Addresses { urls }, MAX_CONTROL_FRAME)
+            .await;
     }
     info!(transport = %session.kind(), remote = %session.remote_addr(), "agent connected");
     sweep_older(&shared, &client_id);

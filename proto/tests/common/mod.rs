@@ -88,6 +88,12 @@ pub fn examples() -> Examples {
                     offset: 131_072,
                 },
             ),
+            (
+                "control.addresses",
+                Control::Addresses {
+                    urls: vec!["https://music.example.com/".into()],
+                },
+            ),
         ],
         open: vec![
             (
