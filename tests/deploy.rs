@@ -163,7 +163,12 @@ fn kubernetes_manifests_parse_with_the_real_cli() {
     assert_eq!(commands.len(), 1, "{commands:?}");
     let args = &commands[0];
     assert_eq!(args[0], "server");
-    for flag in ["--cluster-listen", "--cluster-tls", "--admin-listen"] {
+    for flag in [
+        "--cluster-listen",
+        "--cluster-tls",
+        "--admin-listen",
+        "--config",
+    ] {
         assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
     }
     let admin = &args[args.iter().position(|a| a == "--admin-listen").unwrap() + 1];
@@ -175,18 +180,42 @@ fn kubernetes_manifests_parse_with_the_real_cli() {
     for probe in ["path: /readyz, port: admin", "path: /healthz, port: admin"] {
         assert!(text.contains(probe), "{probe}");
     }
+    // The ConfigMap's config file, where the server is told to read it.
+    let toml: String = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("warren.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    assert!(toml.contains("[server]"), "{toml}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warren.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let checked = warren(&["config", "check", file.to_str().unwrap()]);
+    assert!(
+        checked.status.success(),
+        "the ConfigMap's warren.toml: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a == "/etc/warren/config/warren.toml" {
+                file.display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(args)
+        .args(&args)
         .env("WARREN_CHECK_ARGS", "1")
         .env(
             "WARREN_DATABASE_URL",
             "mysql://warren:change-me@mariadb:3306/warren",
         )
         .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
-        .env("WARREN_MAX_AGENTS", "10000")
-        .env("WARREN_DRAIN_GRACE", "25s")
-        .env("WARREN_METRICS_TOP_AGENTS", "10")
-        .env("WARREN_LOG_FORMAT", "json")
         .output()
         .unwrap();
     assert!(

@@ -2,6 +2,9 @@
 //! fields in sequence, enums as a varint variant index), so variants are only
 //! ever *appended*, and a new field is a new `PROTOCOL_VERSION`. `PROTOCOL.md`
 //! lists every field and variant; `tests/` fail when this file and it disagree.
+//!
+//! Long because: every message of the protocol is here, in wire order, with
+//! the unit tests of its encoding; split, the one order would be in two places.
 
 use serde::{Deserialize, Serialize};
 
