@@ -419,6 +419,10 @@ pub struct ServerArgs {
     /// the address agents are told to show. Default: the API's own address.
     #[arg(long, env = "WARREN_PUBLIC_URL")]
     public_url: Option<String>,
+    /// How often the server checks that its agents' tokens still exist: a token
+    /// revoked in the database alone cuts its agent off within this.
+    #[arg(long, env = "WARREN_REVOCATION_CHECK", default_value_t = Human(ServerConfig::default().revocation_check))]
+    revocation_check: Human,
     /// Log one line per client request (method, path, status, bytes, duration, transport).
     #[arg(long, env = "WARREN_ACCESS_LOG")]
     access_log: bool,
@@ -497,6 +501,10 @@ impl ServerArgs {
             metrics_top_agents: self.metrics_top_agents,
             access_log: self.access_log,
             public_url: self.public_url,
+            revocation_check: self
+                .revocation_check
+                .0
+                .max(std::time::Duration::from_millis(100)),
         })
     }
 }

@@ -268,8 +268,9 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 registry.close().await;
                 anyhow::ensure!(removed, "no agent is registered under {client_id:?}");
                 println!(
-                    "revoked {client_id:?}: its reconnections are refused; running servers keep \
-                     its current connections (revoke with --admin-url to close them at once)"
+                    "revoked {client_id:?}: its reconnections are refused, and running servers \
+                     close its connections at their next revocation check (--revocation-check, \
+                     30 s by default; revoke with --admin-url to close them at once)"
                 );
             }
         },

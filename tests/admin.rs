@@ -28,20 +28,21 @@ struct Deployment {
 const CLIENT_ID: &str = "music";
 
 async fn deploy() -> Deployment {
+    deploy_with(&[]).await
+}
+
+/// [`deploy`], the server given `extra` flags too.
+async fn deploy_with(extra: &[&str]) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_process(
-        dir.path(),
+    let mut flags = vec![
+        "--admin-listen",
         "127.0.0.1:0",
-        &[
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--access-log",
-            "--base-domain",
-            "tunnels.example.com",
-        ],
-        true,
-    )
-    .await;
+        "--access-log",
+        "--base-domain",
+        "tunnels.example.com",
+    ];
+    flags.extend_from_slice(extra);
+    let server = server_process(dir.path(), "127.0.0.1:0", &flags, true).await;
     let admin = server.admin.expect("the server printed its admin address");
     let registry = Registry::open(&format!(
         "sqlite://{}",
@@ -628,4 +629,51 @@ async fn status_page_in_headless_chromium() {
     let resp = get(&format!("http://{}/", d.admin)).await;
     let csp = resp.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+}
+
+/// A token removed in the database alone (`warren token revoke` without
+/// `--admin-url`): the server finds it at its next revocation check, closes
+/// the agent's connection, and the agent's reconnection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_in_the_database_cuts_the_agent_off() {
+    let d = deploy_with(&["--revocation-check", "500ms"]).await;
+    let mut agent = d.agent(Transport::Quic);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
+                .await
+                .1["connected"]
+                == true
+        })
+        .await
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["token", "revoke", CLIENT_ID, "--database-url"])
+        .arg(format!(
+            "sqlite://{}",
+            d.dir.path().join("warren.db").display()
+        ))
+        .env_remove("WARREN_ADMIN_URL")
+        .env_remove("WARREN_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("revocation check"),
+        "{stdout}"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(15), agent.wait())
+        .await
+        .expect("the revoked agent exits")
+        .unwrap();
+    assert_eq!(exit.code(), Some(2), "{}", agent.log.text());
+    assert!(
+        d.server
+            .log
+            .wait_for("agent disconnected: token revoked", Duration::from_secs(5))
+            .await,
+        "{}",
+        d.server.log.text()
+    );
 }

@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub metrics_top_agents: usize,
     /// One log line per client request (target `warren::access`).
     pub access_log: bool,
+    /// How often this node checks that its agents' tokens still exist (a
+    /// revoke the admin API did not carry here takes effect within it).
+    pub revocation_check: Duration,
     /// The client API as the internet reaches it (e.g. `https://tunnel.example.com`),
     /// for the addresses agents are told; default: the API's own address.
     pub public_url: Option<String>,
@@ -133,6 +136,9 @@ impl Default for ServerConfig {
             metrics_top_agents: 10,
             access_log: false,
             public_url: None,
+            // 30 s: one registry read of every client id per node per 30 s
+            // (10,000 rows is milliseconds), and a DB-only revoke bites soon.
+            revocation_check: Duration::from_secs(30),
         }
     }
 }

@@ -27,6 +27,7 @@ mod meter;
 mod metrics;
 mod peers;
 mod reply;
+mod revoked;
 mod rooms;
 mod state;
 mod stream;
@@ -322,6 +323,7 @@ impl Server {
             done_tx,
         ));
         let clients = tokio::spawn(api::serve(shared.clone(), api, shutdown.clone()));
+        tokio::spawn(revoked::sweep(shared.clone(), shutdown.clone()));
         // The client API stops accepting and returns once the requests in
         // flight have finished (bounded by --drain-grace); agent connections
         // stay up until then, since those requests travel on them.
