@@ -114,6 +114,16 @@ impl Deployment {
         (status, headers, value)
     }
 
+    /// Whether the admin API comes to say, within 15 s, that the agent is
+    /// `connected` (or not).
+    async fn says_connected(&self, connected: bool) -> bool {
+        let path = format!("/api/agents/{CLIENT_ID}");
+        eventually(Duration::from_secs(15), || async {
+            self.api(Method::GET, &path, "").await.1["connected"] == connected
+        })
+        .await
+    }
+
     async fn api(&self, method: Method, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
         let (status, _, value) = self.call(method, path, Some(&self.admin_token), body).await;
         (status, value)
@@ -191,17 +201,7 @@ async fn metrics_admin_api_and_revoke(t: Transport) {
 
     let mut agent = d.agent(t);
     let agent_admin = agent_admin(&agent).await;
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
-                .await
-                .1["connected"]
-                == true
-        })
-        .await,
-        "{}",
-        agent.log.text()
-    );
+    assert!(d.says_connected(true).await, "{}", agent.log.text());
     assert!(
         served(
             &format!("http://{agent_admin}/readyz"),
@@ -574,15 +574,7 @@ async fn status_page_in_headless_chromium() {
     };
     let d = deploy().await;
     let mut agent = d.agent(Transport::Quic);
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
-                .await
-                .1["connected"]
-                == true
-        })
-        .await
-    );
+    assert!(d.says_connected(true).await);
     let page = format!("http://{}/#token={}", d.admin, d.admin_token);
     let dom = render(chromium, &page).await;
     assert!(
@@ -600,15 +592,7 @@ async fn status_page_in_headless_chromium() {
     // The agent stops (SIGTERM: it says GoAway and closes): the page says offline.
     signal(&agent, "-TERM");
     agent.wait().await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
-                .await
-                .1["connected"]
-                == false
-        })
-        .await
-    );
+    assert!(d.says_connected(false).await);
     let dom = render(chromium, &page).await;
     assert!(
         dom.contains(&format!(
@@ -638,15 +622,7 @@ async fn status_page_in_headless_chromium() {
 async fn a_token_revoked_in_the_database_cuts_the_agent_off() {
     let d = deploy_with(&["--revocation-check", "500ms"]).await;
     let mut agent = d.agent(Transport::Quic);
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            d.api(Method::GET, &format!("/api/agents/{CLIENT_ID}"), "")
-                .await
-                .1["connected"]
-                == true
-        })
-        .await
-    );
+    assert!(d.says_connected(true).await);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["token", "revoke", CLIENT_ID, "--database-url"])
         .arg(format!(

@@ -17,6 +17,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, info, warn};
 
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry as MetricsRegistry,
+};
+
 use crate::shutdown::Shutdown;
 
 pub mod client;
@@ -85,6 +90,40 @@ pub async fn serve(listener: TcpListener, service: Arc<dyn AdminService>, mut sh
                 debug!(%peer, "admin connection ended with an error: {e}");
             }
         });
+    }
+}
+
+/// A new metric of type `M`, registered in `registry` under `name`.
+pub fn metric<M>(registry: &mut MetricsRegistry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Counters by HTTP status class (1xx … 5xx), each resolved once, so that
+/// counting a status is one atomic add and no label lookup.
+pub struct ByClass([Counter; 5]);
+
+impl ByClass {
+    pub fn register(registry: &mut MetricsRegistry, name: &str, help: &str) -> ByClass {
+        let family: Family<[(&'static str, &'static str); 1], Counter> =
+            metric(registry, name, help);
+        ByClass(
+            ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| family.get_or_create(&[("class", class)]).clone()),
+        )
+    }
+
+    pub fn count(&self, status: u16) {
+        if let Some(counter) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.0.get(i as usize))
+        {
+            counter.inc();
+        }
     }
 }
 

@@ -16,11 +16,9 @@ use prometheus_client::{
 };
 
 use super::status::AgentStatus;
+use crate::admin::{metric, ByClass};
 
 type Labels = [(&'static str, &'static str); 1];
-
-/// Status classes, indexed by the status's first digit minus one.
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub(super) struct AgentMetrics {
     registry: Registry,
@@ -28,7 +26,7 @@ pub(super) struct AgentMetrics {
     connections: Family<Labels, Counter>,
     reconnects: Counter,
     quic_returns: Counter,
-    upstream: [Counter; 5],
+    upstream: ByClass,
     upstream_errors: Family<Labels, Counter>,
     upstream_latency: Histogram,
 }
@@ -36,42 +34,35 @@ pub(super) struct AgentMetrics {
 impl AgentMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("warren_agent");
-        let connected = Family::<Labels, Gauge>::default();
-        registry.register(
+        let connected: Family<Labels, Gauge> = metric(
+            &mut registry,
             "connections",
             "Connections to the server up now, by transport",
-            connected.clone(),
         );
-        let connections = Family::<Labels, Counter>::default();
-        registry.register(
+        let connections: Family<Labels, Counter> = metric(
+            &mut registry,
             "connections_established",
             "Connections to the server established (welcomed), by transport",
-            connections.clone(),
         );
-        let reconnects = Counter::default();
-        registry.register(
+        let reconnects: Counter = metric(
+            &mut registry,
             "reconnects",
             "Connections lost (or never made) and dialled again",
-            reconnects.clone(),
         );
-        let quic_returns = Counter::default();
-        registry.register(
+        let quic_returns: Counter = metric(
+            &mut registry,
             "quic_returns",
             "Moves from WebSocket back to QUIC found by the background re-probe",
-            quic_returns.clone(),
         );
-        let by_class = Family::<Labels, Counter>::default();
-        let upstream = CLASSES.map(|class| by_class.get_or_create(&[("class", class)]).clone());
-        registry.register(
+        let upstream = ByClass::register(
+            &mut registry,
             "upstream_responses",
             "Responses from the local service, by status class",
-            by_class,
         );
-        let upstream_errors = Family::<Labels, Counter>::default();
-        registry.register(
+        let upstream_errors: Family<Labels, Counter> = metric(
+            &mut registry,
             "upstream_errors",
             "Requests the local service did not answer, by kind",
-            upstream_errors.clone(),
         );
         // 0.1 ms to ~3 min in 21 doublings: a loopback service to the
         // default two-minute upstream timeout.
@@ -108,12 +99,7 @@ impl AgentMetrics {
     }
 
     pub fn upstream_answered(&self, status: u16, elapsed: Duration) {
-        if let Some(counter) = (status / 100)
-            .checked_sub(1)
-            .and_then(|i| self.upstream.get(i as usize))
-        {
-            counter.inc();
-        }
+        self.upstream.count(status);
         self.upstream_latency.observe(elapsed.as_secs_f64());
     }
 

@@ -18,20 +18,18 @@ use prometheus_client::{
 };
 
 use super::{agents::AgentTable, rooms::RoomHub};
+use crate::admin::{metric, ByClass};
 use crate::transport::TransportKind;
 
 type Labels = [(&'static str, &'static str); 1];
 type AgentLabels = [(&'static str, String); 1];
-
-/// Status classes, indexed by the status's first digit minus one.
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub(crate) struct ServerMetrics {
     registry: Registry,
     agents: Family<Labels, Gauge>,
     admitted: Counter,
     refused: Family<Labels, Counter>,
-    requests: [Counter; 5],
+    requests: ByClass,
     errors: Family<Labels, Counter>,
     in_flight: Gauge,
     latency: Histogram,
@@ -48,44 +46,31 @@ impl ServerMetrics {
     /// `queries`: the registry's own figures, shown with the rest.
     pub fn new(queries: &crate::registry::QueryMetrics) -> Self {
         let mut registry = Registry::with_prefix("warren");
-        let agents = Family::<Labels, Gauge>::default();
-        registry.register(
+        let agents: Family<Labels, Gauge> = metric(
+            &mut registry,
             "agent_connections",
             "Agent connections held by this node, by transport",
-            agents.clone(),
         );
-        let admitted = Counter::default();
-        registry.register(
-            "agent_connections_admitted",
-            "Agent connections admitted since start (a growing figure with a steady agent count: connections lost and made again)",
-            admitted.clone(),
-        );
-        let refused = Family::<Labels, Counter>::default();
-        registry.register(
+        let admitted: Counter = metric(&mut registry, "agent_connections_admitted", "Agent connections admitted since start (a growing figure with a steady agent count: connections lost and made again)");
+        let refused: Family<Labels, Counter> = metric(
+            &mut registry,
             "agent_refusals",
             "Agents refused after their Hello, by reason",
-            refused.clone(),
         );
-        let by_class = Family::<Labels, Counter>::default();
-        // The family's counter for each class is shared with the array, so
-        // counting a request is one atomic add, no label lookup.
-        let requests = CLASSES.map(|class| by_class.get_or_create(&[("class", class)]).clone());
-        registry.register(
+        let requests = ByClass::register(
+            &mut registry,
             "client_requests",
             "Client requests answered, by status class",
-            by_class,
         );
-        let errors = Family::<Labels, Counter>::default();
-        registry.register(
+        let errors: Family<Labels, Counter> = metric(
+            &mut registry,
             "client_request_errors",
             "Client requests the server answered with its own error, by error code",
-            errors.clone(),
         );
-        let in_flight = Gauge::default();
-        registry.register(
+        let in_flight: Gauge = metric(
+            &mut registry,
             "client_requests_in_flight",
             "Client requests whose response has not finished",
-            in_flight.clone(),
         );
         // 0.25 ms to ~65 s in 19 doublings: from a loopback round trip to
         // past the default response timeout's half.
@@ -95,48 +80,33 @@ impl ServerMetrics {
             "Time from a client request's arrival to its response head",
             latency.clone(),
         );
-        let received = Counter::default();
-        registry.register(
+        let received: Counter = metric(
+            &mut registry,
             "client_received_bytes",
             "Request body bytes received from clients",
-            received.clone(),
         );
-        let sent = Counter::default();
-        registry.register(
+        let sent: Counter = metric(
+            &mut registry,
             "client_sent_bytes",
             "Response body bytes sent to clients",
-            sent.clone(),
         );
-        let forwards = Family::<Labels, Counter>::default();
-        registry.register(
+        let forwards: Family<Labels, Counter> = metric(
+            &mut registry,
             "cluster_forwards",
             "Client requests forwarded to the node holding their agent, by outcome",
-            forwards.clone(),
         );
-        let room_members = Gauge::default();
-        registry.register(
+        let room_members: Gauge = metric(
+            &mut registry,
             "room_members",
             "Room members connected to this node",
-            room_members.clone(),
         );
-        let room_dropped = Counter::default();
-        registry.register(
+        let room_dropped: Counter = metric(
+            &mut registry,
             "room_members_dropped",
             "Room members disconnected for not keeping up with their room",
-            room_dropped.clone(),
         );
-        let agent_sent = Family::<AgentLabels, Counter>::default();
-        registry.register(
-            "agent_sent_bytes",
-            "Response body bytes from each of the busiest agents to their clients (--metrics-top-agents)",
-            agent_sent.clone(),
-        );
-        let agent_received = Family::<AgentLabels, Counter>::default();
-        registry.register(
-            "agent_received_bytes",
-            "Request body bytes to each of the busiest agents from their clients (--metrics-top-agents)",
-            agent_received.clone(),
-        );
+        let agent_sent: Family<AgentLabels, Counter> = metric(&mut registry, "agent_sent_bytes", "Response body bytes from each of the busiest agents to their clients (--metrics-top-agents)");
+        let agent_received: Family<AgentLabels, Counter> = metric(&mut registry, "agent_received_bytes", "Request body bytes to each of the busiest agents from their clients (--metrics-top-agents)");
         queries.register(&mut registry);
         ServerMetrics {
             registry,
@@ -168,12 +138,7 @@ impl ServerMetrics {
 
     /// A request's response head is ready.
     pub fn answered(&self, status: u16, error: Option<&'static str>, elapsed: Duration) {
-        if let Some(counter) = (status / 100)
-            .checked_sub(1)
-            .and_then(|i| self.requests.get(i as usize))
-        {
-            counter.inc();
-        }
+        self.requests.count(status);
         if let Some(code) = error {
             self.errors.get_or_create(&[("code", code)]).inc();
         }
