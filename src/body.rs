@@ -69,22 +69,11 @@ pub fn empty() -> TunnelBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// `body`, keeping `guard` alive until the body is dropped (finished,
-/// failed or abandoned): for bookkeeping that must outlive the handler.
-pub fn guarded<G: Send + Unpin + 'static>(body: TunnelBody, guard: G) -> TunnelBody {
-    metered(body, Keep(guard))
-}
-
 /// What watches a body go by: told the size of each data frame, and dropped
 /// with the body (its `Drop` is where a finished body is accounted for).
 pub trait Meter: Send + Unpin + 'static {
     fn data(&mut self, _bytes: u64) {}
 }
-
-/// A guard that only needs to live as long as the body.
-struct Keep<G>(#[allow(dead_code)] G);
-
-impl<G: Send + Unpin + 'static> Meter for Keep<G> {}
 
 /// `body`, with `meter` told of every data frame and dropped with it.
 pub fn metered(body: TunnelBody, meter: impl Meter) -> TunnelBody {

@@ -201,14 +201,23 @@ impl ConfigFile {
 /// `agent`), the index of its name in `argv`, and the file (`--config FILE`,
 /// else `WARREN_CONFIG`). `None` for other commands or without a file.
 fn locate(argv: &[OsString]) -> Option<(String, usize, OsString)> {
-    // The command: the first word that is not a global flag or its value.
+    // The command: the first word that is not a global flag or its value
+    // (the global flags as the parser knows them; each takes a value).
+    let cli = Cli::command();
+    let globals: Vec<String> = cli
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
     let mut i = 1;
     let (at, command) = loop {
         let a = argv.get(i)?.to_str()?;
-        match a {
-            "--log-format" | "--log" => i += 2,
-            a if a.starts_with("--log-format=") || a.starts_with("--log=") => i += 1,
-            a => break (i, a.to_string()),
+        if globals.iter().any(|g| g == a) {
+            i += 2;
+        } else if globals.iter().any(|g| a.starts_with(&format!("{g}="))) {
+            i += 1;
+        } else {
+            break (i, a.to_string());
         }
     };
     if !SECTIONS.contains(&command.as_str()) {

@@ -12,6 +12,24 @@ fn warren(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `warren ARGS` parses and builds its configuration (`WARREN_CHECK_ARGS`),
+/// given the secrets the deployment puts in the environment.
+fn assert_args_ok(args: &[String], database_url: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env("WARREN_CHECK_ARGS", "1")
+        .env("WARREN_DATABASE_URL", database_url)
+        .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("arguments ok"),
+        "`warren {}` is rejected: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The `warren …` argument lists in the compose file.
 fn compose_commands(text: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
@@ -85,21 +103,9 @@ fn compose_commands_parse_with_the_real_cli() {
                 *arg = dir.path().join(rest).display().to_string();
             }
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(&args)
-            .env("WARREN_CHECK_ARGS", "1")
-            .env(
-                "WARREN_DATABASE_URL",
-                "mysql://warren:warren-db-password@mariadb:3306/warren",
-            )
-            .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("arguments ok"),
-            "`warren {}` is rejected: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
+        assert_args_ok(
+            &args,
+            "mysql://warren:warren-db-password@mariadb:3306/warren",
         );
     }
     // Both nodes are cluster nodes with distinct ids and advertised addresses.
@@ -208,20 +214,5 @@ fn kubernetes_manifests_parse_with_the_real_cli() {
             }
         })
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(&args)
-        .env("WARREN_CHECK_ARGS", "1")
-        .env(
-            "WARREN_DATABASE_URL",
-            "mysql://warren:change-me@mariadb:3306/warren",
-        )
-        .env("WARREN_CLUSTER_SECRET", "change-me-to-a-long-random-secret")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("arguments ok"),
-        "`warren {}` is rejected: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_args_ok(&args, "mysql://warren:change-me@mariadb:3306/warren");
 }

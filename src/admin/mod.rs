@@ -29,7 +29,7 @@ pub mod client;
 /// Admin connections served at once: a dashboard, a scraper and a few curls
 /// need a handful; more are refused rather than queued.
 const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its request head.
+/// Time a client has to send its request head (and, separately, its body).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body the admin API reads (a JSON object of a few fields).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -183,13 +183,23 @@ pub fn bearer<B>(req: &Request<B>) -> Option<&str> {
 
 /// Reads a JSON request body of at most [`MAX_BODY`] bytes.
 pub async fn read_json(body: Incoming) -> Result<serde_json::Value, AdminResponse> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    // Bounded in time too: a client trickling its body holds one of the
+    // listener's few connections only this long.
+    let read = tokio::time::timeout(HEADER_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
             return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 &format!("the request body is over {MAX_BODY} bytes or broke off"),
+            ))
+        }
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!("the request body did not arrive within {HEADER_TIMEOUT:?}"),
             ))
         }
     };

@@ -119,68 +119,68 @@ impl Upstream {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let started = std::time::Instant::now();
+        let timeout = self.config.response_timeout;
         if let Some(service) = &self.service {
-            let timeout = self.config.response_timeout;
             let response = match tokio::time::timeout(timeout, service.call(request)).await {
                 Ok(Ok(response)) => response,
-                Ok(Err(message)) => {
-                    self.metrics.upstream_failed("unavailable");
-                    let message = format!("the service failed {method} {uri}: {message}");
-                    info!("{message}");
-                    let _ =
-                        reply_error(&mut send, ErrorKind::UpstreamUnavailable, message, max_head)
-                            .await;
-                    return;
+                Ok(Err(e)) => {
+                    let message = format!("the service failed {method} {uri}: {e}");
+                    let kind = ErrorKind::UpstreamUnavailable;
+                    return self.unanswered(&mut send, kind, message, max_head).await;
                 }
                 Err(_) => {
-                    self.metrics.upstream_failed("timeout");
                     let message = format!("the service sent no response within {timeout:?}");
-                    info!("{message}");
-                    let _ =
-                        reply_error(&mut send, ErrorKind::UpstreamTimeout, message, max_head).await;
-                    return;
+                    let kind = ErrorKind::UpstreamTimeout;
+                    return self.unanswered(&mut send, kind, message, max_head).await;
                 }
             };
             self.metrics
                 .upstream_answered(response.status().as_u16(), started.elapsed());
             return self.relay(response, None, send, max_head, credit).await;
         }
-        let (response, lease) =
-            match tokio::time::timeout(self.config.response_timeout, self.pool.send(request)).await
-            {
-                Ok(Ok(exchange)) => exchange,
-                Ok(Err(e)) => {
-                    let (kind, what) = if e.is_timeout() {
-                        self.metrics.upstream_failed("timeout");
-                        (ErrorKind::UpstreamTimeout, "timed out")
-                    } else {
-                        self.metrics.upstream_failed("unavailable");
-                        (ErrorKind::UpstreamUnavailable, "failed")
-                    };
-                    let message = format!(
-                        "upstream request {method} {uri} {what}: {}",
-                        error_chain(&e)
-                    );
-                    info!("{message}");
-                    let _ = reply_error(&mut send, kind, message, max_head).await;
-                    return;
-                }
-                Err(_) => {
-                    self.metrics.upstream_failed("timeout");
-                    let message = format!(
-                        "upstream {} sent no response within {:?}",
-                        self.base, self.config.response_timeout
-                    );
-                    info!("{message}");
-                    let _ =
-                        reply_error(&mut send, ErrorKind::UpstreamTimeout, message, max_head).await;
-                    return;
-                }
-            };
+        let (response, lease) = match tokio::time::timeout(timeout, self.pool.send(request)).await {
+            Ok(Ok(exchange)) => exchange,
+            Ok(Err(e)) => {
+                let (kind, what) = if e.is_timeout() {
+                    (ErrorKind::UpstreamTimeout, "timed out")
+                } else {
+                    (ErrorKind::UpstreamUnavailable, "failed")
+                };
+                let message = format!(
+                    "upstream request {method} {uri} {what}: {}",
+                    error_chain(&e)
+                );
+                return self.unanswered(&mut send, kind, message, max_head).await;
+            }
+            Err(_) => {
+                let message = format!("upstream {} sent no response within {timeout:?}", self.base);
+                let kind = ErrorKind::UpstreamTimeout;
+                return self.unanswered(&mut send, kind, message, max_head).await;
+            }
+        };
         self.metrics
             .upstream_answered(response.status().as_u16(), started.elapsed());
         self.relay(response, Some(lease), send, max_head, credit)
             .await
+    }
+
+    /// The service gave no response: counted, logged, and told to the
+    /// server as an error reply of `kind`.
+    async fn unanswered(
+        &self,
+        send: &mut SendStream,
+        kind: ErrorKind,
+        message: String,
+        max_head: usize,
+    ) {
+        self.metrics
+            .upstream_failed(if kind == ErrorKind::UpstreamTimeout {
+                "timeout"
+            } else {
+                "unavailable"
+            });
+        info!("{message}");
+        let _ = reply_error(send, kind, message, max_head).await;
     }
 
     /// Streams a response (head, then body) back to the server; `lease`, the

@@ -89,6 +89,14 @@ impl Registry {
             .collect())
     }
 
+    /// Every client id that may connect (the revocation check's one read).
+    pub async fn agent_ids(&self) -> Result<Vec<String>, RegistryError> {
+        let rows = self
+            .timed(sqlx::query("SELECT client_id FROM agents").fetch_all(&self.pool))
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
     /// Revokes `client_id`'s token: it can no longer connect (its client
     /// tokens are kept, for a client id issued again). Whether it had one.
     pub async fn remove_agent(&self, client_id: &str) -> Result<bool, RegistryError> {

@@ -307,16 +307,20 @@ async fn disconnect_on(
         .header(SECRET_HEADER, peers.config.secret.expose())
         .body(crate::body::empty())
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(NODE_TIMEOUT, sender.send_request(req))
+    // One deadline for the answer, head and body.
+    let exchange = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(NODE_TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("no answer within {NODE_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| format!("no answer within {NODE_TIMEOUT:?}"))??;
     peers.links.put(addr, sender);
-    let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
     let answer: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     match answer.get("disconnected").and_then(Value::as_u64) {
         Some(n) if status.is_success() => Ok(n as usize),

@@ -30,8 +30,8 @@ pub(super) async fn sweep(shared: Arc<Shared>, mut shutdown: Shutdown) {
         if connected.is_empty() {
             continue;
         }
-        let allowed: HashSet<String> = match shared.registry.agents().await {
-            Ok(agents) => agents.into_iter().map(|a| a.client_id).collect(),
+        let allowed: HashSet<String> = match shared.registry.agent_ids().await {
+            Ok(ids) => ids.into_iter().collect(),
             // A registry outage revokes nobody.
             Err(e) => {
                 warn!("revocation check skipped: {e}");
