@@ -406,15 +406,23 @@ async fn rooms_of_two_agents_are_isolated(t: Transport) {
 }
 
 async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
-    let (stack, backend) = stack_with_rooms(t, false, |o| o.server.rooms.member_queue = 64).await;
+    let (stack, backend) = stack_with_rooms(t, false, |o| o.server.rooms.member_queue = 128).await;
     let id = stack.client_id.clone();
     let _stalled = member(&stack, &id, "live").await; // never reads
     let mut reader = member(&stack, &id, "live").await;
     wait_joins(&backend, 2).await;
     let chunk = vec![1u8; 64 * 1024];
     let sender = backend.broadcast.clone();
+    // A live room has a rate (here 64 KiB every 2 ms, 32 MB/s): a member that
+    // reads keeps up with it even on a loaded CI machine (it may lag 128
+    // messages, 256 ms), while one that never reads fills its queue and the
+    // socket buffers (~8 MiB + a few MiB) well before the 600th message.
+    // Unpaced, the backend outruns any reader and both would be dropped.
     tokio::spawn(async move {
-        for _ in 0..400 {
+        let mut pace = tokio::time::interval(Duration::from_millis(2));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for _ in 0..600 {
+            pace.tick().await;
             if sender
                 .send(("live".into(), Message::Binary(chunk.clone().into())))
                 .await
@@ -424,7 +432,7 @@ async fn a_stalled_member_is_dropped_and_the_room_goes_on(t: Transport) {
             }
         }
     });
-    for i in 0..400 {
+    for i in 0..600 {
         match tokio::time::timeout(Duration::from_secs(20), reader.next())
             .await
             .expect("the reader keeps receiving")
