@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warren::{
     agent::{AgentConfig, TransportChoice, UpstreamConfig},
-    server::{ClusterConfig, GateLimits, RoomLimits, ServerConfig},
+    server::{ApiTlsConfig, CertPair, ClusterConfig, GateLimits, RoomLimits, ServerConfig},
     tls::Trust,
     transport::TransportTuning,
     websocket::WsLimits,
@@ -288,9 +288,27 @@ pub struct ServerArgs {
     /// WARREN_* variables win over it); see deploy/warren.toml.
     #[arg(long, env = "WARREN_CONFIG")]
     config: Option<PathBuf>,
-    /// Plain-HTTP client API address.
+    /// Client API address: HTTPS with --api-tls-cert, else plain HTTP.
     #[arg(long, env = "WARREN_API_LISTEN", default_value_t = ServerConfig::default().api_listen)]
     api_listen: SocketAddr,
+    /// HTTPS on the client API: a PEM certificate chain (leaf first). Repeat
+    /// (with --api-tls-key) for more names: each client gets the first whose
+    /// certificate covers the name it asks for (wildcards included), else the first.
+    #[arg(long, env = "WARREN_API_TLS_CERT", value_delimiter = ',')]
+    api_tls_cert: Vec<PathBuf>,
+    /// The PEM private key of each --api-tls-cert, in the same order.
+    #[arg(long, env = "WARREN_API_TLS_KEY", value_delimiter = ',')]
+    api_tls_key: Vec<PathBuf>,
+    /// How often the certificate files are checked for a change (a renewal
+    /// is served from the next connection on; SIGHUP reloads at once).
+    #[arg(long, env = "WARREN_API_TLS_RELOAD_CHECK", default_value_t = Human(ApiTlsConfig::new(Vec::new()).reload_check))]
+    api_tls_reload_check: Human,
+    /// With HTTPS on --api-listen: a plain-HTTP client listener as well.
+    #[arg(long, env = "WARREN_API_PLAIN_LISTEN")]
+    api_plain_listen: Option<SocketAddr>,
+    /// The plain listener only redirects to HTTPS (308, same host and path).
+    #[arg(long, env = "WARREN_API_PLAIN_REDIRECT", requires = "api_plain_listen")]
+    api_plain_redirect: bool,
     /// Tunnel address agents connect to: UDP for QUIC, TCP for WebSocket, same port.
     #[arg(long, env = "WARREN_TUNNEL_LISTEN", default_value_t = ServerConfig::default().tunnel_listen)]
     tunnel_listen: SocketAddr,
@@ -457,9 +475,34 @@ impl ServerArgs {
                 })
             }
         };
+        if self.api_tls_cert.len() != self.api_tls_key.len() {
+            anyhow::bail!(
+                "--api-tls-cert and --api-tls-key come in pairs: {} certificate(s), {} key(s)",
+                self.api_tls_cert.len(),
+                self.api_tls_key.len()
+            );
+        }
+        let api_tls = (!self.api_tls_cert.is_empty()).then(|| ApiTlsConfig {
+            pairs: self
+                .api_tls_cert
+                .iter()
+                .zip(&self.api_tls_key)
+                .map(|(cert, key)| CertPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .collect(),
+            reload_check: self
+                .api_tls_reload_check
+                .0
+                .max(std::time::Duration::from_millis(100)),
+        });
         Ok(ServerConfig {
             cluster,
             api_listen: self.api_listen,
+            api_tls,
+            api_plain_listen: self.api_plain_listen,
+            api_plain_redirect: self.api_plain_redirect,
             tunnel_listen: self.tunnel_listen,
             database_url: self.database_url,
             certs_dir: self.certs,

@@ -447,7 +447,15 @@ async fn server(args: ServerArgs, logs: Logs) -> anyhow::Result<()> {
         println!("generated a self-signed certificate; agents can pin it with --fingerprint");
     }
     println!("certificate sha256 fingerprint: {}", identity.fingerprint());
-    println!("client API on http://{}", server.api_addr());
+    let scheme = if server.api_is_https() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("client API on {scheme}://{}", server.api_addr());
+    if let Some(addr) = server.api_plain_addr() {
+        println!("client API (plain HTTP) on http://{addr}");
+    }
     println!(
         "tunnel on {} (QUIC on UDP, WebSocket on TCP)",
         server.tunnel_addr()
@@ -538,6 +546,16 @@ fn reload_on_hangup(logs: Logs, live: Option<std::sync::Arc<warren::server::Live
             .flatten()
             .unwrap_or_default();
         while hangups.recv().await.is_some() {
+            // Certificates first: a renewal needs no config file.
+            match live.as_ref().and_then(|l| l.reload_api_certificates()) {
+                Some(Ok(n)) => {
+                    tracing::info!("SIGHUP: client API certificates reloaded ({n} pair(s))")
+                }
+                Some(Err(e)) => tracing::warn!(
+                    "SIGHUP: client API certificates not reloaded (the ones in use stay): {e}"
+                ),
+                None => {}
+            }
             let after = match config_file::current(&argv) {
                 Ok(Some(now)) => now,
                 Ok(None) => {

@@ -38,6 +38,14 @@ pub enum TlsError {
     BadFingerprint(String),
     #[error("no system root certificates found; pass --ca FILE or --fingerprint SHA256")]
     NoSystemRoots,
+    #[error("{cert} and {key} do not make a usable certificate/key pair: {reason}")]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("HTTPS on the client API needs at least one --api-tls-cert/--api-tls-key pair")]
+    NoPairs,
     #[error("TLS configuration rejected: {0}")]
     Config(#[from] rustls::Error),
 }

@@ -16,10 +16,10 @@ use super::{
     idle::{IdleConns, Registration},
     local,
     meter::{Received, RequestMeter},
-    reply::FailureCode,
+    reply::{self, FailureCode},
     rooms,
     state::Shared,
-    target,
+    stream, target,
     upgrade::ConnectionSlot,
 };
 use crate::{
@@ -32,9 +32,62 @@ use crate::{
 /// displaced (that connection closes at once; this bounds the wait).
 const SHED_WAIT: Duration = Duration::from_millis(500);
 
-pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: Shutdown) {
+/// What a client listener speaks.
+pub(super) enum Edge {
+    /// Plain HTTP.
+    Plain,
+    /// HTTPS (`--api-tls-cert`).
+    Tls(tokio_rustls::TlsAcceptor),
+    /// Plain HTTP that only sends clients to HTTPS (`--api-plain-redirect`):
+    /// to this port, or the scheme's own (443) when `None`.
+    Redirect { https_port: Option<u16> },
+}
+
+/// Serves every client listener until `shutdown`, then drains them together
+/// (one `--max-client-connections` budget and one grace for all).
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, Edge)>,
+    shutdown: Shutdown,
+) {
     let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
     let idle = Arc::new(IdleConns::default());
+    let loops = listeners.into_iter().map(|(listener, edge)| {
+        accept_loop(
+            shared.clone(),
+            slots.clone(),
+            idle.clone(),
+            listener,
+            Arc::new(edge),
+            shutdown.clone(),
+        )
+    });
+    futures_util::future::join_all(loops).await;
+    // Stopped accepting; every connection's task was told to finish its
+    // requests and close. Wait until all have given their places back.
+    let everyone = shared.config.max_client_connections.min(u32::MAX as usize) as u32;
+    let grace = shared.config.drain_grace;
+    let drained = tokio::time::timeout(grace, slots.acquire_many(everyone))
+        .await
+        .is_ok();
+    if drained {
+        info!("client connections drained");
+    } else {
+        warn!(
+            open = everyone as usize - slots.available_permits(),
+            "client connections still open after the {grace:?} drain grace; closing them"
+        );
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    idle: Arc<IdleConns>,
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    mut shutdown: Shutdown,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept::next(&listener, "client") => accepted,
@@ -62,6 +115,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
         let slot = ConnectionSlot::new(permit);
         spawn_connection(
             &shared,
+            &edge,
             stream,
             peer,
             slot,
@@ -78,23 +132,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
             break;
         };
         let slot = ConnectionSlot::new(permit);
-        spawn_connection(&shared, stream, peer, slot, idle.register(), None);
-    }
-    drop(listener);
-    // Stopped accepting; every connection's task was told to finish its
-    // requests and close. Wait until all have given their places back.
-    let everyone = shared.config.max_client_connections.min(u32::MAX as usize) as u32;
-    let grace = shared.config.drain_grace;
-    let drained = tokio::time::timeout(grace, slots.acquire_many(everyone))
-        .await
-        .is_ok();
-    if drained {
-        info!("client connections drained");
-    } else {
-        warn!(
-            open = everyone as usize - slots.available_permits(),
-            "client connections still open after the {grace:?} drain grace; closing them"
-        );
+        spawn_connection(&shared, &edge, stream, peer, slot, idle.register(), None);
     }
 }
 
@@ -103,10 +141,14 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdo
 /// matters on a loaded machine.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Serves one client connection. Without `shutdown` (a connection taken
 /// from the backlog after shutdown began) it answers one request and closes.
 fn spawn_connection(
     shared: &Arc<Shared>,
+    edge: &Arc<Edge>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
@@ -115,71 +157,201 @@ fn spawn_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let shared = shared.clone();
+    let edge = edge.clone();
     tokio::spawn(async move {
-        let config = &shared.config;
-        let state = registration.state.clone();
-        let service = {
-            let shared = shared.clone();
-            service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(slot.clone());
-                // Busy (and in flight) from the request's start to its
-                // body's end.
-                let meter = RequestMeter::start(&shared, &req, state.busy());
-                let shared = shared.clone();
-                async move {
-                    let resp = handle(shared, peer, req).await?;
-                    Ok::<_, Infallible>(meter.answered(resp))
-                }
-            })
-        };
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_head_frame.max(8192))
-            .keep_alive(shutdown.is_some())
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        let stopping = async {
-            match shutdown {
-                Some(mut shutdown) => shutdown.wait().await,
-                None => std::future::pending().await,
-            }
-        };
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            _ = stopping => {
-                // Just accepted, nothing read yet: its first request may be
-                // in the socket already. Let it start (then finish) rather
-                // than close the connection under it as idle.
-                let early = if registration.state.served() {
-                    None
-                } else {
-                    tokio::select! {
-                        result = conn.as_mut() => Some(result),
-                        _ = registration.state.request_started() => None,
-                        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
-                    }
+        let redirect = match &*edge {
+            Edge::Plain => None,
+            Edge::Redirect { https_port } => Some(*https_port),
+            Edge::Tls(acceptor) => {
+                // The handshake counts against the header deadline: a
+                // client that stalls in it (slow-loris over TLS) is cut off
+                // the same way, and one made to make room goes at once.
+                let deadline = shared.config.header_read_timeout;
+                let shed = registration.state.shed.notified();
+                let handshake = tokio::time::timeout(deadline, handshake(acceptor, stream, peer));
+                let tls = tokio::select! {
+                    tls = handshake => tls,
+                    _ = shed => return,
                 };
-                match early {
-                    Some(result) => result,
-                    None => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                match tls {
+                    Ok(Ok(tls)) => {
+                        serve_http(
+                            shared,
+                            TokioIo::new(tls),
+                            peer,
+                            slot,
+                            registration,
+                            shutdown,
+                            None,
+                            true,
+                        )
+                        .await;
+                    }
+                    Ok(Err(reason)) => shared.metrics.tls_failed(reason),
+                    Err(_) => {
+                        shared.metrics.tls_failed("timeout");
+                        debug!(%peer, "client TLS handshake not finished within {deadline:?}; closed");
                     }
                 }
-            }
-            _ = registration.state.shed.notified() => {
-                debug!(%peer, "idle keep-alive connection closed to make room");
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                return;
             }
         };
-        if let Err(e) = result {
-            debug!(%peer, "client connection ended with an error: {e}");
-        }
-        drop(registration);
+        serve_http(
+            shared,
+            TokioIo::new(stream),
+            peer,
+            slot,
+            registration,
+            shutdown,
+            redirect,
+            false,
+        )
+        .await;
     });
+}
+
+/// A client's TLS handshake; `Err` names why it did not happen (for the
+/// metric; the log line is written here). A client speaking plain HTTP to
+/// this port is told so in plain HTTP.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, &'static str> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0] != TLS_HANDSHAKE_RECORD => {
+            debug!(%peer, "plain HTTP on the HTTPS client port: answered 400");
+            let _ = stream.write_all(PLAIN_ON_TLS).await;
+            let _ = stream.shutdown().await;
+            return Err("plain_http");
+        }
+        Ok(1) => {}
+        // Closed (or reset) before saying anything: a port scan, not a client.
+        _ => return Err("closed"),
+    }
+    acceptor.accept(stream).await.map_err(|e| {
+        debug!(%peer, "client TLS handshake failed: {e}");
+        "handshake"
+    })
+}
+
+/// The answer to plain HTTP on the HTTPS port (as nginx gives it).
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 55\r\nconnection: close\r\n\r\nthis port speaks HTTPS: send the request with https://\n";
+
+/// HTTP on one client connection (plain or TLS), its requests routed by
+/// [`handle`], until it closes, is shed to make room, or the server stops.
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    registration: Registration,
+    shutdown: Option<Shutdown>,
+    redirect: Option<Option<u16>>,
+    over_tls: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let state = registration.state.clone();
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(slot.clone());
+            if over_tls {
+                req.extensions_mut().insert(stream::OverTls);
+            }
+            // Busy (and in flight) from the request's start to its
+            // body's end.
+            let meter = RequestMeter::start(&shared, &req, state.busy());
+            let shared = shared.clone();
+            async move {
+                let resp = match redirect {
+                    Some(https_port) => to_https(&req, https_port),
+                    None => handle(shared, peer, req).await?,
+                };
+                Ok::<_, Infallible>(meter.answered(resp))
+            }
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_head_frame.max(8192))
+        .keep_alive(shutdown.is_some())
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stopping = async {
+        match shutdown {
+            Some(mut shutdown) => shutdown.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopping => {
+            // Just accepted, nothing read yet: its first request may be
+            // in the socket already. Let it start (then finish) rather
+            // than close the connection under it as idle.
+            let early = if registration.state.served() {
+                None
+            } else {
+                tokio::select! {
+                    result = conn.as_mut() => Some(result),
+                    _ = registration.state.request_started() => None,
+                    _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+                }
+            };
+            match early {
+                Some(result) => result,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        _ = registration.state.shed.notified() => {
+            debug!(%peer, "idle keep-alive connection closed to make room");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, "client connection ended with an error: {e}");
+    }
+    drop(registration);
+}
+
+/// `308` to the same host and path over HTTPS (`--api-plain-redirect`).
+fn to_https<B>(req: &Request<B>, https_port: Option<u16>) -> Response<TunnelBody> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return reply::error_response(
+            http::StatusCode::BAD_REQUEST,
+            "bad_host",
+            None,
+            "this address only redirects to HTTPS, which needs a valid Host header",
+        );
+    };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match https_port {
+        Some(port) => format!("https://{}:{port}{path}", host.host()),
+        None => format!("https://{}{path}", host.host()),
+    };
+    let mut resp = Response::new(body::full(format!("moved to {location}\n")));
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, value);
+    }
+    resp
 }
 
 async fn handle(
@@ -219,12 +391,18 @@ async fn handle(
     if req.uri().path() == "/_warren/rooms" {
         return Ok(rooms::list(&shared.rooms, &target.client_id));
     }
-    let (req, target) = match local::serve(&shared, req, target, peer).await {
+    let (mut req, target) = match local::serve(&shared, req, target, peer).await {
         Ok(resp) => return Ok(resp),
         Err(unserved) => unserved,
     };
     // Not here: another node of the cluster may hold it.
     if let Some(peers) = &shared.peers {
+        // That node sees the link's scheme, not the client's: say it here
+        // (unless an earlier proxy did).
+        let proto = http::HeaderValue::from_static(stream::proto(req.extensions()));
+        req.headers_mut()
+            .entry(stream::FORWARDED_PROTO)
+            .or_insert(proto);
         let resp = cluster::forward_remote(&shared, peers, req, target, peer).await;
         let failed = resp.extensions().get::<FailureCode>().is_some();
         shared

@@ -3,14 +3,20 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use super::gate::GateLimits;
+use super::{api_tls::ApiTlsConfig, gate::GateLimits};
 use crate::auth::Secret;
 use crate::{transport::TransportTuning, websocket::WsLimits};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Plain-HTTP client API.
+    /// The client API: HTTPS with `api_tls`, else plain HTTP.
     pub api_listen: SocketAddr,
+    /// HTTPS on `api_listen`: certificate/key pairs chosen by SNI.
+    pub api_tls: Option<ApiTlsConfig>,
+    /// A second client listener, plain HTTP (with `api_tls`).
+    pub api_plain_listen: Option<SocketAddr>,
+    /// The plain listener only redirects to HTTPS (308).
+    pub api_plain_redirect: bool,
     /// Agents connect here: UDP for QUIC, TCP (TLS + WebSocket) on the same port.
     pub tunnel_listen: SocketAddr,
     pub database_url: String,
@@ -92,6 +98,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             api_listen: "127.0.0.1:8080".parse().expect("literal"),
+            api_tls: None,
+            api_plain_listen: None,
+            api_plain_redirect: false,
             tunnel_listen: "0.0.0.0:7443".parse().expect("literal"),
             database_url: "sqlite://warren.db".into(),
             certs_dir: "certs".into(),
@@ -149,14 +158,26 @@ impl Default for ServerConfig {
 pub struct LiveSettings {
     pub access_log: std::sync::atomic::AtomicBool,
     pub metrics_top_agents: std::sync::atomic::AtomicUsize,
+    /// The client API's certificates, when it speaks HTTPS.
+    api_certs: Option<std::sync::Arc<super::api_tls::ApiCerts>>,
 }
 
 impl LiveSettings {
-    pub fn from_config(config: &ServerConfig) -> Self {
+    pub(super) fn new(
+        config: &ServerConfig,
+        api_certs: Option<std::sync::Arc<super::api_tls::ApiCerts>>,
+    ) -> Self {
         LiveSettings {
             access_log: config.access_log.into(),
             metrics_top_agents: config.metrics_top_agents.into(),
+            api_certs,
         }
+    }
+
+    /// Reads the client API's certificate files again (SIGHUP): how many
+    /// pairs are served now, or why the ones in use stay; `None` without HTTPS.
+    pub fn reload_api_certificates(&self) -> Option<Result<usize, crate::tls::TlsError>> {
+        self.api_certs.as_ref().map(|certs| certs.reload())
     }
 
     pub fn access_log(&self) -> bool {

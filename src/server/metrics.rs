@@ -40,6 +40,7 @@ pub(crate) struct ServerMetrics {
     room_dropped: Counter,
     agent_sent: Family<AgentLabels, Counter>,
     agent_received: Family<AgentLabels, Counter>,
+    tls_failures: Family<Labels, Counter>,
 }
 
 impl ServerMetrics {
@@ -106,6 +107,11 @@ impl ServerMetrics {
             "Room members disconnected for not keeping up with their room",
         );
         let agent_sent: Family<AgentLabels, Counter> = metric(&mut registry, "agent_sent_bytes", "Response body bytes from each of the busiest agents to their clients (--metrics-top-agents)");
+        let tls_failures: Family<Labels, Counter> = metric(
+            &mut registry,
+            "client_tls_failures",
+            "Client connections to the HTTPS API closed before HTTP began, by reason (handshake, timeout, plain_http, closed)",
+        );
         let agent_received: Family<AgentLabels, Counter> = metric(&mut registry, "agent_received_bytes", "Request body bytes to each of the busiest agents from their clients (--metrics-top-agents)");
         queries.register(&mut registry);
         ServerMetrics {
@@ -124,6 +130,7 @@ impl ServerMetrics {
             room_dropped,
             agent_sent,
             agent_received,
+            tls_failures,
         }
     }
 
@@ -158,6 +165,11 @@ impl ServerMetrics {
     pub fn finished(&self, sent: u64) {
         self.in_flight.dec();
         self.sent.inc_by(sent);
+    }
+
+    /// A client connection to the HTTPS API that never got to HTTP.
+    pub fn tls_failed(&self, reason: &'static str) {
+        self.tls_failures.get_or_create(&[("reason", reason)]).inc();
     }
 
     pub fn forwarded(&self, outcome: &'static str) {

@@ -14,6 +14,7 @@ mod access;
 mod admin;
 mod agents;
 mod api;
+mod api_tls;
 mod builtin;
 mod cache;
 mod cluster;
@@ -50,6 +51,7 @@ use crate::{
     tls::{ServerIdentity, TlsError},
     transport::{Listener, TransportError},
 };
+pub use api_tls::{ApiTlsConfig, CertPair};
 pub use config::{ClusterConfig, LiveSettings, RoomLimits, ServerConfig};
 pub use gate::GateLimits;
 use state::Shared;
@@ -65,6 +67,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for plain-HTTP clients on {addr}: {source}")]
+    PlainBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--api-plain-listen and --api-plain-redirect need HTTPS on the client API (--api-tls-cert/--api-tls-key)")]
+    PlainWithoutTls,
     #[error("cannot listen for the admin API on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -86,10 +95,29 @@ pub enum ServerError {
     },
 }
 
+/// Where `--api-plain-redirect` sends clients: the port of `--public-url`
+/// when it is an https:// URL (`None`: 443), else the HTTPS listener's own
+/// (omitted when it is 443).
+fn https_port(public_url: Option<&str>, api: &TcpListener) -> Option<u16> {
+    if let Some(url) = public_url.and_then(|u| u.parse::<http::Uri>().ok()) {
+        if url.scheme_str() == Some("https") {
+            return url.port_u16();
+        }
+    }
+    api.local_addr()
+        .ok()
+        .map(|a| a.port())
+        .filter(|&p| p != 443)
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
     api: TcpListener,
+    api_edge: api::Edge,
+    /// The plain-HTTP client listener beside an HTTPS API, and what it does.
+    plain: Option<(TcpListener, api::Edge)>,
+    api_certs: Option<Arc<api_tls::ApiCerts>>,
     tunnel: Listener,
     cluster_listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
@@ -131,6 +159,34 @@ impl Server {
                     source,
                 }
             })?;
+        let api_certs = match &config.api_tls {
+            Some(tls) => Some(api_tls::ApiCerts::load(tls.clone())?),
+            None if config.api_plain_listen.is_some() || config.api_plain_redirect => {
+                return Err(ServerError::PlainWithoutTls)
+            }
+            None => None,
+        };
+        let api_edge = match &api_certs {
+            Some(certs) => api::Edge::Tls(tokio_rustls::TlsAcceptor::from(Arc::new(
+                certs.server_config(&[api_tls::HTTP1])?,
+            ))),
+            None => api::Edge::Plain,
+        };
+        let plain = match config.api_plain_listen {
+            Some(addr) => {
+                let listener = crate::accept::bind(addr, config.listen_backlog)
+                    .map_err(|source| ServerError::PlainBind { addr, source })?;
+                let edge = if config.api_plain_redirect {
+                    api::Edge::Redirect {
+                        https_port: https_port(config.public_url.as_deref(), &api),
+                    }
+                } else {
+                    api::Edge::Plain
+                };
+                Some((listener, edge))
+            }
+            None => None,
+        };
         let admin_listener = match config.admin_listen {
             Some(addr) => Some(
                 crate::admin::bind(addr)
@@ -208,10 +264,13 @@ impl Server {
             clients_drained: tokio::sync::watch::channel(false).0,
             stopping: tokio::sync::watch::channel(false).0,
             metrics: metrics::ServerMetrics::new(registry.query_metrics()),
-            live: Arc::new(config::LiveSettings::from_config(&config)),
+            live: Arc::new(config::LiveSettings::new(&config, api_certs.clone())),
             public_base: match (&config.public_url, api.local_addr()) {
                 (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
-                (None, Ok(addr)) if !addr.ip().is_unspecified() => Some(format!("http://{addr}")),
+                (None, Ok(addr)) if !addr.ip().is_unspecified() => {
+                    let scheme = if api_certs.is_some() { "https" } else { "http" };
+                    Some(format!("{scheme}://{addr}"))
+                }
                 _ => None,
             },
             registry,
@@ -223,6 +282,9 @@ impl Server {
         Ok(Server {
             shared,
             api,
+            api_edge,
+            plain,
+            api_certs,
             tunnel,
             cluster_listener,
             admin_listener,
@@ -244,6 +306,16 @@ impl Server {
 
     pub fn api_addr(&self) -> SocketAddr {
         self.api.local_addr().expect("bound socket has an address")
+    }
+
+    /// Whether the client API speaks HTTPS.
+    pub fn api_is_https(&self) -> bool {
+        self.api_certs.is_some()
+    }
+
+    /// The plain-HTTP client listener beside an HTTPS API, when on.
+    pub fn api_plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn tunnel_addr(&self) -> SocketAddr {
@@ -273,6 +345,9 @@ impl Server {
         let Server {
             shared,
             api,
+            api_edge,
+            plain,
+            api_certs,
             tunnel,
             cluster_listener,
             admin_listener,
@@ -322,7 +397,11 @@ impl Server {
             shutdown.clone(),
             done_tx,
         ));
-        let clients = tokio::spawn(api::serve(shared.clone(), api, shutdown.clone()));
+        if let Some(certs) = api_certs {
+            tokio::spawn(certs.watch(shutdown.clone()));
+        }
+        let listeners = std::iter::once((api, api_edge)).chain(plain).collect();
+        let clients = tokio::spawn(api::serve(shared.clone(), listeners, shutdown.clone()));
         tokio::spawn(revoked::sweep(shared.clone(), shutdown.clone()));
         // The client API stops accepting and returns once the requests in
         // flight have finished (bounded by --drain-grace); agent connections

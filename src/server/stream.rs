@@ -217,7 +217,7 @@ pub(super) fn request_head<'a>(
     if !has_proto {
         wire.push(Header {
             name: FORWARDED_PROTO,
-            value: b"http",
+            value: proto(&parts.extensions).as_bytes(),
         });
     }
     if !has_host {
@@ -242,6 +242,19 @@ pub(super) fn request_head<'a>(
     }
 }
 
-const FORWARDED_FOR: &str = "x-forwarded-for";
-const FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// Marks a request that came over TLS (`X-Forwarded-Proto: https`).
+#[derive(Clone, Copy)]
+pub(super) struct OverTls;
+
+/// The scheme the client used to reach this server.
+pub(super) fn proto(extensions: &http::Extensions) -> &'static str {
+    if extensions.get::<OverTls>().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+pub(super) const FORWARDED_FOR: &str = "x-forwarded-for";
+pub(super) const FORWARDED_PROTO: &str = "x-forwarded-proto";
 const FORWARDED_HOST: &str = "x-forwarded-host";

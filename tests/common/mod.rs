@@ -598,7 +598,11 @@ pub async fn served(url: &str, within: Duration) -> bool {
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub log: StderrWatch,
+    /// The client API (HTTPS when `https`).
     pub api: SocketAddr,
+    pub https: bool,
+    /// The plain listener beside HTTPS (`--api-plain-listen`).
+    pub plain: Option<SocketAddr>,
     pub tunnel: SocketAddr,
     /// The admin listener, when `--admin-listen` was among the flags.
     pub admin: Option<SocketAddr>,
@@ -634,7 +638,7 @@ pub async fn server_process(
         .unwrap();
     let log = StderrWatch::on(&mut child, "the server process");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut api, mut tunnel, mut admin) = (None, None, None);
+    let (mut api, mut tunnel, mut admin, mut plain, mut https) = (None, None, None, None, false);
     // The admin line, when there is one, is the last the server prints.
     let with_admin = extra.contains(&"--admin-listen");
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -644,6 +648,12 @@ pub async fn server_process(
     {
         if let Some(rest) = line.strip_prefix("client API on http://") {
             api = rest.trim().parse().ok();
+        }
+        if let Some(rest) = line.strip_prefix("client API on https://") {
+            (api, https) = (rest.trim().parse().ok(), true);
+        }
+        if let Some(rest) = line.strip_prefix("client API (plain HTTP) on http://") {
+            plain = rest.trim().parse().ok();
         }
         if let Some(rest) = line.strip_prefix("tunnel on ") {
             tunnel = rest.split_whitespace().next().and_then(|a| a.parse().ok());
@@ -660,6 +670,8 @@ pub async fn server_process(
         child,
         log,
         api: api.expect("API address printed"),
+        https,
+        plain,
         tunnel: tunnel.expect("tunnel address printed"),
         admin,
     }

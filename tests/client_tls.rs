@@ -1,0 +1,693 @@
+//! HTTPS on the client API, through the real binary: TLS 1.2 and 1.3 with
+//! curl, certificates chosen by SNI (wildcards routing `--base-domain`
+//! subdomains), reloads on change and on SIGHUP that leave open connections
+//! alone, the plain listener beside it (serving or redirecting), and bad
+//! input (plain HTTP, junk, a foreign ALPN, a stalled handshake, bad files)
+//! answered clearly while good clients keep being served.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::*;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use warren::sample::SampleUpstream;
+
+/// A test CA and the leaf certificates it signs, written as PEM files.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "warren test CA");
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        TestCa {
+            cert,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Writes `<stem>.pem` and `<stem>.key` for `names`; returns the leaf's DER.
+    fn leaf(&self, stem: &str, names: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        std::fs::write(self.dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn pair_args(&self, stem: &str) -> [String; 4] {
+        [
+            "--api-tls-cert".into(),
+            self.dir.join(format!("{stem}.pem")).display().to_string(),
+            "--api-tls-key".into(),
+            self.dir.join(format!("{stem}.key")).display().to_string(),
+        ]
+    }
+}
+
+/// A server process with HTTPS on its client API, a sample upstream and an
+/// agent process serving it as `home`.
+struct Edge {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    server: ServerProcess,
+    _agent: WarrenProcess,
+    _upstream: SampleUpstream,
+}
+
+impl Edge {
+    /// `leaves`: (file stem, names) of the pairs, in flag order.
+    async fn start(t: Transport, leaves: &[(&str, &[&str])], extra: &[&str]) -> Edge {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let mut pairs = Vec::new();
+        for (stem, names) in leaves {
+            ca.leaf(stem, names);
+            pairs.extend(ca.pair_args(stem));
+        }
+        let token = issue_process_token(dir.path(), "home").await;
+        let mut args: Vec<&str> = pairs.iter().map(String::as_str).collect();
+        // Refused handshakes are logged at debug (internet noise otherwise).
+        args.extend(["--log", "info,warren::server::api=debug"]);
+        args.extend(extra);
+        let server = server_process(dir.path(), "127.0.0.1:0", &args, true).await;
+        assert!(server.https, "the API is announced as https://");
+        let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["agent", "--server", &server.tunnel.to_string()])
+            .args(["--client-id", "home", "--token", &token])
+            .args(["--upstream", &upstream.url(), "--transport", t.flag()])
+            .arg("--ca")
+            .arg(dir.path().join("certs").join("server.pem"))
+            .env("WARREN_LOG", "warn")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let agent = WarrenProcess::new(agent, "the agent process");
+        let edge = Edge {
+            dir,
+            ca,
+            server,
+            _agent: agent,
+            _upstream: upstream,
+        };
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                edge.curl(&[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &edge.url("/bytes/1"),
+                ])
+                .await
+                .0 == b"200"
+            })
+            .await,
+            "the agent serves through HTTPS: {}",
+            edge.server.log.text()
+        );
+        edge
+    }
+
+    fn port(&self) -> u16 {
+        self.server.api.port()
+    }
+
+    /// An https://localhost URL of the API for `home`.
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}?clientId=home", self.port())
+    }
+
+    /// curl trusting the test CA, `localhost` resolving to the API; its
+    /// stdout and whether it succeeded.
+    async fn curl(&self, args: &[&str]) -> (Vec<u8>, bool) {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(self.ca.ca_path())
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", self.port())])
+            .args(args)
+            .output()
+            .await
+            .expect("curl runs");
+        (out.stdout, out.status.success())
+    }
+
+    /// A TLS client trusting the test CA, offering `alpn`.
+    fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(self.ca.ca_path()).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// A TLS connection to the API asking for `sni`.
+    async fn tls(&self, sni: &str) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.server.api).await?;
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        self.connector(&[b"http/1.1"]).connect(name, tcp).await
+    }
+
+    /// The leaf certificate the server presents for `sni`.
+    async fn served_cert(&self, sni: &str) -> Vec<u8> {
+        let tls = self.tls(sni).await.expect("TLS handshake");
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// An HTTP/1.1 connection over TLS for `sni`, for several requests.
+    async fn connection(&self, sni: &str) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+        let tls = self.tls(sni).await.expect("TLS handshake");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    fn pem(&self, stem: &str) -> PathBuf {
+        self.dir.path().join(format!("{stem}.pem"))
+    }
+}
+
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: &str,
+    path: &str,
+) -> (StatusCode, Bytes) {
+    sender.ready().await.expect("the connection is open");
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("a response");
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+over_transports!(https_carries_requests_and_websockets_over_tls_12_and_13);
+
+async fn https_carries_requests_and_websockets_over_tls_12_and_13(t: Transport) {
+    let edge = Edge::start(t, &[("api", &["localhost"])], &[]).await;
+    let url = edge.url("/bytes/300000");
+    let expected = sha256_hex(&warren::sample::pattern().slice(0..300_000));
+    for version in [
+        ["--tlsv1.3", "--tls-max", "1.3"],
+        ["--tlsv1.2", "--tls-max", "1.2"],
+    ] {
+        let (out, ok) = edge
+            .curl(&[&version[..], &["-o", "-", &url]].concat())
+            .await;
+        assert!(ok, "curl {version:?} succeeds");
+        assert_eq!(sha256_hex(&out), expected, "{version:?}: the whole body");
+    }
+
+    // A request body up, the upstream told the client's scheme.
+    let body = vec![7u8; 1 << 20];
+    let file = edge.dir.path().join("up.bin");
+    std::fs::write(&file, &body).unwrap();
+    let (out, ok) = edge
+        .curl(&[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &edge.url("/sha256"),
+        ])
+        .await;
+    assert!(ok);
+    let summed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(summed["sha256"], sha256_hex(&body).as_str(), "{summed}");
+    let (out, _) = edge.curl(&[&edge.url("/headers")]).await;
+    let seen: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let headers = seen["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-forwarded-proto" && h[1] == "https"),
+        "the upstream is told the client used HTTPS: {seen}"
+    );
+
+    // A WebSocket over TLS (wss://) through the tunnel.
+    let tls = edge.tls("localhost").await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(
+        format!("wss://localhost:{}/ws/echo?clientId=home", edge.port()),
+        tls,
+    )
+    .await
+    .expect("the WebSocket handshake over TLS");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text("over tls")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an echo in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("over tls"));
+}
+
+/// Two pairs: the client's SNI picks the certificate (the wildcard one for
+/// `--base-domain` subdomains, which route to their agent); a name neither
+/// covers, or none at all, gets the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_wildcards_route_subdomains() {
+    let edge = Edge::start(
+        Transport::Quic,
+        &[("api", &["localhost"]), ("wild", &["*.tunnel.test"])],
+        &["--base-domain", "tunnel.test"],
+    )
+    .await;
+    let api = std::fs::read(edge.pem("api")).unwrap();
+    let wild = std::fs::read(edge.pem("wild")).unwrap();
+    let der = |pem: &[u8]| CertificateDer::from_pem_slice(pem).unwrap().to_vec();
+    assert_eq!(edge.served_cert("localhost").await, der(&api));
+    assert_eq!(edge.served_cert("home.tunnel.test").await, der(&wild));
+    // A name no certificate covers gets the first (and the client's check
+    // fails, as it should): read with openssl, which shows it anyway.
+    let shown = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -servername elsewhere.example </dev/null 2>/dev/null \
+             | openssl x509 -outform DER",
+            edge.server.api
+        ))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(shown.stdout, der(&api));
+
+    // The subdomain names the agent; the certificate is valid for it.
+    let mut conn = edge.connection("home.tunnel.test").await;
+    let (status, body) = get_on(&mut conn, "home.tunnel.test", "/bytes/1000").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, warren::sample::pattern().slice(0..1000));
+    let (out, ok) = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(edge.ca.ca_path())
+        .args([
+            "--resolve",
+            &format!("home.tunnel.test:{}:127.0.0.1", edge.port()),
+        ])
+        .arg(format!("https://home.tunnel.test:{}/bytes/10", edge.port()))
+        .output()
+        .await
+        .map(|o| (o.stdout, o.status.success()))
+        .unwrap();
+    assert!(ok, "curl verifies the wildcard certificate");
+    assert_eq!(out, warren::sample::pattern().slice(0..10));
+}
+
+/// Files rewritten (a renewal) are served from the next handshake on, while
+/// a connection made before keeps working; a broken rewrite is refused with
+/// a log line and the pair in use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_when_their_files_change() {
+    let edge = Edge::start(
+        Transport::Quic,
+        &[("api", &["localhost"])],
+        &["--api-tls-reload-check", "200ms"],
+    )
+    .await;
+    let first = edge.served_cert("localhost").await;
+    let mut before = edge.connection("localhost").await;
+    assert_eq!(
+        get_on(&mut before, "localhost", "/bytes/5?clientId=home")
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let renewed = edge.ca.leaf("api", &["localhost"]);
+    assert_ne!(renewed, first);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            edge.served_cert("localhost").await == renewed
+        })
+        .await,
+        "the renewed certificate is served: {}",
+        edge.server.log.text()
+    );
+    assert_eq!(
+        get_on(&mut before, "localhost", "/bytes/5?clientId=home")
+            .await
+            .0,
+        StatusCode::OK,
+        "a connection made before the reload keeps serving"
+    );
+
+    std::fs::write(edge.pem("api"), "not a certificate").unwrap();
+    assert!(
+        edge.server
+            .log
+            .wait_for("were not reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        edge.server.log.text()
+    );
+    assert_eq!(
+        edge.served_cert("localhost").await,
+        renewed,
+        "the pair in use stays"
+    );
+    let (_, ok) = edge
+        .curl(&["-o", "/dev/null", &edge.url("/bytes/10")])
+        .await;
+    assert!(ok, "clients are still served");
+}
+
+/// With file checks far apart, SIGHUP is what applies a renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates() {
+    let edge = Edge::start(
+        Transport::Ws,
+        &[("api", &["localhost"])],
+        &["--api-tls-reload-check", "1h"],
+    )
+    .await;
+    let first = edge.served_cert("localhost").await;
+    let renewed = edge.ca.leaf("api", &["localhost"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        edge.served_cert("localhost").await,
+        first,
+        "no reload without a signal"
+    );
+    signal(&edge.server.child, "-HUP");
+    assert!(
+        edge.server
+            .log
+            .wait_for(
+                "SIGHUP: client API certificates reloaded (1 pair(s))",
+                Duration::from_secs(10)
+            )
+            .await,
+        "{}",
+        edge.server.log.text()
+    );
+    assert_eq!(edge.served_cert("localhost").await, renewed);
+}
+
+/// Plain HTTP, junk, a client offering only a foreign ALPN protocol, and
+/// one that stalls in its handshake: each gets a clear answer (or a closed
+/// connection), a log line and a metric, while good clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_input_is_refused_and_others_are_served() {
+    let edge = Edge::start(
+        Transport::Quic,
+        &[("api", &["localhost"])],
+        &[
+            "--header-read-timeout",
+            "1s",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    // A download in progress through it all (an idle keep-alive connection
+    // would be closed by the 1 s header deadline, as it should be).
+    const BIG: usize = 64 << 20;
+    let mut good = edge.connection("localhost").await;
+    let req = http::Request::get(format!("/bytes/{BIG}?clientId=home"))
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap();
+    let mut download = good.send_request(req).await.unwrap().into_body();
+    let mut got = 0;
+    while got < 1 << 20 {
+        got += download
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap()
+            .len();
+    }
+
+    // Plain HTTP on the HTTPS port: told so, in plain HTTP.
+    let mut tcp = TcpStream::connect(edge.server.api).await.unwrap();
+    tcp.write_all(b"GET /bytes/5?clientId=home HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("this port speaks HTTPS"),
+        "{answer}"
+    );
+    let (out, _) = edge
+        .curl(&["-o", "-", &format!("http://localhost:{}/", edge.port())])
+        .await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("this port speaks HTTPS"),
+        "curl reads it whole: {out}"
+    );
+
+    // A TLS record header followed by junk: closed, nothing served.
+    let mut tcp = TcpStream::connect(edge.server.api).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the junk connection is closed");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/"),
+        "{rest:?}"
+    );
+
+    // Only an ALPN protocol the API does not speak: refused in the handshake.
+    let tcp = TcpStream::connect(edge.server.api).await.unwrap();
+    let refused = edge
+        .connector(&[b"spdy/1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await;
+    let err = refused.expect_err("no common application protocol");
+    assert!(
+        err.to_string()
+            .to_lowercase()
+            .contains("application protocol")
+            || err.to_string().contains("NoApplicationProtocol"),
+        "{err}"
+    );
+
+    // Connects and never says anything: closed at the header deadline.
+    let mut idle = TcpStream::connect(edge.server.api).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+
+    // Meanwhile the download went on, and new clients are served.
+    while let Some(frame) = download.frame().await {
+        got += frame
+            .expect("the download is not cut")
+            .into_data()
+            .unwrap()
+            .len();
+    }
+    assert_eq!(got, BIG);
+    let (_, ok) = edge
+        .curl(&["-o", "/dev/null", &edge.url("/bytes/10")])
+        .await;
+    assert!(ok);
+    assert!(
+        edge.server
+            .log
+            .wait_for("client TLS handshake failed", Duration::from_secs(5))
+            .await,
+        "{}",
+        edge.server.log.text()
+    );
+
+    let metrics = read_body(get(&format!("http://{}/metrics", edge.server.admin.unwrap())).await)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    for reason in ["plain_http", "handshake", "timeout"] {
+        assert!(
+            metrics.contains(&format!(
+                "warren_client_tls_failures_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} counted: {metrics}"
+        );
+    }
+}
+
+/// The plain listener beside HTTPS: serving (as plain HTTP, and saying so
+/// to the upstream), or only redirecting to the HTTPS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_listener_serves_or_redirects() {
+    let edge = Edge::start(
+        Transport::Ws,
+        &[("api", &["localhost"])],
+        &["--api-plain-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let plain = edge.server.plain.expect("the plain address is printed");
+    let resp = get(&format!("http://{plain}/headers?clientId=home")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = json(resp).await;
+    assert!(
+        seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-forwarded-proto" && h[1] == "http"),
+        "{seen}"
+    );
+
+    let edge = Edge::start(
+        Transport::Ws,
+        &[("api", &["localhost"])],
+        &["--api-plain-listen", "127.0.0.1:0", "--api-plain-redirect"],
+    )
+    .await;
+    let plain = edge.server.plain.unwrap();
+    let req = http::Request::get(format!("http://{plain}/bytes/5?clientId=home"))
+        .header("host", "tunnel.example:80")
+        .body(empty())
+        .unwrap();
+    let resp = send(req).await;
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        resp.headers()["location"],
+        format!(
+            "https://tunnel.example:{}/bytes/5?clientId=home",
+            edge.port()
+        )
+        .as_str()
+    );
+    // curl follows it to HTTPS and gets the body.
+    let (out, ok) = tokio::process::Command::new("curl")
+        .args(["-sSL", "--cacert"])
+        .arg(edge.ca.ca_path())
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", edge.port())])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", plain.port()),
+        ])
+        .arg(format!(
+            "http://localhost:{}/bytes/10?clientId=home",
+            plain.port()
+        ))
+        .output()
+        .await
+        .map(|o| (o.stdout, o.status.success()))
+        .unwrap();
+    assert!(ok);
+    assert_eq!(out, warren::sample::pattern().slice(0..10));
+}
+
+/// Bad certificate set-ups stop the server at start, naming the file and
+/// the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificate_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    ca.leaf("a", &["localhost"]);
+    ca.leaf("b", &["localhost"]);
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let missing = p("missing.pem");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--api-tls-cert".into(),
+                missing.clone(),
+                "--api-tls-key".into(),
+                p("a.key"),
+            ],
+            "missing.pem",
+        ),
+        (
+            vec![
+                "--api-tls-cert".into(),
+                p("a.pem"),
+                "--api-tls-key".into(),
+                p("b.key"),
+            ],
+            "do not make a usable certificate/key pair",
+        ),
+        (
+            vec![
+                "--api-tls-cert".into(),
+                p("a.pem"),
+                "--api-tls-key".into(),
+                p("a.pem"),
+            ],
+            "no usable PEM private key",
+        ),
+        (vec!["--api-tls-cert".into(), p("a.pem")], "come in pairs"),
+        (
+            vec!["--api-plain-listen".into(), "127.0.0.1:0".into()],
+            "need HTTPS on the client API",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args([
+                "server",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--tunnel-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", &format!("sqlite://{}", p("w.db"))])
+            .args(["--certs", &p("certs")])
+            .args(&args)
+            .env("WARREN_LOG", "warn")
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(20), out)
+            .await
+            .expect("the server exits")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} is refused");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
