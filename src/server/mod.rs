@@ -1,5 +1,5 @@
 //! The public server: accepts agents on the tunnel port, records them in the
-//! registry, and serves the plain-HTTP client API that carries each client
+//! registry, and serves the client API (HTTP, or HTTPS with `api_tls`) that carries each client
 //! request to the named agent over its own stream.
 
 //!
