@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warren::{
     agent::{AgentConfig, TransportChoice, UpstreamConfig},
-    server::{ApiTlsConfig, CertPair, ClusterConfig, GateLimits, RoomLimits, ServerConfig},
+    server::{
+        ApiTlsConfig, CertPair, ClusterConfig, GateLimits, H2Limits, RoomLimits, ServerConfig,
+    },
     tls::Trust,
     transport::TransportTuning,
     websocket::WsLimits,
@@ -309,6 +311,13 @@ pub struct ServerArgs {
     /// The plain listener only redirects to HTTPS (308, same host and path).
     #[arg(long, env = "WARREN_API_PLAIN_REDIRECT", requires = "api_plain_listen")]
     api_plain_redirect: bool,
+    /// Requests open at once on one HTTP/2 client connection.
+    #[arg(long, env = "WARREN_H2_MAX_STREAMS", default_value_t = H2Limits::default().max_streams)]
+    h2_max_streams: u32,
+    /// Streams an HTTP/2 client may open and reset before they are served,
+    /// at once; more (a rapid-reset flood) closes its connection with GOAWAY.
+    #[arg(long, env = "WARREN_H2_MAX_PENDING_RESETS", default_value_t = H2Limits::default().max_pending_resets)]
+    h2_max_pending_resets: usize,
     /// Tunnel address agents connect to: UDP for QUIC, TCP for WebSocket, same port.
     #[arg(long, env = "WARREN_TUNNEL_LISTEN", default_value_t = ServerConfig::default().tunnel_listen)]
     tunnel_listen: SocketAddr,
@@ -503,6 +512,11 @@ impl ServerArgs {
             api_tls,
             api_plain_listen: self.api_plain_listen,
             api_plain_redirect: self.api_plain_redirect,
+            h2: H2Limits {
+                max_streams: self.h2_max_streams.max(1),
+                max_pending_resets: self.h2_max_pending_resets,
+                ..H2Limits::default()
+            },
             tunnel_listen: self.tunnel_listen,
             database_url: self.database_url,
             certs_dir: self.certs,

@@ -6,8 +6,11 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, info, warn};
 
@@ -187,9 +190,9 @@ fn spawn_connection(
                         )
                         .await;
                     }
-                    Ok(Err(reason)) => shared.metrics.tls_failed(reason),
+                    Ok(Err(reason)) => shared.metrics.connection_failed(reason),
                     Err(_) => {
-                        shared.metrics.tls_failed("timeout");
+                        shared.metrics.connection_failed("timeout");
                         debug!(%peer, "client TLS handshake not finished within {deadline:?}; closed");
                     }
                 }
@@ -277,18 +280,40 @@ async fn serve_http<I>(
             }
         })
     };
-    let conn = http1::Builder::new()
+    // HTTP/1.1, or HTTP/2 when the client opens with its preface (after
+    // ALPN h2 on TLS, or h2c with prior knowledge on a plain listener).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_head_frame.max(8192))
-        .keep_alive(shutdown.is_some())
-        .serve_connection(io, service)
-        .with_upgrades();
+        .keep_alive(shutdown.is_some());
+    let h2 = &config.h2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_streams)
+        // The same bound as an HTTP/1.1 head: a larger one is refused.
+        .max_header_list_size(config.max_head_frame.min(u32::MAX as usize) as u32)
+        // Rapid reset (CVE-2023-44487): streams a client opens and cancels
+        // before they are served; past this many at once, GOAWAY.
+        .max_pending_accept_reset_streams(h2.max_pending_resets)
+        .max_local_error_reset_streams(h2.max_error_resets)
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window)
+        // A client gone without a FIN (a phone off the network) is found
+        // by an unanswered ping instead of holding its streams for ever.
+        .keep_alive_interval(h2.ping_interval)
+        .keep_alive_timeout(h2.ping_interval);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    // A connection taken from the backlog after shutdown began is already
+    // "stopping": its first request is served, then it closes (on HTTP/2
+    // with a GOAWAY, the streams already open finishing).
     let stopping = async {
-        match shutdown {
-            Some(mut shutdown) => shutdown.wait().await,
-            None => std::future::pending().await,
+        if let Some(mut shutdown) = shutdown {
+            shutdown.wait().await
         }
     };
     let result = tokio::select! {
@@ -321,9 +346,27 @@ async fn serve_http<I>(
         }
     };
     if let Err(e) = result {
-        debug!(%peer, "client connection ended with an error: {e}");
+        if told_to_calm_down(&*e) {
+            shared.metrics.connection_failed("h2_enhance_your_calm");
+            warn!(%peer, "HTTP/2 client connection closed (GOAWAY ENHANCE_YOUR_CALM): too many streams reset (rapid reset) or refused");
+        } else {
+            debug!(%peer, "client connection ended with an error: {e}");
+        }
     }
     drop(registration);
+}
+
+/// Whether an HTTP/2 connection ended because this server sent GOAWAY
+/// ENHANCE_YOUR_CALM: the client reset or provoked too many streams.
+fn told_to_calm_down(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `308` to the same host and path over HTTPS (`--api-plain-redirect`).

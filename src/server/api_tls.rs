@@ -22,7 +22,8 @@ use tracing::{info, warn};
 
 use crate::{shutdown::Shutdown, tls::TlsError};
 
-/// ALPN names the client API offers, most preferred first.
+/// ALPN names the client API offers (most preferred first).
+pub(crate) const H2: &[u8] = b"h2";
 pub(crate) const HTTP1: &[u8] = b"http/1.1";
 
 /// One certificate chain (PEM, leaf first) and its private key (PEM).

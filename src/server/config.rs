@@ -17,6 +17,8 @@ pub struct ServerConfig {
     pub api_plain_listen: Option<SocketAddr>,
     /// The plain listener only redirects to HTTPS (308).
     pub api_plain_redirect: bool,
+    /// HTTP/2 client connections.
+    pub h2: H2Limits,
     /// Agents connect here: UDP for QUIC, TCP (TLS + WebSocket) on the same port.
     pub tunnel_listen: SocketAddr,
     pub database_url: String,
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             api_tls: None,
             api_plain_listen: None,
             api_plain_redirect: false,
+            h2: H2Limits::default(),
             tunnel_listen: "0.0.0.0:7443".parse().expect("literal"),
             database_url: "sqlite://warren.db".into(),
             certs_dir: "certs".into(),
@@ -221,6 +224,47 @@ impl ClusterConfig {
             // enough to take the database off the per-request path.
             route_ttl: Duration::from_secs(2),
             tls_dir: None,
+        }
+    }
+}
+
+/// What one HTTP/2 client connection may hold.
+#[derive(Debug, Clone)]
+pub struct H2Limits {
+    /// Requests open at once on one connection (each is a tunnel stream).
+    pub max_streams: u32,
+    /// Streams opened and reset by the client before being served, at once
+    /// (rapid reset); past it the connection gets GOAWAY.
+    pub max_pending_resets: usize,
+    /// Streams this server had to reset for the client's errors, per
+    /// connection, before it gets GOAWAY.
+    pub max_error_resets: usize,
+    /// Request body bytes a client may send ahead per stream, and in all.
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// Ping period for an idle-looking connection; unanswered within one
+    /// more, the connection is closed.
+    pub ping_interval: Duration,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            // 256: above browsers' 100 and gRPC channels' usual fan-out;
+            // each is a tunnel stream, bounded again by the agent's limits.
+            max_streams: 256,
+            // 20: hyper's default; a client cancelling normally (a player
+            // seeking) never has more than a few pending.
+            max_pending_resets: 20,
+            // 1024: hyper's default.
+            max_error_resets: 1024,
+            // 1 MiB per stream: a stalled upload stops at 1 MiB; the
+            // connection's 8 MiB lets others go on past several stalled ones.
+            stream_window: 1 << 20,
+            connection_window: 8 << 20,
+            // 30 s: finds a vanished client within a minute; one ping per
+            // idle connection per 30 s costs nothing.
+            ping_interval: Duration::from_secs(30),
         }
     }
 }

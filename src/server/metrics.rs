@@ -40,7 +40,7 @@ pub(crate) struct ServerMetrics {
     room_dropped: Counter,
     agent_sent: Family<AgentLabels, Counter>,
     agent_received: Family<AgentLabels, Counter>,
-    tls_failures: Family<Labels, Counter>,
+    client_failures: Family<Labels, Counter>,
 }
 
 impl ServerMetrics {
@@ -107,9 +107,9 @@ impl ServerMetrics {
             "Room members disconnected for not keeping up with their room",
         );
         let agent_sent: Family<AgentLabels, Counter> = metric(&mut registry, "agent_sent_bytes", "Response body bytes from each of the busiest agents to their clients (--metrics-top-agents)");
-        let tls_failures: Family<Labels, Counter> = metric(
+        let client_failures: Family<Labels, Counter> = metric(
             &mut registry,
-            "client_tls_failures",
+            "client_connection_failures",
             "Client connections to the HTTPS API closed before HTTP began, by reason (handshake, timeout, plain_http, closed)",
         );
         let agent_received: Family<AgentLabels, Counter> = metric(&mut registry, "agent_received_bytes", "Request body bytes to each of the busiest agents from their clients (--metrics-top-agents)");
@@ -130,7 +130,7 @@ impl ServerMetrics {
             room_dropped,
             agent_sent,
             agent_received,
-            tls_failures,
+            client_failures,
         }
     }
 
@@ -167,9 +167,11 @@ impl ServerMetrics {
         self.sent.inc_by(sent);
     }
 
-    /// A client connection to the HTTPS API that never got to HTTP.
-    pub fn tls_failed(&self, reason: &'static str) {
-        self.tls_failures.get_or_create(&[("reason", reason)]).inc();
+    /// A client connection closed for what its client did.
+    pub fn connection_failed(&self, reason: &'static str) {
+        self.client_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn forwarded(&self, outcome: &'static str) {

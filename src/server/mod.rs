@@ -1,6 +1,6 @@
 //! The public server: accepts agents on the tunnel port, records them in the
-//! registry, and serves the client API (HTTP, or HTTPS with `api_tls`) that carries each client
-//! request to the named agent over its own stream.
+//! registry, and serves the client API (HTTP, or HTTPS with `api_tls`)
+//! that carries each client request to the named agent over its own stream.
 
 //!
 //! A client request reads top to bottom: `api` (accept, route) → `target`
@@ -52,7 +52,7 @@ use crate::{
     transport::{Listener, TransportError},
 };
 pub use api_tls::{ApiTlsConfig, CertPair};
-pub use config::{ClusterConfig, LiveSettings, RoomLimits, ServerConfig};
+pub use config::{ClusterConfig, H2Limits, LiveSettings, RoomLimits, ServerConfig};
 pub use gate::GateLimits;
 use state::Shared;
 
@@ -168,7 +168,7 @@ impl Server {
         };
         let api_edge = match &api_certs {
             Some(certs) => api::Edge::Tls(tokio_rustls::TlsAcceptor::from(Arc::new(
-                certs.server_config(&[api_tls::HTTP1])?,
+                certs.server_config(&[api_tls::H2, api_tls::HTTP1])?,
             ))),
             None => api::Edge::Plain,
         };

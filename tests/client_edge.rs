@@ -1,9 +1,12 @@
-//! HTTPS on the client API, through the real binary: TLS 1.2 and 1.3 with
+//! The client edge through the real binary. HTTPS: TLS 1.2 and 1.3 with
 //! curl, certificates chosen by SNI (wildcards routing `--base-domain`
 //! subdomains), reloads on change and on SIGHUP that leave open connections
 //! alone, the plain listener beside it (serving or redirecting), and bad
 //! input (plain HTTP, junk, a foreign ALPN, a stalled handshake, bad files)
-//! answered clearly while good clients keep being served.
+//! answered clearly while good clients keep being served. HTTP/2: by ALPN
+//! and h2c, many streams on one connection each its own tunnel stream (a
+//! stalled one stalling only itself), and its limits (streams, header list,
+//! rapid reset) refusing what passes them.
 
 mod common;
 
@@ -227,8 +230,6 @@ async fn get_on(
     let status = resp.status();
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
-
-over_transports!(https_carries_requests_and_websockets_over_tls_12_and_13);
 
 async fn https_carries_requests_and_websockets_over_tls_12_and_13(t: Transport) {
     let edge = Edge::start(t, &[("api", &["localhost"])], &[]).await;
@@ -551,7 +552,7 @@ async fn bad_tls_input_is_refused_and_others_are_served() {
     for reason in ["plain_http", "handshake", "timeout"] {
         assert!(
             metrics.contains(&format!(
-                "warren_client_tls_failures_total{{reason=\"{reason}\"}}"
+                "warren_client_connection_failures_total{{reason=\"{reason}\"}}"
             )),
             "{reason} counted: {metrics}"
         );
@@ -690,4 +691,229 @@ async fn bad_certificate_files_are_refused_at_start() {
         assert!(!out.status.success(), "{args:?} is refused");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// HTTP/2 through the tunnel: by ALPN on HTTPS and h2c (prior knowledge) on
+/// the plain listener, curl as the client; a truncated response is an
+/// error to it (a reset stream), never a clean short body.
+async fn http2_by_alpn_and_prior_knowledge(t: Transport) {
+    let edge = Edge::start(
+        t,
+        &[("api", &["localhost"])],
+        &["--api-plain-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let expected = sha256_hex(&warren::sample::pattern().slice(0..1_000_000));
+    let (out, ok) = edge
+        .curl(&["--http2", "-o", "-", &edge.url("/bytes/1000000")])
+        .await;
+    assert!(ok);
+    assert_eq!(sha256_hex(&out), expected);
+    let (out, _) = edge
+        .curl(&[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &edge.url("/bytes/1"),
+        ])
+        .await;
+    assert_eq!(out, b"2", "ALPN chose HTTP/2");
+    let plain = edge.server.plain.unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}"])
+        .arg(format!("http://{plain}/bytes/100?clientId=home"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout.ends_with(b"\n2"),
+        "h2c: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (_, ok) = edge
+        .curl(&["--http2", "-o", "/dev/null", &edge.url("/truncate/100000")])
+        .await;
+    assert!(!ok, "a truncated response is an error over HTTP/2 too");
+}
+
+/// An HTTP/2 client connection to the API (ALPN h2), with hyper's client.
+async fn h2_connection(edge: &Edge) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(edge.server.api).await.unwrap();
+    let tls = edge
+        .connector(&[b"h2"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+fn h2_get(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("https://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// 64 requests at once on one HTTP/2 connection, each its own tunnel
+/// stream, all answered whole, while a 64 MiB response on the same
+/// connection is not read at all: flow control stalls only that stream.
+async fn many_streams_share_one_connection_and_a_stalled_one_stalls_alone(t: Transport) {
+    let edge = Edge::start(t, &[("api", &["localhost"])], &[]).await;
+    let conn = h2_connection(&edge).await;
+    let stalled = conn
+        .clone()
+        .send_request(h2_get(&format!("/bytes/{}?clientId=home", 64 << 20)))
+        .await
+        .expect("the big response starts");
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let requests = (0..64).map(|i| {
+        let mut conn = conn.clone();
+        async move {
+            let n = 1000 + i * 37;
+            let resp = conn
+                .send_request(h2_get(&format!("/bytes/{n}?clientId=home")))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, warren::sample::pattern().slice(0..n), "request {i}");
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(requests),
+    )
+    .await
+    .expect("every stream is answered while one is stalled");
+    // The stalled one still reads to its end once read.
+    let mut body = stalled.into_body();
+    let mut got = 0;
+    while let Some(frame) = body.frame().await {
+        got += frame.unwrap().into_data().unwrap().len();
+    }
+    assert_eq!(got, 64 << 20);
+}
+
+over_transports!(
+    https_carries_requests_and_websockets_over_tls_12_and_13,
+    http2_by_alpn_and_prior_knowledge,
+    many_streams_share_one_connection_and_a_stalled_one_stalls_alone
+);
+
+/// A rapid-reset flood (CVE-2023-44487: streams opened and cancelled at
+/// once) gets GOAWAY, a warning and a metric; the advertised stream limit
+/// and header list limit hold; other clients are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_and_oversized_headers_are_refused() {
+    let edge = Edge::start(
+        Transport::Quic,
+        &[("api", &["localhost"])],
+        &[
+            "--h2-max-streams",
+            "16",
+            "--max-head",
+            "16KiB",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let raw = || async {
+        let tcp = TcpStream::connect(edge.server.api).await.unwrap();
+        let tls = edge
+            .connector(&[b"h2"])
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (sender, mut conn) = h2::client::handshake(tls).await.unwrap();
+        // Settings arrive with the connection's first frames.
+        let _ = tokio::time::timeout(Duration::from_millis(300), &mut conn).await;
+        (sender, conn)
+    };
+
+    // The stream limit, as advertised to the client.
+    let (sender, conn) = raw().await;
+    assert_eq!(conn.max_concurrent_send_streams(), 16);
+    let task = tokio::spawn(conn);
+
+    // A header list over --max-head: that request refused, the connection kept.
+    let mut sender = sender.ready().await.unwrap();
+    let big = http::Request::get("https://localhost/bytes/5?clientId=home")
+        .header("x-big", "a".repeat(32 << 10))
+        .body(())
+        .unwrap();
+    let refused = match sender.send_request(big, true) {
+        Ok((resp, _)) => match resp.await {
+            Ok(resp) => resp.status().as_u16() == 431,
+            Err(e) => e.is_reset() || e.is_remote(),
+        },
+        Err(_) => true,
+    };
+    assert!(refused, "a header list over the limit is refused");
+    drop(sender);
+    task.abort();
+
+    // Rapid reset: open and cancel, as fast as the client can.
+    let (sender, conn) = raw().await;
+    let driver = tokio::spawn(conn);
+    let mut sender = sender;
+    let mut sent = 0;
+    for _ in 0..10_000 {
+        let Ok(ready) = sender.ready().await else {
+            break;
+        };
+        sender = ready;
+        let req = http::Request::get("https://localhost/hang?clientId=home")
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = sender.send_request(req, true) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), driver)
+        .await
+        .expect("the flooding connection is closed")
+        .unwrap();
+    // GOAWAY ENHANCE_YOUR_CALM, or (when the client was still writing as
+    // the server closed) a broken pipe; the server's log says which.
+    let err = ended.expect_err("closed with an error");
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+        "after {sent} resets: {err:?}"
+    );
+    assert!(
+        edge.server
+            .log
+            .wait_for("ENHANCE_YOUR_CALM", Duration::from_secs(5))
+            .await,
+        "{}",
+        edge.server.log.text()
+    );
+
+    // Everyone else is served.
+    let (out, ok) = edge
+        .curl(&["--http2", "-o", "-", &edge.url("/bytes/10")])
+        .await;
+    assert!(ok);
+    assert_eq!(out, warren::sample::pattern().slice(0..10));
+    let metrics = read_body(get(&format!("http://{}/metrics", edge.server.admin.unwrap())).await)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("warren_client_connection_failures_total{reason=\"h2_enhance_your_calm\"}"),
+        "counted"
+    );
 }
