@@ -615,9 +615,14 @@ pub struct AgentArgs {
     /// A file holding the agent's token (its first line; e.g. a systemd credential or a mounted secret).
     #[arg(long, env = "WARREN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// The local service, e.g. http://127.0.0.1:8000.
+    /// The local service, e.g. http://127.0.0.1:8000 (or https://…, checked
+    /// against the system's roots and --upstream-ca).
     #[arg(long, env = "WARREN_UPSTREAM")]
     upstream: String,
+    /// PEM certificates to trust for an https:// upstream besides the
+    /// system's: a private CA, or the service's self-signed certificate.
+    #[arg(long, env = "WARREN_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
     #[arg(long, env = "WARREN_TRANSPORT", value_enum, default_value = "auto")]
     transport: TransportArg,
     /// PEM file of CA certificates, or the server's own self-signed certificate.
@@ -729,6 +734,7 @@ impl AgentArgs {
                 ws: self.ws.limits(),
                 body_idle_timeout: self.body_idle_timeout.0,
                 max_idle: self.upstream_max_idle,
+                ca: self.upstream_ca,
             },
             tuning: self.tuning.tuning(),
             connect_timeout: self.connect_timeout.0,

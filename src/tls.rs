@@ -46,6 +46,10 @@ pub enum TlsError {
     },
     #[error("HTTPS on the client API needs at least one --api-tls-cert/--api-tls-key pair")]
     NoPairs,
+    #[error(
+        "no system root certificates to check the https:// upstream with; pass --upstream-ca FILE"
+    )]
+    NoUpstreamRoots,
     #[error("TLS configuration rejected: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -222,6 +226,32 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth())
+}
+
+/// The agent's TLS client for an `https://` upstream: the system's roots
+/// plus the certificates of `ca` (a private CA, or the service's own
+/// self-signed certificate); TLS 1.2 and 1.3, ALPN `http/1.1`.
+pub fn upstream_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca {
+        let (added, _) = roots.add_parsable_certificates(load_certs(path)?);
+        if added == 0 {
+            return Err(TlsError::NoPem {
+                path: path.to_path_buf(),
+                what: "certificate usable as a root",
+            });
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoUpstreamRoots);
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 fn build_webpki(

@@ -85,6 +85,7 @@ impl AgentConfig {
                 // 5 min: the server's own default for response bodies.
                 body_idle_timeout: Duration::from_secs(300),
                 max_idle: super::upstream::DEFAULT_MAX_IDLE,
+                ca: None,
             },
             transport: TransportChoice::Auto,
             trust,

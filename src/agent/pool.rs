@@ -1,4 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to the local service. A request takes an
+//! Keep-alive HTTP/1.1 connections to the local service, over TLS for an
+//! `https://` upstream (SNI and the certificate's check from its URL's
+//! host; [`Pool::dial`] serves WebSockets too). A request takes an
 //! idle connection (the most recently used: the warmest) or opens a new one;
 //! once its response has been read to the end the connection goes back for
 //! the next request. A response abandoned part-way (the client left) never
@@ -18,7 +20,11 @@ use std::{
 use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    time::Instant,
+};
 use tracing::debug;
 
 use crate::body::TunnelBody;
@@ -50,9 +56,23 @@ impl PoolError {
     }
 }
 
+/// TLS to an `https://` upstream: the client and the name to check.
+#[derive(Clone)]
+pub(super) struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A connection to the service: plain TCP, or TLS over it.
+pub(super) enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 pub(super) struct Pool {
     /// `host:port` of the service.
     addr: String,
+    tls: Option<UpstreamTls>,
     connect_timeout: Duration,
     /// Connections kept beyond this are closed instead.
     max_idle: usize,
@@ -80,12 +100,14 @@ const READY_WAIT: Duration = Duration::from_secs(1);
 impl Pool {
     pub fn new(
         addr: String,
+        tls: Option<UpstreamTls>,
         connect_timeout: Duration,
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Self {
         Pool {
             addr,
+            tls,
             connect_timeout,
             max_idle,
             idle_timeout,
@@ -143,25 +165,35 @@ impl Pool {
         None
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<TunnelBody>, PoolError> {
+    /// A new connection to the service (TLS included), within the connect
+    /// timeout.
+    pub async fn dial(&self) -> Result<UpstreamIo, PoolError> {
         let connect_err = |source| PoolError::Connect {
             addr: self.addr.clone(),
             source,
         };
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
-            .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(connect_err(e)),
-            Err(_) => {
-                return Err(connect_err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {:?}", self.connect_timeout),
-                )))
-            }
+        let dial = async {
+            let tcp = TcpStream::connect(&self.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(match &self.tls {
+                None => UpstreamIo::Plain(tcp),
+                Some(tls) => UpstreamIo::Tls(Box::new(
+                    tls.connector.connect(tls.name.clone(), tcp).await?,
+                )),
+            })
         };
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+        match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(result) => result.map_err(connect_err),
+            Err(_) => Err(connect_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            ))),
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<TunnelBody>, PoolError> {
+        let io = self.dial().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.http_error(e))?;
         tokio::spawn(async move {
@@ -199,6 +231,70 @@ impl Lease {
         // Closed (`Connection: close`, an error) or stuck: not reused.
         if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, self.sender.ready()).await {
             pool.put_back(self.sender);
+        }
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(io) => io.is_write_vectored(),
+            UpstreamIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
         }
     }
 }

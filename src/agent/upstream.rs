@@ -13,7 +13,12 @@ use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
 use warren_proto::{ErrorKind, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError};
 
-use super::{credit::Credit, local::LocalService, metrics::AgentMetrics, pool::Pool};
+use super::{
+    credit::Credit,
+    local::LocalService,
+    metrics::AgentMetrics,
+    pool::{Pool, UpstreamTls},
+};
 use crate::{
     body::{self, TunnelBody},
     headers,
@@ -26,8 +31,10 @@ const COALESCE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("--upstream {0:?} must be an http:// URL with a host, e.g. http://127.0.0.1:8000")]
+    #[error("--upstream {0:?} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")]
     BadUrl(String),
+    #[error("TLS to the https:// upstream: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +53,9 @@ pub struct UpstreamConfig {
     pub body_idle_timeout: Duration,
     /// Idle keep-alive connections kept to the service (more are closed).
     pub max_idle: usize,
+    /// For an `https://` upstream: certificates to trust besides the
+    /// system's (a private CA, or the service's self-signed certificate).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Default for [`UpstreamConfig::max_idle`]: as many as a busy agent has
@@ -78,17 +88,42 @@ impl Upstream {
     ) -> Result<Self, UpstreamError> {
         let bad = || UpstreamError::BadUrl(config.url.clone());
         let uri: Uri = config.url.parse().map_err(|_| bad())?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad());
-        }
+        let (scheme, default_port) = match uri.scheme_str() {
+            Some("http") => ("http", 80),
+            Some("https") => ("https", 443),
+            _ => return Err(bad()),
+        };
         let authority = uri.authority().ok_or_else(bad)?.clone();
         let prefix = uri.path().trim_end_matches('/').to_string();
-        let base = format!("http://{authority}{prefix}");
+        let base = format!("{scheme}://{authority}{prefix}");
         let addr = match authority.port() {
             Some(_) => authority.as_str().to_string(),
-            None => format!("{}:80", authority.host()),
+            None => format!("{}:{default_port}", authority.host()),
         };
-        let pool = Pool::new(addr, config.connect_timeout, config.max_idle, IDLE_TIMEOUT);
+        let tls = match scheme {
+            "https" => {
+                let client = crate::tls::upstream_client_config(config.ca.as_deref())?;
+                // SNI and the certificate check: the URL's host (an IPv6
+                // literal without its brackets).
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                Some(UpstreamTls {
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+                    name: rustls::pki_types::ServerName::try_from(host.to_string())
+                        .map_err(|_| bad())?,
+                })
+            }
+            _ => None,
+        };
+        let pool = Pool::new(
+            addr,
+            tls,
+            config.connect_timeout,
+            config.max_idle,
+            IDLE_TIMEOUT,
+        );
         Ok(Upstream {
             pool: Arc::new(pool),
             base,
@@ -333,14 +368,15 @@ impl Upstream {
                 return;
             }
         };
-        let addr = self.authority.to_str().unwrap_or_default().to_string();
         let limits = self.config.ws.clone();
+        // ws:// or wss:// as the upstream is http:// or https://.
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(&addr)
+            let io = self
+                .pool
+                .dial()
                 .await
-                .map_err(WsError::Io)?;
-            let _ = tcp.set_nodelay(true);
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(limits.config())).await
+                .map_err(|e| WsError::Io(std::io::Error::other(e.to_string())))?;
+            tokio_tungstenite::client_async_with_config(request, io, Some(limits.config())).await
         };
         let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, connect).await
         {
