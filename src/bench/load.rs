@@ -18,6 +18,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `Some` when going through warren.
     pub client_id: Option<String>,
+    /// HTTPS (SNI `localhost`) with this client, else plain HTTP.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -28,13 +30,91 @@ pub async fn connect(target: &Target) -> Result<Sender, BenchError> {
         .await
         .map_err(BenchError::io("connect"))?;
     let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(BenchError::http("handshake"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (sender, conn) = match &target.tls {
+        None => {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(BenchError::http("handshake"))?;
+            (sender, tokio::spawn(conn))
+        }
+        Some(tls) => {
+            let tls = tls
+                .connect(localhost(), tcp)
+                .await
+                .map_err(BenchError::io("TLS handshake"))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(BenchError::http("handshake"))?;
+            (sender, tokio::spawn(conn))
+        }
+    };
+    drop(conn);
     Ok(sender)
+}
+
+fn localhost() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name")
+}
+
+/// `streams` requests at a time on one HTTP/2 connection over TLS (ALPN
+/// h2), back to back for `duration`; returns every request's latency.
+pub async fn closed_loop_h2(
+    target: &Target,
+    path: &str,
+    streams: usize,
+    duration: Duration,
+) -> Result<Vec<Duration>, BenchError> {
+    let tls = target
+        .tls
+        .as_ref()
+        .ok_or_else(|| BenchError::new("HTTP/2 is measured over HTTPS"))?;
+    let tcp = TcpStream::connect(target.addr)
+        .await
+        .map_err(BenchError::io("connect"))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tls
+        .connect(localhost(), tcp)
+        .await
+        .map_err(BenchError::io("TLS handshake"))?;
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .map_err(BenchError::http("HTTP/2 handshake"))?;
+    tokio::spawn(conn);
+    let deadline = Instant::now() + duration;
+    let uri = format!("https://localhost{path}");
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let (mut sender, target, uri) = (sender.clone(), target.clone(), uri.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    let mut req = Request::get(uri.as_str());
+                    if let Some(id) = &target.client_id {
+                        req = req.header("x-warren-client", id);
+                    }
+                    let req = req.body(Empty::new()).expect("valid request");
+                    let resp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(BenchError::http("HTTP/2 request"))?;
+                    drain(resp).await?;
+                    latencies.push(started.elapsed());
+                }
+                Ok::<_, BenchError>(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|e| BenchError::new(e.to_string()))??);
+    }
+    Ok(all)
 }
 
 fn request(target: &Target, path: &str, range: Option<u64>) -> Request<Empty<Bytes>> {

@@ -8,6 +8,7 @@
 //! Long because: `run` and `rows` are the benchmark's two tables (what runs,
 //! in order; what each figure is judged against), each read top to bottom.
 
+mod edge;
 mod error;
 mod load;
 mod procs;
@@ -91,7 +92,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let bin = opts.warren.clone();
     let runs = opts.runs.max(1);
     // 7 steps per target and run (3 targets), 2 raw, 2 idle, 2 fallback, …
-    let mut progress = Progress::new(7 * 3 * runs + 15);
+    let mut progress = Progress::new(7 * 3 * runs + 19);
 
     let upstream = Proc::spawn(
         &bin,
@@ -143,6 +144,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let direct = Target {
         addr: upstream_addr,
         client_id: None,
+        tls: None,
     };
     let mut direct_figures = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -164,6 +166,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let target = Target {
             addr: server.api,
             client_id: Some("bench".into()),
+            tls: None,
         };
         let procs = [&server.proc, &agent];
         let mut figures = Vec::with_capacity(runs);
@@ -281,6 +284,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let target = Target {
             addr: server.api,
             client_id: Some("fallback".into()),
+            tls: None,
         };
         let first = load::first_success(&target, "/bytes/100", Duration::from_secs(20))
             .await
@@ -316,6 +320,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         let target = Target {
             addr: server.api,
             client_id: Some("rtt".into()),
+            tls: None,
         };
         let mut lat = load::sequential(&target, "/bytes/1024", sizes.rtt_requests).await?;
         lat.sort();
@@ -363,6 +368,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         agent.stop().await;
         server.proc.stop().await;
     }
+    let edge_rows = edge::measure(&bin, &dir, upstream_addr, &sizes, &mut progress).await?;
     upstream.stop().await;
     eprintln!();
 
@@ -381,6 +387,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
             })
             .collect(),
     );
+    rows.extend(edge_rows);
     let long = "40 ms round trip, agent to server";
     let at = |i: usize, f: fn(&(f64, f64)) -> f64| long_path.get(i).map(f);
     rows.push(
@@ -517,6 +524,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
 
 fn parse_addr(text: &str) -> Result<SocketAddr, BenchError> {
     text.trim_start_matches("http://")
+        .trim_start_matches("https://")
         .parse()
         .map_err(|_| BenchError::new(format!("unparsable address {text:?}")))
 }
@@ -525,6 +533,8 @@ fn parse_addr(text: &str) -> Result<SocketAddr, BenchError> {
 struct Server {
     proc: Proc,
     api: SocketAddr,
+    /// The plain listener beside an HTTPS API (`--api-plain-listen`).
+    plain_api: Option<SocketAddr>,
     tunnel: SocketAddr,
     fingerprint: String,
     database: String,
@@ -577,10 +587,15 @@ impl Server {
         .await?;
         let api = parse_addr(&proc.value_after("client API on ").unwrap_or_default())?;
         let tunnel = parse_addr(&proc.value_after("tunnel on ").unwrap_or_default())?;
+        let plain_api = match proc.value_after("client API (plain HTTP) on ") {
+            Some(addr) => Some(parse_addr(&addr)?),
+            None => None,
+        };
         let fingerprint = proc.value_after("fingerprint: ").unwrap_or_default();
         Ok(Server {
             proc,
             api,
+            plain_api,
             tunnel,
             fingerprint,
             database,
@@ -689,9 +704,11 @@ impl Server {
     /// The health report's connected agents and admissions so far.
     async fn health(&self) -> Option<(u64, u64)> {
         use http_body_util::BodyExt;
+        // An HTTPS API is asked on its plain listener.
         let target = Target {
-            addr: self.api,
+            addr: self.plain_api.unwrap_or(self.api),
             client_id: None,
+            tls: None,
         };
         let mut sender = load::connect(&target).await.ok()?;
         let resp = load::send(&mut sender, &target, "/_warren/health", None)

@@ -56,6 +56,7 @@ pub async fn run(opts: RemoteOptions) -> Result<Vec<Row>, BenchError> {
     let tunnel = Target {
         addr: resolve(&opts.server, "--remote").await?,
         client_id: Some(opts.client_id.clone()),
+        tls: None,
     };
     check_upstream(
         &tunnel,
@@ -67,6 +68,7 @@ pub async fn run(opts: RemoteOptions) -> Result<Vec<Row>, BenchError> {
             let target = Target {
                 addr: resolve(url, "--direct").await?,
                 client_id: None,
+                tls: None,
             };
             // Best effort: the upstream is often not reachable from outside.
             match check_upstream(&target, url).await {
