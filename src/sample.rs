@@ -16,6 +16,8 @@
 //! - `GET /status/CODE`: an empty response with that status.
 //! - `GET /truncate/N`: declares 2N bytes, sends N, then breaks the connection.
 //! - `GET /hang`: never answers.
+//! - `GET /range-check`: a page that fetches a byte range of `/bytes` (with
+//!   its own query) and writes status, length, first byte and protocol.
 //! - `GET /rooms-demo?room=R&clientId=ID[&auth=A]`: a page that joins room R
 //!   with `/_warren/warren.js`, logs what arrives, says hello, and answers
 //!   messages starting with `ping` with `pong:<message>`.
@@ -274,6 +276,14 @@ async fn route(
             );
             resp
         }
+        (Method::GET, ["range-check"]) => {
+            let mut resp = respond(StatusCode::OK, RANGE_CHECK);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         (Method::GET, ["hang"]) => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -282,6 +292,27 @@ async fn route(
     };
     Ok(resp)
 }
+
+/// A page that fetches a byte range of `/bytes` and writes what it got
+/// (status, length, first byte, the protocol the page came over) into
+/// `#result`: a browser's view of the client edge, read with `--dump-dom`.
+const RANGE_CHECK: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>warren range check</title>
+<pre id="result">running</pre>
+<script>
+(async () => {
+  const out = document.getElementById("result");
+  try {
+    const r = await fetch("/bytes/100000" + location.search, { headers: { Range: "bytes=1000-1999" } });
+    const body = new Uint8Array(await r.arrayBuffer());
+    const nav = performance.getEntriesByType("navigation")[0];
+    out.textContent = `status=${r.status} length=${body.length} first=${body[0]} protocol=${nav.nextHopProtocol}`;
+  } catch (e) {
+    out.textContent = "error " + e;
+  }
+})();
+</script>
+"#;
 
 const ROOMS_DEMO: &str = r#"<!doctype html>
 <meta charset="utf-8"><title>warren rooms demo</title>

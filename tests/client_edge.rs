@@ -917,3 +917,56 @@ async fn http2_floods_and_oversized_headers_are_refused() {
         "counted"
     );
 }
+
+/// A real browser over HTTPS and HTTP/2 through the tunnel: headless
+/// Chromium, trusting the test certificate (pinned by its public key, as
+/// an operator's own CA would be), loads a page and fetches a byte range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_loads_a_page_and_a_range_over_https_and_http2() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let edge = Edge::start(Transport::Quic, &[("api", &["localhost"])], &[]).await;
+    let spki = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+            edge.pem("api").display()
+        ))
+        .output()
+        .await
+        .unwrap();
+    let spki = String::from_utf8(spki.stdout).unwrap().trim().to_string();
+    assert_eq!(spki.len(), 44, "a base64 SHA-256: {spki:?}");
+    let profile = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+        ])
+        .args([
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-sync",
+        ])
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom"])
+        .arg(edge.url("/range-check"))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("chromium finishes")
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "status=206 length=1000 first={} protocol=h2",
+        warren::sample::pattern()[1000]
+    );
+    assert!(dom.contains(&expected), "{expected} in: {dom}");
+}
