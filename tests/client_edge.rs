@@ -603,6 +603,44 @@ async fn the_plain_listener_serves_or_redirects() {
         )
         .as_str()
     );
+    // Over h2c the host comes from :authority; several Hosts, or user
+    // info, are refused.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .arg("--http2-prior-knowledge")
+        .arg(format!("http://{plain}/bytes/5?clientId=home"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "308 https://127.0.0.1:{}/bytes/5?clientId=home",
+            edge.port()
+        )
+    );
+    for hosts in [
+        &["a.example", "b.example"][..],
+        &["evil.example@good.example"],
+    ] {
+        let mut raw = TcpStream::connect(plain).await.unwrap();
+        let mut head = "GET / HTTP/1.1\r\n".to_string();
+        for h in hosts {
+            head += &format!("host: {h}\r\n");
+        }
+        raw.write_all(format!("{head}connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        raw.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{hosts:?}: {answer}");
+    }
     // curl follows it to HTTPS and gets the body.
     let (out, ok) = tokio::process::Command::new("curl")
         .args(["-sSL", "--cacert"])
@@ -969,4 +1007,38 @@ async fn chromium_loads_a_page_and_a_range_over_https_and_http2() {
         warren::sample::pattern()[1000]
     );
     assert!(dom.contains(&expected), "{expected} in: {dom}");
+}
+
+/// At --max-client-connections, idle HTTP/2 connections (preface and
+/// settings, no streams; clients that never answer a GOAWAY) make room for
+/// new clients as idle HTTP/1.1 ones do, instead of locking them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_make_room_at_the_limit() {
+    let edge = Edge::start(
+        Transport::Quic,
+        &[("api", &["localhost"])],
+        &["--max-client-connections", "8"],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let tcp = TcpStream::connect(edge.server.api).await.unwrap();
+        let tls = edge
+            .connector(&[b"h2"])
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        // The handshake's frames are exchanged; then the connection is
+        // neither used nor driven again (a GOAWAY goes unanswered).
+        let (sender, mut conn) = h2::client::handshake(tls).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(100), &mut conn).await;
+        held.push((sender, conn));
+    }
+    for i in 0..12 {
+        let (_, ok) = edge
+            .curl(&["--http2", "-o", "/dev/null", &edge.url("/bytes/10")])
+            .await;
+        assert!(ok, "client {i} is served: {}", edge.server.log.text());
+    }
+    drop(held);
 }

@@ -63,6 +63,24 @@ pub(super) struct UpstreamTls {
     pub name: rustls::pki_types::ServerName<'static>,
 }
 
+impl UpstreamTls {
+    /// For the URL host `host` (SNI and the certificate's name; an IPv6
+    /// literal without its brackets), trusting the system's roots and `ca`.
+    pub fn new(host: &str, ca: Option<&std::path::Path>) -> Result<Self, crate::tls::TlsError> {
+        let client = crate::tls::upstream_client_config(ca)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+            crate::tls::TlsError::Config(rustls::Error::General(format!(
+                "{host:?} is not a name TLS can check"
+            )))
+        })?;
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)),
+            name,
+        })
+    }
+}
+
 /// A connection to the service: plain TCP, or TLS over it.
 pub(super) enum UpstreamIo {
     Plain(TcpStream),

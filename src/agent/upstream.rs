@@ -101,20 +101,7 @@ impl Upstream {
             None => format!("{}:{default_port}", authority.host()),
         };
         let tls = match scheme {
-            "https" => {
-                let client = crate::tls::upstream_client_config(config.ca.as_deref())?;
-                // SNI and the certificate check: the URL's host (an IPv6
-                // literal without its brackets).
-                let host = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                Some(UpstreamTls {
-                    connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
-                    name: rustls::pki_types::ServerName::try_from(host.to_string())
-                        .map_err(|_| bad())?,
-                })
-            }
+            "https" => Some(UpstreamTls::new(authority.host(), config.ca.as_deref())?),
             _ => None,
         };
         let pool = Pool::new(
@@ -371,11 +358,8 @@ impl Upstream {
         let limits = self.config.ws.clone();
         // ws:// or wss:// as the upstream is http:// or https://.
         let connect = async {
-            let io = self
-                .pool
-                .dial()
-                .await
-                .map_err(|e| WsError::Io(std::io::Error::other(e.to_string())))?;
+            let io = self.pool.dial().await;
+            let io = io.map_err(|e| WsError::Io(std::io::Error::other(e)))?;
             tokio_tungstenite::client_async_with_config(request, io, Some(limits.config())).await
         };
         let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, connect).await

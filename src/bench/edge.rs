@@ -9,10 +9,8 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use super::{
     error::BenchError,
     load::{self, Target},
-    procs::Proc,
     report::{Better, Row},
     scenarios::{mbps, Progress, Sizes, MIB},
-    Server,
 };
 use crate::transport::TransportKind;
 
@@ -21,66 +19,55 @@ use crate::transport::TransportKind;
 const STREAMS: usize = 64;
 
 #[derive(Default)]
-struct EdgeFigures {
+pub(super) struct EdgeFigures {
     plain_bulk: f64,
     https_bulk: f64,
     https_h1_rps: f64,
     h2_rps: f64,
 }
 
-/// Runs the edge scenarios over QUIC and WebSocket; their rows.
-pub(super) async fn measure(
-    bin: &Path,
-    dir: &Path,
-    upstream: SocketAddr,
-    sizes: &Sizes,
-    progress: &mut Progress,
-) -> Result<Vec<Row>, BenchError> {
-    let [h1, h2] = client_edge_certificate(dir)?;
-    let mut figures = Vec::new();
-    for kind in [TransportKind::Quic, TransportKind::Ws] {
-        let extra = [
-            "--api-tls-cert".into(),
-            dir.join("edge.pem").display().to_string(),
-            "--api-tls-key".into(),
-            dir.join("edge.key").display().to_string(),
-            "--api-plain-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        let server = Server::start(bin, dir, &format!("edge-{kind}"), &extra).await?;
-        let plain = server
-            .plain_api
-            .ok_or_else(|| BenchError::new("the edge server printed no plain listener"))?;
-        let token = server.issue("edge").await?;
-        let agent = server
-            .agent(bin, dir, "edge", &token, upstream, Some(kind))
-            .await?;
-        server.wait_agents(1).await?;
-        let https = Target {
-            addr: server.api,
-            client_id: Some("edge".into()),
-            tls: Some(h1.clone()),
-        };
-        let https_h2 = Target {
-            tls: Some(h2.clone()),
-            ..https.clone()
-        };
-        let http = Target {
-            addr: plain,
-            tls: None,
-            ..https.clone()
-        };
-        let f = run([&https, &https_h2, &http], sizes, progress, kind).await;
-        stop(agent, server).await;
-        figures.push(f?);
-    }
-    Ok(rows(&figures, sizes))
+/// The server flags of the edge scenarios: HTTPS with the certificate of
+/// [`certificate`], and a plain listener beside it.
+pub(super) fn server_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--api-tls-cert".into(),
+        dir.join("edge.pem").display().to_string(),
+        "--api-tls-key".into(),
+        dir.join("edge.key").display().to_string(),
+        "--api-plain-listen".into(),
+        "127.0.0.1:0".into(),
+    ]
+}
+
+/// The three ways to the same server: HTTPS offering HTTP/1.1, HTTPS
+/// offering HTTP/2 (`tls`: from [`certificate`]), and its plain listener.
+pub(super) fn targets(
+    api: SocketAddr,
+    plain: SocketAddr,
+    client_id: &str,
+    [h1, h2]: &[tokio_rustls::TlsConnector; 2],
+) -> [Target; 3] {
+    let https = Target {
+        addr: api,
+        client_id: Some(client_id.into()),
+        tls: Some(h1.clone()),
+    };
+    let https_h2 = Target {
+        tls: Some(h2.clone()),
+        ..https.clone()
+    };
+    let http = Target {
+        addr: plain,
+        tls: None,
+        ..https.clone()
+    };
+    [https, https_h2, http]
 }
 
 /// `[https, https_h2, http]`: the same server by HTTPS (ALPN http/1.1, then
 /// h2) and by its plain listener.
-async fn run(
-    [https, https_h2, http]: [&Target; 3],
+pub(super) async fn run(
+    [https, https_h2, http]: &[Target; 3],
     sizes: &Sizes,
     progress: &mut Progress,
     kind: TransportKind,
@@ -109,12 +96,7 @@ async fn run(
     Ok(f)
 }
 
-async fn stop(agent: Proc, server: Server) {
-    agent.stop().await;
-    server.proc.stop().await;
-}
-
-fn rows(figures: &[EdgeFigures], sizes: &Sizes) -> Vec<Row> {
+pub(super) fn rows(figures: &[EdgeFigures], sizes: &Sizes) -> Vec<Row> {
     let pick = |f: fn(&EdgeFigures) -> f64| (figures.first().map(f), figures.get(1).map(f));
     let bulk = format!("client edge: bulk {} MiB", sizes.bulk / MIB);
     let (pq, pw) = pick(|f| f.plain_bulk);
@@ -140,7 +122,7 @@ fn rows(figures: &[EdgeFigures], sizes: &Sizes) -> Vec<Row> {
 
 /// A self-signed certificate for `localhost` in `dir` (edge.pem, edge.key),
 /// and clients that trust it: offering HTTP/1.1, and HTTP/2.
-fn client_edge_certificate(dir: &Path) -> Result<[tokio_rustls::TlsConnector; 2], BenchError> {
+pub(super) fn certificate(dir: &Path) -> Result<[tokio_rustls::TlsConnector; 2], BenchError> {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
         .map_err(|e| BenchError::new(format!("generating the edge certificate: {e}")))?;
     std::fs::write(dir.join("edge.pem"), made.cert.pem())

@@ -368,7 +368,27 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         agent.stop().await;
         server.proc.stop().await;
     }
-    let edge_rows = edge::measure(&bin, &dir, upstream_addr, &sizes, &mut progress).await?;
+    // The client edge: HTTPS, HTTP/2 and plain HTTP to one server.
+    let tls = edge::certificate(&dir)?;
+    let mut edge_figures = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        let name = format!("edge-{kind}");
+        let server = Server::start(&bin, &dir, &name, &edge::server_args(&dir)).await?;
+        let plain = server
+            .plain_api
+            .ok_or_else(|| BenchError::new("the edge server printed no plain listener"))?;
+        let token = server.issue("edge").await?;
+        let agent = server
+            .agent(&bin, &dir, "edge", &token, upstream_addr, Some(kind))
+            .await?;
+        server.wait_agents(1).await?;
+        let targets = edge::targets(server.api, plain, "edge", &tls);
+        let figures = edge::run(&targets, &sizes, &mut progress, kind).await;
+        agent.stop().await;
+        server.proc.stop().await;
+        edge_figures.push(figures?);
+    }
+    let edge_rows = edge::rows(&edge_figures, &sizes);
     upstream.stop().await;
     eprintln!();
 

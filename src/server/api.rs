@@ -139,6 +139,10 @@ async fn accept_loop(
     }
 }
 
+/// How long an idle connection asked to make room may take to close
+/// (well under [`SHED_WAIT`], which the new client waits).
+const SHED_CLOSE: Duration = Duration::from_millis(200);
+
 /// How long a connection accepted just before shutdown began gets to start
 /// its first request: a client sends it right after connecting, so this only
 /// matters on a loaded machine.
@@ -342,13 +346,19 @@ async fn serve_http<I>(
         _ = registration.state.shed.notified() => {
             debug!(%peer, "idle keep-alive connection closed to make room");
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // HTTP/1.1 closes at once; HTTP/2 says GOAWAY and waits for the
+            // client, which may never answer. Idle, it holds nothing.
+            match tokio::time::timeout(SHED_CLOSE, conn.as_mut()).await {
+                Ok(result) => result,
+                Err(_) if !registration.state.is_busy() => Ok(()),
+                Err(_) => conn.await,
+            }
         }
     };
     if let Err(e) = result {
         if told_to_calm_down(&*e) {
             shared.metrics.connection_failed("h2_enhance_your_calm");
-            warn!(%peer, "HTTP/2 client connection closed (GOAWAY ENHANCE_YOUR_CALM): too many streams reset (rapid reset) or refused");
+            warn!(%peer, "HTTP/2 client connection closed with GOAWAY ENHANCE_YOUR_CALM: it passed a flood limit (streams reset before being served, CONTINUATION frames, header list size, or streams the server had to reset)");
         } else {
             debug!(%peer, "client connection ended with an error: {e}");
         }
@@ -369,22 +379,35 @@ fn told_to_calm_down(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// `308` to the same host and path over HTTPS (`--api-plain-redirect`).
+/// `308` to the same host and path over HTTPS (`--api-plain-redirect`). The
+/// host comes from the request target's authority (HTTP/2's `:authority`,
+/// an absolute-form target), else the one `Host` header; one with user info,
+/// or several, is refused.
 fn to_https<B>(req: &Request<B>, https_port: Option<u16>) -> Response<TunnelBody> {
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let header = hosts.next();
+    let host = match (req.uri().authority(), header, hosts.next()) {
+        (_, Some(_), Some(_)) => None,
+        (Some(authority), _, _) => Some(authority.clone()),
+        (None, Some(h), None) => h.to_str().ok().and_then(|h| h.parse().ok()),
+        (None, None, _) => None,
+    }
+    .filter(|a: &http::uri::Authority| !a.as_str().contains('@') && !a.host().is_empty());
     let Some(host) = host else {
         return reply::error_response(
             http::StatusCode::BAD_REQUEST,
             "bad_host",
             None,
-            "this address only redirects to HTTPS, which needs a valid Host header",
+            "this address only redirects to HTTPS, which needs one valid Host (no user info)",
         );
     };
-    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    // `OPTIONS *` and the like have no path to keep.
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
     let location = match https_port {
         Some(port) => format!("https://{}:{port}{path}", host.host()),
         None => format!("https://{}{path}", host.host()),

@@ -24,6 +24,9 @@ pub(super) struct ConnState {
     started: Notify,
     /// Whether any request ever started on this connection.
     served: std::sync::atomic::AtomicBool,
+    /// Already asked to close: the next shed picks another (an HTTP/2
+    /// client may take its time over a GOAWAY).
+    shedding: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -41,6 +44,11 @@ impl ConnState {
     /// drop that request unanswered.
     pub fn served(&self) -> bool {
         self.served.load(Ordering::Acquire)
+    }
+
+    /// Whether a request (or a response body) is in progress.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
     }
 
     /// Resolves when a request starts (at once if one did since the last
@@ -84,8 +92,12 @@ impl IdleConns {
     /// Asks the oldest idle connection to close; whether there was one.
     pub fn shed_one(&self) -> bool {
         let conns = self.conns.lock().expect("connections poisoned");
-        match conns.values().find(|c| c.busy.load(Ordering::Acquire) == 0) {
+        let idle = conns
+            .values()
+            .find(|c| !c.is_busy() && !c.shedding.load(Ordering::Acquire));
+        match idle {
             Some(idle) => {
+                idle.shedding.store(true, Ordering::Release);
                 idle.shed.notify_one();
                 true
             }
@@ -123,6 +135,10 @@ mod tests {
         let young = conns.register();
         let busy_old = old.state.busy();
         assert!(conns.shed_one(), "the young one is idle");
+        assert!(
+            !conns.shed_one(),
+            "it was asked already; the old one is busy"
+        );
         drop(young);
         assert!(!conns.shed_one(), "the only one left is busy");
         drop(busy_old);
