@@ -148,6 +148,11 @@ impl Edge {
         edge
     }
 
+    /// One pair, for `localhost`.
+    async fn localhost(t: Transport, extra: &[&str]) -> Edge {
+        Edge::start(t, &[("api", &["localhost"])], extra).await
+    }
+
     fn port(&self) -> u16 {
         self.server.api.port()
     }
@@ -232,7 +237,7 @@ async fn get_on(
 }
 
 async fn https_carries_requests_and_websockets_over_tls_12_and_13(t: Transport) {
-    let edge = Edge::start(t, &[("api", &["localhost"])], &[]).await;
+    let edge = Edge::localhost(t, &[]).await;
     let url = edge.url("/bytes/300000");
     let expected = sha256_hex(&warren::sample::pattern().slice(0..300_000));
     for version in [
@@ -346,12 +351,7 @@ async fn sni_picks_the_certificate_and_wildcards_route_subdomains() {
 /// a log line and the pair in use stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_when_their_files_change() {
-    let edge = Edge::start(
-        Transport::Quic,
-        &[("api", &["localhost"])],
-        &["--api-tls-reload-check", "200ms"],
-    )
-    .await;
+    let edge = Edge::localhost(Transport::Quic, &["--api-tls-reload-check", "200ms"]).await;
     let first = edge.served_cert("localhost").await;
     let mut before = edge.connection("localhost").await;
     assert_eq!(
@@ -402,12 +402,7 @@ async fn certificates_reload_when_their_files_change() {
 /// With file checks far apart, SIGHUP is what applies a renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificates() {
-    let edge = Edge::start(
-        Transport::Ws,
-        &[("api", &["localhost"])],
-        &["--api-tls-reload-check", "1h"],
-    )
-    .await;
+    let edge = Edge::localhost(Transport::Ws, &["--api-tls-reload-check", "1h"]).await;
     let first = edge.served_cert("localhost").await;
     let renewed = edge.ca.leaf("api", &["localhost"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -436,9 +431,8 @@ async fn sighup_reloads_the_certificates() {
 /// connection), a log line and a metric, while good clients are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tls_input_is_refused_and_others_are_served() {
-    let edge = Edge::start(
+    let edge = Edge::localhost(
         Transport::Quic,
-        &[("api", &["localhost"])],
         &[
             "--header-read-timeout",
             "1s",
@@ -563,12 +557,7 @@ async fn bad_tls_input_is_refused_and_others_are_served() {
 /// to the upstream), or only redirecting to the HTTPS port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_listener_serves_or_redirects() {
-    let edge = Edge::start(
-        Transport::Ws,
-        &[("api", &["localhost"])],
-        &["--api-plain-listen", "127.0.0.1:0"],
-    )
-    .await;
+    let edge = Edge::localhost(Transport::Ws, &["--api-plain-listen", "127.0.0.1:0"]).await;
     let plain = edge.server.plain.expect("the plain address is printed");
     let resp = get(&format!("http://{plain}/headers?clientId=home")).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -582,9 +571,8 @@ async fn the_plain_listener_serves_or_redirects() {
         "{seen}"
     );
 
-    let edge = Edge::start(
+    let edge = Edge::localhost(
         Transport::Ws,
-        &[("api", &["localhost"])],
         &["--api-plain-listen", "127.0.0.1:0", "--api-plain-redirect"],
     )
     .await;
@@ -707,27 +695,18 @@ async fn bad_certificate_files_are_refused_at_start() {
         ),
     ];
     for (args, says) in cases {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "server",
-                "--api-listen",
-                "127.0.0.1:0",
-                "--tunnel-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--database-url", &format!("sqlite://{}", p("w.db"))])
-            .args(["--certs", &p("certs")])
-            .args(&args)
-            .env("WARREN_LOG", "warn")
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(20), out)
-            .await
-            .expect("the server exits")
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} is refused");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        let mut all: Vec<String> = ["server", "--api-listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(["--tunnel-listen", "127.0.0.1:0", "--certs"])
+            .map(String::from)
+            .collect();
+        all.extend([
+            p("certs"),
+            "--database-url".into(),
+            format!("sqlite://{}", p("w.db")),
+        ]);
+        all.extend(args);
+        refused_at_start(&all, says).await;
     }
 }
 
@@ -735,12 +714,7 @@ async fn bad_certificate_files_are_refused_at_start() {
 /// the plain listener, curl as the client; a truncated response is an
 /// error to it (a reset stream), never a clean short body.
 async fn http2_by_alpn_and_prior_knowledge(t: Transport) {
-    let edge = Edge::start(
-        t,
-        &[("api", &["localhost"])],
-        &["--api-plain-listen", "127.0.0.1:0"],
-    )
-    .await;
+    let edge = Edge::localhost(t, &["--api-plain-listen", "127.0.0.1:0"]).await;
     let expected = sha256_hex(&warren::sample::pattern().slice(0..1_000_000));
     let (out, ok) = edge
         .curl(&["--http2", "-o", "-", &edge.url("/bytes/1000000")])
@@ -806,7 +780,7 @@ fn h2_get(path: &str) -> http::Request<Empty<Bytes>> {
 /// stream, all answered whole, while a 64 MiB response on the same
 /// connection is not read at all: flow control stalls only that stream.
 async fn many_streams_share_one_connection_and_a_stalled_one_stalls_alone(t: Transport) {
-    let edge = Edge::start(t, &[("api", &["localhost"])], &[]).await;
+    let edge = Edge::localhost(t, &[]).await;
     let conn = h2_connection(&edge).await;
     let stalled = conn
         .clone()
@@ -853,9 +827,8 @@ over_transports!(
 /// and header list limit hold; other clients are served throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_floods_and_oversized_headers_are_refused() {
-    let edge = Edge::start(
+    let edge = Edge::localhost(
         Transport::Quic,
-        &[("api", &["localhost"])],
         &[
             "--h2-max-streams",
             "16",
@@ -964,7 +937,7 @@ async fn chromium_loads_a_page_and_a_range_over_https_and_http2() {
     let Some(chromium) = chromium() else {
         return;
     };
-    let edge = Edge::start(Transport::Quic, &[("api", &["localhost"])], &[]).await;
+    let edge = Edge::localhost(Transport::Quic, &[]).await;
     let spki = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -1014,12 +987,7 @@ async fn chromium_loads_a_page_and_a_range_over_https_and_http2() {
 /// new clients as idle HTTP/1.1 ones do, instead of locking them out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_make_room_at_the_limit() {
-    let edge = Edge::start(
-        Transport::Quic,
-        &[("api", &["localhost"])],
-        &["--max-client-connections", "8"],
-    )
-    .await;
+    let edge = Edge::localhost(Transport::Quic, &["--max-client-connections", "8"]).await;
     let mut held = Vec::new();
     for _ in 0..8 {
         let tcp = TcpStream::connect(edge.server.api).await.unwrap();

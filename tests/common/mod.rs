@@ -575,6 +575,23 @@ pub fn hello(client_id: &str, token: &str, agent: &str) -> warren_proto::Control
     })
 }
 
+/// Runs `warren ARGS` and checks that it refuses to start, saying `says`
+/// on its standard error.
+pub async fn refused_at_start(args: &[String], says: &str) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env("WARREN_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("warren exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} is refused");
+    assert!(stderr.contains(says), "{args:?}: {stderr}");
+}
+
 /// A token for `client_id` in the registry a [`server_process`] started in
 /// `dir` uses.
 pub async fn issue_process_token(dir: &std::path::Path, client_id: &str) -> String {
