@@ -306,6 +306,7 @@ async fn serve_http<I>(
         .max_local_error_reset_streams(h2.max_error_resets)
         .initial_stream_window_size(h2.stream_window)
         .initial_connection_window_size(h2.connection_window)
+        .max_send_buf_size(h2.send_buffer)
         // A client gone without a FIN (a phone off the network) is found
         // by an unanswered ping instead of holding its streams for ever.
         .keep_alive_interval(h2.ping_interval)

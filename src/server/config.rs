@@ -242,6 +242,9 @@ pub struct H2Limits {
     /// Request body bytes a client may send ahead per stream, and in all.
     pub stream_window: u32,
     pub connection_window: u32,
+    /// Response bytes held per stream for the client, whatever window the
+    /// client grants (a huge one must not make a stalled stream costly).
+    pub send_buffer: usize,
     /// Ping period for an idle-looking connection; unanswered within one
     /// more, the connection is closed.
     pub ping_interval: Duration,
@@ -262,6 +265,10 @@ impl Default for H2Limits {
             // connection's 8 MiB lets others go on past several stalled ones.
             stream_window: 1 << 20,
             connection_window: 8 << 20,
+            // 128 KiB: a couple of the tunnel's body chunks in flight per
+            // stream keeps the TLS writer busy; hyper's 400 KiB default let
+            // 256 stalled streams cost ~1 MiB each with a huge client window.
+            send_buffer: 128 << 10,
             // 30 s: finds a vanished client within a minute; one ping per
             // idle connection per 30 s costs nothing.
             ping_interval: Duration::from_secs(30),
