@@ -268,22 +268,8 @@ async fn route(
             Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
         },
         (Method::GET, ["ws", "echo"]) => ws_echo(stats, req),
-        (Method::GET, ["rooms-demo"]) => {
-            let mut resp = respond(StatusCode::OK, ROOMS_DEMO);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            resp
-        }
-        (Method::GET, ["range-check"]) => {
-            let mut resp = respond(StatusCode::OK, RANGE_CHECK);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            resp
-        }
+        (Method::GET, ["rooms-demo"]) => html(ROOMS_DEMO),
+        (Method::GET, ["range-check"]) => html(RANGE_CHECK),
         (Method::GET, ["hang"]) => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -291,6 +277,15 @@ async fn route(
         _ => respond(StatusCode::NOT_FOUND, "no such route\n"),
     };
     Ok(resp)
+}
+
+fn html(page: &'static str) -> Response<SampleBody> {
+    let mut resp = respond(StatusCode::OK, page);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
 }
 
 /// A page that fetches a byte range of `/bytes` and writes what it got

@@ -195,9 +195,33 @@ impl Edge {
 
     /// A TLS connection to the API asking for `sni`.
     async fn tls(&self, sni: &str) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.tls_offering(sni, &[b"http/1.1"]).await
+    }
+
+    /// A TLS connection to the API asking for `sni`, offering `alpn`.
+    async fn tls_offering(
+        &self,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.server.api).await?;
         let name = ServerName::try_from(sni.to_string()).unwrap();
-        self.connector(&[b"http/1.1"]).connect(name, tcp).await
+        self.connector(alpn).connect(name, tcp).await
+    }
+
+    /// A raw HTTP/2 client connection (the h2 crate, to misbehave with),
+    /// its settings exchanged; the connection is driven only by the caller.
+    async fn raw_h2(
+        &self,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>>,
+    ) {
+        let tls = self.tls_offering("localhost", &[b"h2"]).await.unwrap();
+        let (sender, mut conn) = h2::client::handshake(tls).await.unwrap();
+        // Settings arrive with the connection's first frames.
+        let _ = tokio::time::timeout(Duration::from_millis(300), &mut conn).await;
+        (sender, conn)
     }
 
     /// The leaf certificate the server presents for `sni`.
@@ -497,11 +521,7 @@ async fn bad_tls_input_is_refused_and_others_are_served() {
     );
 
     // Only an ALPN protocol the API does not speak: refused in the handshake.
-    let tcp = TcpStream::connect(edge.server.api).await.unwrap();
-    let refused = edge
-        .connector(&[b"spdy/1"])
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await;
+    let refused = edge.tls_offering("localhost", &[b"spdy/1"]).await;
     let err = refused.expect_err("no common application protocol");
     assert!(
         err.to_string()
@@ -753,12 +773,7 @@ async fn http2_by_alpn_and_prior_knowledge(t: Transport) {
 
 /// An HTTP/2 client connection to the API (ALPN h2), with hyper's client.
 async fn h2_connection(edge: &Edge) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
-    let tcp = TcpStream::connect(edge.server.api).await.unwrap();
-    let tls = edge
-        .connector(&[b"h2"])
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = edge.tls_offering("localhost", &[b"h2"]).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -839,21 +854,9 @@ async fn http2_floods_and_oversized_headers_are_refused() {
         ],
     )
     .await;
-    let raw = || async {
-        let tcp = TcpStream::connect(edge.server.api).await.unwrap();
-        let tls = edge
-            .connector(&[b"h2"])
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        let (sender, mut conn) = h2::client::handshake(tls).await.unwrap();
-        // Settings arrive with the connection's first frames.
-        let _ = tokio::time::timeout(Duration::from_millis(300), &mut conn).await;
-        (sender, conn)
-    };
 
     // The stream limit, as advertised to the client.
-    let (sender, conn) = raw().await;
+    let (sender, conn) = edge.raw_h2().await;
     assert_eq!(conn.max_concurrent_send_streams(), 16);
     let task = tokio::spawn(conn);
 
@@ -875,7 +878,7 @@ async fn http2_floods_and_oversized_headers_are_refused() {
     task.abort();
 
     // Rapid reset: open and cancel, as fast as the client can.
-    let (sender, conn) = raw().await;
+    let (sender, conn) = edge.raw_h2().await;
     let driver = tokio::spawn(conn);
     let mut sender = sender;
     let mut sent = 0;
@@ -990,17 +993,9 @@ async fn idle_http2_connections_make_room_at_the_limit() {
     let edge = Edge::localhost(Transport::Quic, &["--max-client-connections", "8"]).await;
     let mut held = Vec::new();
     for _ in 0..8 {
-        let tcp = TcpStream::connect(edge.server.api).await.unwrap();
-        let tls = edge
-            .connector(&[b"h2"])
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
         // The handshake's frames are exchanged; then the connection is
         // neither used nor driven again (a GOAWAY goes unanswered).
-        let (sender, mut conn) = h2::client::handshake(tls).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_millis(100), &mut conn).await;
-        held.push((sender, conn));
+        held.push(edge.raw_h2().await);
     }
     for i in 0..12 {
         let (_, ok) = edge

@@ -20,11 +20,8 @@ use std::{
 use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-    time::Instant,
-};
+use tokio::{net::TcpStream, time::Instant};
+use tokio_util::either::Either;
 use tracing::debug;
 
 use crate::body::TunnelBody;
@@ -82,10 +79,7 @@ impl UpstreamTls {
 }
 
 /// A connection to the service: plain TCP, or TLS over it.
-pub(super) enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+pub(super) type UpstreamIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 pub(super) struct Pool {
     /// `host:port` of the service.
@@ -194,8 +188,8 @@ impl Pool {
             let tcp = TcpStream::connect(&self.addr).await?;
             let _ = tcp.set_nodelay(true);
             Ok(match &self.tls {
-                None => UpstreamIo::Plain(tcp),
-                Some(tls) => UpstreamIo::Tls(Box::new(
+                None => Either::Left(tcp),
+                Some(tls) => Either::Right(Box::new(
                     tls.connector.connect(tls.name.clone(), tcp).await?,
                 )),
             })
@@ -249,70 +243,6 @@ impl Lease {
         // Closed (`Connection: close`, an error) or stuck: not reused.
         if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, self.sender.ready()).await {
             pool.put_back(self.sender);
-        }
-    }
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(io) => io.is_write_vectored(),
-            UpstreamIo::Tls(io) => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
-            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
         }
     }
 }

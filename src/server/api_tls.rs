@@ -82,7 +82,7 @@ impl fmt::Debug for ApiCerts {
 impl ApiCerts {
     /// Loads every pair; an error names the file and what is wrong with it.
     pub fn load(config: ApiTlsConfig) -> Result<Arc<ApiCerts>, TlsError> {
-        let loaded = load_pairs(&config.pairs)?;
+        let loaded = load_pairs(&config.pairs, stamps(&config.pairs))?;
         Ok(Arc::new(ApiCerts {
             tried: Mutex::new(loaded.stamps.clone()),
             current: RwLock::new(Arc::new(loaded)),
@@ -109,8 +109,8 @@ impl ApiCerts {
     /// from the next handshake on. Returns how many pairs are served.
     pub fn reload(&self) -> Result<usize, TlsError> {
         let stamps = stamps(&self.config.pairs);
-        *self.tried.lock().expect("not poisoned") = stamps;
-        let loaded = load_pairs(&self.config.pairs)?;
+        *self.tried.lock().expect("not poisoned") = stamps.clone();
+        let loaded = load_pairs(&self.config.pairs, stamps)?;
         let n = loaded.keys.len();
         *self.current.write().expect("not poisoned") = Arc::new(loaded);
         Ok(n)
@@ -129,15 +129,9 @@ impl ApiCerts {
     }
 
     /// Checks the files every `reload_check` until `shutdown`.
-    pub(super) async fn watch(self: Arc<Self>, mut shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(self.config.reload_check);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait() => return,
-            }
+    pub(super) async fn watch(self: Arc<Self>, shutdown: Shutdown) {
+        let mut clock = shutdown.every(self.config.reload_check);
+        while clock.tick().await {
             // File reads and key parsing: off the runtime's workers.
             let certs = self.clone();
             let _ = tokio::task::spawn_blocking(move || certs.reload_if_changed()).await;
@@ -177,8 +171,8 @@ fn stamps(pairs: &[CertPair]) -> Vec<Stamp> {
         .collect()
 }
 
-fn load_pairs(pairs: &[CertPair]) -> Result<Loaded, TlsError> {
-    let stamps = stamps(pairs);
+/// Loads `pairs`, whose files had `stamps` just before.
+fn load_pairs(pairs: &[CertPair], stamps: Vec<Stamp>) -> Result<Loaded, TlsError> {
     let provider = rustls::crypto::ring::default_provider();
     let mut keys = Vec::with_capacity(pairs.len());
     for pair in pairs {

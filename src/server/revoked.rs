@@ -11,16 +11,9 @@ use tracing::warn;
 use super::{admin::disconnect_here, state::Shared};
 use crate::shutdown::Shutdown;
 
-pub(super) async fn sweep(shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let every = shared.config.revocation_check;
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.wait() => return,
-        }
+pub(super) async fn sweep(shared: Arc<Shared>, shutdown: Shutdown) {
+    let mut clock = shutdown.every(shared.config.revocation_check);
+    while clock.tick().await {
         let connected: HashSet<String> = shared
             .agents
             .all()
