@@ -1,7 +1,10 @@
 //! Bodies that carry a tunnel stream: a hyper body reading from a [`RecvStream`],
 //! in chunks as large as what has already arrived (large writes downstream are
 //! what keep throughput up). A reset stream becomes a body error, so hyper aborts
-//! the connection instead of ending the message cleanly.
+//! the connection instead of ending the message cleanly. [`parts`] frames the
+//! bodies that may end with trailers.
+
+pub mod parts;
 
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 
+use self::parts::BodyReader;
 use crate::transport::{RecvStream, TransportError};
 
 /// Largest chunk handed downstream in one piece. 128 KiB: large enough that
@@ -23,26 +27,30 @@ pub type TunnelBody = UnsyncBoxBody<Bytes, TransportError>;
 /// fails: the client sees an error, never a clean end, and dropping `recv`
 /// tells the agent to abandon the upstream request.
 pub fn from_recv(recv: RecvStream, idle: Duration) -> TunnelBody {
-    from_recv_counted(recv, idle, |_| {})
+    from_reader(BodyReader::new(recv, false, 0), idle, |_| {})
 }
 
-/// [`from_recv`], telling `taken` how many bytes each chunk handed on had.
-pub fn from_recv_counted(
-    recv: RecvStream,
+/// A body read by `reader` (raw or framed, trailers included), telling
+/// `taken` how many bytes each data chunk handed on had. Idle as in
+/// [`from_recv`].
+pub fn from_reader(
+    reader: BodyReader,
     idle: Duration,
     taken: impl FnMut(u64) + Send + 'static,
 ) -> TunnelBody {
-    let stream = futures_util::stream::unfold(Some((recv, taken)), move |state| async move {
-        let (mut recv, mut taken) = state?;
-        match tokio::time::timeout(idle, recv.read_chunk(CHUNK)).await {
-            Ok(Ok(Some(chunk))) => {
-                taken(chunk.len() as u64);
-                Some((Ok(Frame::data(chunk)), Some((recv, taken))))
+    let stream = futures_util::stream::unfold(Some((reader, taken)), move |state| async move {
+        let (mut reader, mut taken) = state?;
+        match tokio::time::timeout(idle, reader.next(CHUNK)).await {
+            Ok(Ok(Some(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    taken(data.len() as u64);
+                }
+                Some((Ok(frame), Some((reader, taken))))
             }
             Ok(Ok(None)) => None,
             Ok(Err(e)) => Some((Err(e), None)),
             Err(_) => {
-                recv.stop(warren_proto::ResetCode::Cancelled);
+                reader.recv_mut().stop(warren_proto::ResetCode::Cancelled);
                 Some((Err(TransportError::Timeout(idle)), None))
             }
         }
@@ -63,6 +71,12 @@ pub fn full(bytes: impl Into<Bytes>) -> TunnelBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// `bytes`, then `trailers`.
+pub fn with_trailers(bytes: Bytes, trailers: http::HeaderMap) -> TunnelBody {
+    let frames = [Ok(Frame::data(bytes)), Ok(Frame::trailers(trailers))];
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
 }
 
 pub fn empty() -> TunnelBody {

@@ -7,8 +7,11 @@
 //! the golden byte examples in the document, and every message's fields and
 //! variants against the document's type listings.
 
+pub mod body;
 pub mod frame;
 pub mod message;
+
+pub use body::{data_prefix, part_start, DataPrefix, PartStart, MAX_DATA_PART};
 
 pub use frame::{
     decode_frame, decode_payload, decode_payload_borrowed, encode_frame, frame_len, FrameError,

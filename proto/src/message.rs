@@ -75,6 +75,9 @@ pub mod capability {
     pub const CREDIT: &str = "credit";
     /// The agent wants `Control::Addresses` after `Welcome`.
     pub const ADDRESSES: &str = "addresses";
+    /// The agent takes `Open::HttpWithTrailers`: bodies as [`BodyPart`](crate::BodyPart)
+    /// frames, so trailer fields can follow them both ways.
+    pub const TRAILERS: &str = "trailers";
 }
 
 /// The protocol version of a `Control::Hello` frame payload (the bytes after the
@@ -176,7 +179,30 @@ pub enum Open<S = String, B = Vec<u8>> {
     /// The channel for this connection's rooms: [`RoomEvent`] frames from the
     /// server, [`RoomCommand`] frames from the agent (after a `Reply::Head`).
     Rooms,
+    /// An HTTP request whose bodies may end with trailer fields (only to an
+    /// agent that said [`capability::TRAILERS`]): the request body (when
+    /// `body`) and the response body after `Reply::Head` are [`BodyPart`]
+    /// frames, then FIN.
+    HttpWithTrailers(RequestHead<S, B>),
 }
+
+/// A piece of a body on an `Open::HttpWithTrailers` stream. Data parts are
+/// written and read without going through serde (see [`crate::body`]); the
+/// bytes are the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "S: Serialize, B: AsRef<[u8]>",
+    deserialize = "S: Deserialize<'de>, B: bytes::WireBytes<'de>"
+))]
+pub enum BodyPart<S = String, B = Vec<u8>> {
+    /// Body bytes, at most [`MAX_DATA_PART`](crate::MAX_DATA_PART).
+    Data(#[serde(with = "bytes")] B),
+    /// The trailer fields: the body's last part.
+    Trailers(Vec<Header<S, B>>),
+}
+
+/// [`BodyPart`] borrowing its bytes and trailer fields.
+pub type BodyPartRef<'a> = BodyPart<&'a str, &'a [u8]>;
 
 /// One WebSocket message on a pass-through stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -213,6 +213,9 @@ fn every_message_kind_matches_the_document() {
     for (name, value) in &examples.reply {
         checker.check(name, "Reply", value);
     }
+    for (name, value) in &examples.body {
+        checker.check(name, "BodyPart", value);
+    }
     for (name, value) in &examples.ws {
         checker.check(name, "WsMessage", value);
     }
@@ -253,6 +256,7 @@ fn borrow_open(open: &Open) -> OpenRef<'_> {
         Open::Http(h) => Open::Http(borrow_head(h)),
         Open::WebSocket(h) => Open::WebSocket(borrow_head(h)),
         Open::Rooms => Open::Rooms,
+        Open::HttpWithTrailers(h) => Open::HttpWithTrailers(borrow_head(h)),
     }
 }
 
@@ -286,6 +290,37 @@ fn borrowed_heads_are_the_same_bytes() {
         let decoded: ReplyRef = decode_payload_borrowed(&golden[LEN_PREFIX..]).unwrap();
         assert_eq!(decoded, view, "{name}");
     }
+    for (name, part) in &examples.body {
+        let golden = checker.bytes(name);
+        let view: BodyPartRef = match part {
+            BodyPart::Data(d) => BodyPart::Data(d.as_slice()),
+            BodyPart::Trailers(t) => BodyPart::Trailers(borrow_headers(t)),
+        };
+        assert_eq!(encode_frame(&view, 1 << 20).unwrap(), golden, "{name}");
+        let decoded: BodyPartRef = decode_payload_borrowed(&golden[LEN_PREFIX..]).unwrap();
+        assert_eq!(decoded, view, "{name}");
+    }
+}
+
+/// A data part read the fast way (prefix, then the bytes as they are) is
+/// the golden frame, and a trailers part is found whole before decoding.
+#[test]
+fn body_parts_read_without_decoding_their_data() {
+    let checker = Checker::new();
+    let data = checker.bytes("body.data");
+    assert_eq!(data_prefix(2).unwrap().as_bytes(), &data[..data.len() - 2]);
+    assert_eq!(
+        part_start(data, 0).unwrap(),
+        Some(PartStart::Data { skip: 6, len: 2 })
+    );
+    let trailers = checker.bytes("body.trailers");
+    assert_eq!(
+        part_start(trailers, 64).unwrap(),
+        Some(PartStart::Trailers {
+            frame: trailers.len()
+        })
+    );
+    assert!(part_start(trailers, 4).is_err(), "trailers over the limit");
 }
 
 #[test]

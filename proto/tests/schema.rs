@@ -467,6 +467,7 @@ fn all_names() -> BTreeMap<String, Names> {
         names_of::<Reply>(),
         names_of::<ResponseHead>(),
         names_of::<StreamError>(),
+        names_of::<BodyPart>(),
         names_of::<ErrorKind>(),
         names_of::<WsMessage>(),
         names_of::<Payload>(),
@@ -490,6 +491,9 @@ fn record_examples(defs: &mut Defs) {
     for (_, value) in &examples.reply {
         record(defs, value);
     }
+    for (_, value) in &examples.body {
+        record(defs, value);
+    }
     for (_, value) in &examples.ws {
         record(defs, value);
     }
@@ -502,10 +506,11 @@ fn record_examples(defs: &mut Defs) {
 }
 
 /// The enums whose every variant has a golden example in §7.
-const MESSAGE_ENUMS: [&str; 6] = [
+const MESSAGE_ENUMS: [&str; 7] = [
     "Control",
     "Open",
     "Reply",
+    "BodyPart",
     "WsMessage",
     "RoomEvent",
     "RoomCommand",
@@ -879,7 +884,9 @@ fn constants_match_the_document() {
         ("capability::ROOMS_AUTH", quoted(capability::ROOMS_AUTH)),
         ("capability::CREDIT", quoted(capability::CREDIT)),
         ("capability::ADDRESSES", quoted(capability::ADDRESSES)),
+        ("capability::TRAILERS", quoted(capability::TRAILERS)),
         ("INITIAL_CREDIT", INITIAL_CREDIT.to_string()),
+        ("MAX_DATA_PART", MAX_DATA_PART.to_string()),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v))

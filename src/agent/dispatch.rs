@@ -48,12 +48,21 @@ impl Dispatch {
                 return;
             }
         };
+        // Bodies with trailers are framed as body parts; otherwise the same.
+        let framed = matches!(open, Open::HttpWithTrailers(_));
         match open {
-            Open::Http(head) => {
+            Open::Http(head) | Open::HttpWithTrailers(head) => {
                 let span = tracing::info_span!("request", request_id = head.request_id);
                 let credit = credit.response(head.request_id);
+                let stream = upstream::Exchange {
+                    send,
+                    recv,
+                    max_head,
+                    credit,
+                    framed,
+                };
                 self.upstream
-                    .http(head, frame, send, recv, max_head, credit)
+                    .http(head, frame, stream)
                     .instrument(span)
                     .await
             }

@@ -64,6 +64,7 @@ pub(super) async fn hello(
                 let mut can = vec![
                     capability::CREDIT.to_string(),
                     capability::ADDRESSES.to_string(),
+                    capability::TRAILERS.to_string(),
                 ];
                 if config.rooms_auth {
                     can.push(capability::ROOMS_AUTH.to_string());

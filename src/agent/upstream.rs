@@ -11,7 +11,9 @@ use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
-use warren_proto::{ErrorKind, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError};
+use warren_proto::{
+    ErrorKind, FrameError, Reply, ReplyRef, RequestHead, ResetCode, ResponseHead, StreamError,
+};
 
 use super::{
     credit::Credit,
@@ -20,9 +22,13 @@ use super::{
     pool::{Pool, UpstreamTls},
 };
 use crate::{
-    body::{self, TunnelBody},
+    body::{
+        self,
+        parts::{self, BodyReader},
+        TunnelBody,
+    },
     headers,
-    transport::{RecvStream, SendStream},
+    transport::{RecvStream, SendStream, TransportError},
 };
 
 /// Body bytes up to this size that are ready with the response head are sent
@@ -66,6 +72,18 @@ pub const DEFAULT_MAX_IDLE: usize = 256;
 /// services close theirs sooner, and reusing one they are about to close
 /// costs the request a retry.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request stream as the server opened it, with what serving it needs.
+pub(super) struct Exchange {
+    pub send: SendStream,
+    pub recv: RecvStream,
+    /// Largest head (and trailers part) the server takes.
+    pub max_head: usize,
+    /// The server's credit for the response body (QUIC), if it gives any.
+    pub credit: Option<Credit>,
+    /// `Open::HttpWithTrailers`: both bodies are body parts.
+    pub framed: bool,
+}
 
 pub struct Upstream {
     pool: Arc<Pool>,
@@ -126,12 +144,17 @@ impl Upstream {
         &self,
         head: RequestHead<&str, &[u8]>,
         frame: &Bytes,
-        mut send: SendStream,
-        recv: RecvStream,
-        max_head: usize,
-        credit: Option<Credit>,
+        stream: Exchange,
     ) {
-        let request = match self.request(head, frame, recv) {
+        let Exchange {
+            mut send,
+            recv,
+            max_head,
+            credit,
+            framed,
+        } = stream;
+        let reader = BodyReader::new(recv, framed, max_head);
+        let request = match self.request(head, frame, reader) {
             Ok(r) => r,
             Err(message) => {
                 let _ = reply_error(&mut send, ErrorKind::BadRequest, message, max_head).await;
@@ -158,7 +181,13 @@ impl Upstream {
             };
             self.metrics
                 .upstream_answered(response.status().as_u16(), started.elapsed());
-            return self.relay(response, None, send, max_head, credit).await;
+            let back = Back {
+                send,
+                max_head,
+                credit,
+                framed,
+            };
+            return self.relay(response, None, back).await;
         }
         let (response, lease) = match tokio::time::timeout(timeout, self.pool.send(request)).await {
             Ok(Ok(exchange)) => exchange,
@@ -182,8 +211,13 @@ impl Upstream {
         };
         self.metrics
             .upstream_answered(response.status().as_u16(), started.elapsed());
-        self.relay(response, Some(lease), send, max_head, credit)
-            .await
+        let back = Back {
+            send,
+            max_head,
+            credit,
+            framed,
+        };
+        self.relay(response, Some(lease), back).await
     }
 
     /// The service gave no response: counted, logged, and told to the
@@ -212,16 +246,20 @@ impl Upstream {
         &self,
         response: http::Response<B>,
         lease: Option<super::pool::Lease>,
-        mut send: SendStream,
-        max_head: usize,
-        mut credit: Option<Credit>,
+        back: Back,
     ) where
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
+        let Back {
+            mut send,
+            max_head,
+            mut credit,
+            framed,
+        } = back;
         let (parts, mut body) = response.into_parts();
         let mut resp_headers = parts.headers;
-        headers::strip_hop_by_hop(&mut resp_headers);
+        strip_hop_by_hop(&mut resp_headers, framed);
         let head: ReplyRef = Reply::Head(ResponseHead {
             status: parts.status.as_u16(),
             headers: headers::to_wire_ref(&resp_headers),
@@ -245,7 +283,11 @@ impl Upstream {
                     unreachable!()
                 };
                 let data = frame.data_ref().expect("checked");
-                first.extend_from_slice(data);
+                if framed {
+                    parts::append_data(&mut first, data);
+                } else {
+                    first.extend_from_slice(data);
+                }
                 // Within the initial credit (COALESCE is smaller).
                 if let Some(credit) = credit.as_mut() {
                     credit.sent(data.len() as u64);
@@ -275,10 +317,33 @@ impl Upstream {
             };
             match frame {
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            let Ok(trailers) = frame.into_trailers() else {
+                                continue;
+                            };
+                            if !framed {
+                                debug!(
+                                    "response trailers dropped: the client did not ask for them"
+                                );
+                                continue;
+                            }
+                            match parts::write_trailers(&mut send, &trailers, max_head).await {
+                                Ok(()) => continue,
+                                Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
+                                    warn!("response trailers of {len} bytes are over the server's head limit of {limit}: the response is cut off");
+                                    send.reset(ResetCode::UpstreamAborted).await;
+                                    return;
+                                }
+                                Err(e) => {
+                                    debug!("response abandoned by the client: {e}");
+                                    return;
+                                }
+                            }
+                        }
                     };
-                    if let Err(e) = send_within(&mut send, &mut credit, data).await {
+                    if let Err(e) = send_within(&mut send, &mut credit, data, framed).await {
                         // The client went away: dropping `body` aborts the
                         // upstream request rather than reading it to the end.
                         debug!("response abandoned by the client: {e}");
@@ -408,13 +473,15 @@ impl Upstream {
         debug!(code, "WebSocket closed");
     }
 
-    /// Builds the upstream request from the head; the body streams from `recv`.
+    /// Builds the upstream request from the head; the body streams from
+    /// `reader` (trailers too, when framed).
     fn request(
         &self,
         head: RequestHead<&str, &[u8]>,
         frame: &Bytes,
-        recv: RecvStream,
+        reader: BodyReader,
     ) -> Result<Request<TunnelBody>, String> {
+        let framed = reader.framed();
         let method = Method::from_bytes(head.method.as_bytes())
             .map_err(|_| format!("invalid method {:?}", head.method))?;
         if !head.uri.starts_with('/') {
@@ -429,12 +496,17 @@ impl Upstream {
         }
         .map_err(|_| format!("invalid request target {:?}", head.uri))?;
         let mut hdrs = headers::from_wire_ref(&head.headers, frame).map_err(|e| e.to_string())?;
-        headers::strip_hop_by_hop(&mut hdrs);
+        strip_hop_by_hop(&mut hdrs, framed);
+        if framed {
+            // The client takes trailers: so may the service send them (gRPC
+            // services look for this).
+            hdrs.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if !self.config.preserve_host || !hdrs.contains_key(header::HOST) {
             hdrs.insert(header::HOST, self.authority.clone());
         }
         let body = if head.body {
-            body::from_recv(recv, self.config.body_idle_timeout)
+            body::from_reader(reader, self.config.body_idle_timeout, |_| {})
         } else {
             body::empty()
         };
@@ -446,15 +518,40 @@ impl Upstream {
     }
 }
 
-/// Writes `data`, as far as `credit` (if any) allows at a time, waiting for
-/// more; gives up when the server stops the stream (its client left).
+/// The way back to the server for a response.
+struct Back {
+    send: SendStream,
+    max_head: usize,
+    credit: Option<Credit>,
+    /// The body goes as body parts (trailers may follow).
+    framed: bool,
+}
+
+/// Removes hop-by-hop headers; on a framed stream `Trailer` stays (it names
+/// the trailer fields to come, which an HTTP/1.1 hop needs to send them).
+fn strip_hop_by_hop(hdrs: &mut http::HeaderMap, framed: bool) {
+    let announced: Vec<HeaderValue> = if framed {
+        hdrs.get_all(header::TRAILER).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    headers::strip_hop_by_hop(hdrs);
+    for value in announced {
+        hdrs.append(header::TRAILER, value);
+    }
+}
+
+/// Writes `data` (as body parts when `framed`), as far as `credit` (if
+/// any) allows at a time, waiting for more; gives up when the server stops
+/// the stream (its client left).
 async fn send_within(
     send: &mut SendStream,
     credit: &mut Option<Credit>,
     mut data: Bytes,
+    framed: bool,
 ) -> Result<(), crate::transport::TransportError> {
     let Some(credit) = credit.as_mut() else {
-        return send.write_chunk(data).await;
+        return write_body(send, data, framed).await;
     };
     while !data.is_empty() {
         let allowed = tokio::select! {
@@ -470,9 +567,21 @@ async fn send_within(
                 .min(usize::try_from(allowed).unwrap_or(usize::MAX)),
         );
         credit.sent(part.len() as u64);
-        send.write_chunk(part).await?;
+        write_body(send, part, framed).await?;
     }
     Ok(())
+}
+
+async fn write_body(
+    send: &mut SendStream,
+    data: Bytes,
+    framed: bool,
+) -> Result<(), crate::transport::TransportError> {
+    if framed {
+        parts::write_data(send, data).await
+    } else {
+        send.write_chunk(data).await
+    }
 }
 
 pub(super) async fn reply_error(

@@ -36,6 +36,11 @@ pub struct AgentLink {
     pub credit: Option<Arc<super::credit::Ledger>>,
     /// What this connection carried (admin API, per-agent metrics).
     pub traffic: Traffic,
+    /// The agent takes bodies with trailers (`Open::HttpWithTrailers`).
+    pub trailers: bool,
+    /// Trailers were dropped for want of that, and the log has said so (once
+    /// per connection: a reason to upgrade the agent, not a line per request).
+    pub trailers_dropped: std::sync::atomic::AtomicBool,
     /// The connection's span (client id, connection id), made once: each
     /// request's span is its child and adds only the request id, so a
     /// request does not format the connection's fields again.
@@ -74,6 +79,15 @@ impl Drop for InFlight {
 }
 
 impl AgentLink {
+    /// Notes trailers that this (older) agent cannot carry: logged once.
+    pub fn dropped_trailers(&self, whose: &str) {
+        if !self.trailers_dropped.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{whose} trailers dropped: this agent's protocol has no trailers; upgrade the agent (logged once per connection)"
+            );
+        }
+    }
+
     /// Pings the agent; whether it answered within `within`. One that did not
     /// (a killed agent leaves a QUIC connection looking open until its idle
     /// timeout) takes no new requests until it is heard from again; its

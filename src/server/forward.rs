@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tracing::{debug, info, Instrument};
-use warren_proto::{Mode, Open, RequestHead, ResetCode};
+use warren_proto::{FrameError, Mode, Open, RequestHead, ResetCode};
 
 use super::{
     agents::{AgentLink, InFlight},
@@ -19,7 +19,11 @@ use super::{
     target::Target,
 };
 use crate::{
-    body::{self, TunnelBody, CHUNK},
+    body::{
+        self,
+        parts::{self, BodyReader},
+        TunnelBody, CHUNK,
+    },
     headers::{self, BadHeader, REQUEST_ID_HEADER},
     transport::{RecvStream, SendStream, TransportError},
 };
@@ -72,11 +76,21 @@ async fn exchange(
     let mut tried: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + config.failover_wait;
     let xff = stream::forwarded_for(&parts.headers, peer);
-    let (mut recv, status, headers) = loop {
-        let head =
-            stream::request_head(&parts, request_id, &target.uri, target.mode, has_body, &xff);
-        let failure = match send_request(shared, &link, head, &mut body).await {
-            Ok(reply) => break reply,
+    let wants_trailers = may_carry_trailers(&parts);
+    let (recv, framed, status, headers) = loop {
+        // Framed only where both the client and this agent can carry trailers.
+        let framed = wants_trailers && link.trailers;
+        let head = stream::request_head(
+            &parts,
+            request_id,
+            &target.uri,
+            target.mode,
+            has_body,
+            &xff,
+            framed,
+        );
+        let failure = match send_request(shared, &link, head, framed, &mut body).await {
+            Ok((recv, status, headers)) => break (recv, framed, status, headers),
             Err(failure) => failure,
         };
         if has_body || !stream::connection_lost(&failure) {
@@ -91,8 +105,9 @@ async fn exchange(
             None => return failure.respond(client_id),
         }
     };
+    let mut reader = BodyReader::new(recv, framed, config.max_head_frame);
     let Ok(status) = StatusCode::from_u16(status) else {
-        recv.stop(ResetCode::ProtocolError);
+        reader.recv_mut().stop(ResetCode::ProtocolError);
         return fail(
             StatusCode::BAD_GATEWAY,
             "bad_upstream_response",
@@ -102,7 +117,7 @@ async fn exchange(
     let mut resp_headers = match headers {
         Ok(h) => h,
         Err(e) => {
-            recv.stop(ResetCode::ProtocolError);
+            reader.recv_mut().stop(ResetCode::ProtocolError);
             return fail(
                 StatusCode::BAD_GATEWAY,
                 "bad_upstream_response",
@@ -110,7 +125,18 @@ async fn exchange(
             );
         }
     };
+    let announced = framed.then(|| {
+        resp_headers
+            .get_all(header::TRAILER)
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    });
     headers::strip_hop_by_hop(&mut resp_headers);
+    // What trailers are coming: HTTP/1.1 sends only the fields named here.
+    for value in announced.into_iter().flatten() {
+        resp_headers.append(header::TRAILER, value);
+    }
     debug!(%status, mode = ?target.mode, "response head");
 
     // With credit (QUIC), each body byte taken lets the agent send another.
@@ -118,7 +144,7 @@ async fn exchange(
     // In flight on this connection until the body is over.
     let flight = InFlight::new(&link);
     let body = match target.mode {
-        Mode::Stream => body::from_recv_counted(recv, config.body_idle_timeout, move |n| {
+        Mode::Stream => body::from_reader(reader, config.body_idle_timeout, move |n| {
             flight.sent(n);
             if let Some(grant) = grant.as_mut() {
                 grant.consumed(n)
@@ -133,7 +159,7 @@ async fn exchange(
                 }
             };
             match collect(
-                &mut recv,
+                &mut reader,
                 &resp_headers,
                 cap,
                 config.response_timeout,
@@ -141,14 +167,17 @@ async fn exchange(
             )
             .await
             {
-                Ok(bytes) => {
+                Ok((bytes, trailers)) => {
                     if method != Method::HEAD {
                         resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                     }
-                    body::full(bytes)
+                    match trailers {
+                        None => body::full(bytes),
+                        Some(trailers) => body::with_trailers(bytes, trailers),
+                    }
                 }
                 Err(Collect::TooLarge) => {
-                    recv.stop(ResetCode::Cancelled);
+                    reader.recv_mut().stop(ResetCode::Cancelled);
                     return fail(
                         StatusCode::BAD_GATEWAY,
                         "response_too_large",
@@ -165,7 +194,7 @@ async fn exchange(
                     )
                 }
                 Err(Collect::TimedOut) => {
-                    recv.stop(ResetCode::Cancelled);
+                    reader.recv_mut().stop(ResetCode::Cancelled);
                     return fail(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream_timeout",
@@ -184,18 +213,46 @@ async fn exchange(
     resp
 }
 
+/// Whether the client's request can carry trailers, or take them in the
+/// response: HTTP/2 and later always; HTTP/1.1 when it says so (`TE:
+/// trailers`, or a `Trailer` header announcing its own).
+fn may_carry_trailers(parts: &http::request::Parts) -> bool {
+    parts.version >= http::Version::HTTP_2
+        || parts.headers.contains_key(header::TRAILER)
+        || parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
 /// One attempt on one connection: open the stream, send the head (and start
-/// the body, if any), wait for the reply head.
+/// the body, if any), wait for the reply head. `framed`: the bodies are
+/// body parts (`Open::HttpWithTrailers`).
 async fn send_request(
     shared: &Shared,
     link_arc: &Arc<AgentLink>,
     head: RequestHead<&str, &[u8]>,
+    framed: bool,
     body: &mut Option<TunnelBody>,
 ) -> Result<(RecvStream, u16, Result<HeaderMap, BadHeader>), Failure> {
     let link: &AgentLink = link_arc;
-    let (send, mut recv) = stream::open(shared, link, &Open::Http(head), body.is_none()).await?;
+    let open = if framed {
+        Open::HttpWithTrailers(head)
+    } else {
+        Open::Http(head)
+    };
+    let (send, mut recv) = stream::open(shared, link, &open, body.is_none()).await?;
     if let Some(incoming) = body.take() {
-        tokio::spawn(pump_request_body(incoming, send, link_arc.clone()).in_current_span());
+        let pump = RequestPump {
+            send,
+            link: link_arc.clone(),
+            framed,
+            trailers_limit: shared.config.max_head_frame,
+        };
+        tokio::spawn(pump.run(incoming).in_current_span());
     }
     match stream::read_reply(shared, link, &mut recv).await? {
         Answer::Head { status, headers } => Ok((recv, status, headers)),
@@ -209,14 +266,15 @@ enum Collect {
     TimedOut,
 }
 
-/// Reads a whole response body, refusing to hold more than `cap` bytes.
+/// Reads a whole response body (and its trailers, if any), refusing to hold
+/// more than `cap` bytes.
 async fn collect(
-    recv: &mut RecvStream,
+    reader: &mut BodyReader,
     headers: &HeaderMap,
     cap: u64,
     timeout: std::time::Duration,
     taken: &mut (dyn FnMut(u64) + Send),
-) -> Result<bytes::Bytes, Collect> {
+) -> Result<(bytes::Bytes, Option<HeaderMap>), Collect> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -226,17 +284,26 @@ async fn collect(
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     let read_all = async {
-        while let Some(chunk) = recv.read_chunk(CHUNK).await.map_err(Collect::Failed)? {
+        while let Some(frame) = reader.next(CHUNK).await.map_err(Collect::Failed)? {
+            let chunk = match frame.into_data() {
+                Ok(chunk) => chunk,
+                // The last part: only the end may follow.
+                Err(frame) => {
+                    // The reader checks that only the end follows.
+                    reader.next(CHUNK).await.map_err(Collect::Failed)?;
+                    return Ok(frame.into_trailers().ok());
+                }
+            };
             if (buf.len() + chunk.len()) as u64 > cap {
                 return Err(Collect::TooLarge);
             }
             taken(chunk.len() as u64);
             buf.extend_from_slice(&chunk);
         }
-        Ok(())
+        Ok(None)
     };
     match tokio::time::timeout(timeout, read_all).await {
-        Ok(Ok(())) => Ok(buf.freeze()),
+        Ok(Ok(trailers)) => Ok((buf.freeze(), trailers)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Collect::TimedOut),
     }
@@ -245,32 +312,64 @@ async fn collect(
 /// Streams the client's request body into the agent's stream. A client that
 /// breaks off mid-upload resets the stream, so the upstream never sees a
 /// truncated body as complete.
-async fn pump_request_body(mut incoming: TunnelBody, mut send: SendStream, link: Arc<AgentLink>) {
-    loop {
-        match incoming.frame().await {
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                if data.is_empty() {
-                    continue;
+struct RequestPump {
+    send: SendStream,
+    link: Arc<AgentLink>,
+    /// Body parts (with trailers), else raw bytes.
+    framed: bool,
+    trailers_limit: usize,
+}
+
+impl RequestPump {
+    async fn run(mut self, mut incoming: TunnelBody) {
+        loop {
+            let frame = match incoming.frame().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    info!("client request body broke off: {e}");
+                    self.send.reset(ResetCode::Cancelled).await;
+                    return;
                 }
-                link.traffic
-                    .received
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Err(e) = send.write_chunk(data).await {
+                None => {
+                    let _ = self.send.finish().await;
+                    return;
+                }
+            };
+            let written = match frame.into_data() {
+                Ok(data) if data.is_empty() => continue,
+                Ok(data) => {
+                    self.link
+                        .traffic
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if self.framed {
+                        parts::write_data(&mut self.send, data).await
+                    } else {
+                        self.send.write_chunk(data).await
+                    }
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) if self.framed => {
+                        parts::write_trailers(&mut self.send, &trailers, self.trailers_limit).await
+                    }
+                    Ok(_) => {
+                        self.link.dropped_trailers("request");
+                        continue;
+                    }
+                    Err(_) => continue,
+                },
+            };
+            match written {
+                Ok(()) => {}
+                Err(TransportError::Frame(FrameError::TooLarge { len, limit })) => {
+                    info!("request trailers of {len} bytes are over the limit of {limit}: the request is cut off");
+                    self.send.reset(ResetCode::Cancelled).await;
+                    return;
+                }
+                Err(e) => {
                     debug!("agent stopped reading the request body: {e}");
                     return;
                 }
-            }
-            Some(Err(e)) => {
-                info!("client request body broke off: {e}");
-                send.reset(ResetCode::Cancelled).await;
-                return;
-            }
-            None => {
-                let _ = send.finish().await;
-                return;
             }
         }
     }

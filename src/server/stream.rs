@@ -172,7 +172,8 @@ pub(super) fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> Vec<u8> {
 }
 
 /// The head sent to the agent: end-to-end headers only (warren's own removed),
-/// with the forwarding headers added (`xff` from [`forwarded_for`]). Built in
+/// with the forwarding headers added (`xff` from [`forwarded_for`]); with
+/// `framed` (trailers can follow the bodies), `Trailer` is kept. Built in
 /// one pass over the client's headers, borrowing them: nothing is copied
 /// until the frame is encoded.
 pub(super) fn request_head<'a>(
@@ -182,6 +183,7 @@ pub(super) fn request_head<'a>(
     mode: Mode,
     body: bool,
     xff: &'a [u8],
+    framed: bool,
 ) -> RequestHead<&'a str, &'a [u8]> {
     let headers = &parts.headers;
     // Only a request with a Connection header can name more hop-by-hop ones.
@@ -193,7 +195,8 @@ pub(super) fn request_head<'a>(
     let mut wire = Vec::with_capacity(headers.len() + 3);
     let (mut has_proto, mut has_host) = (false, false);
     for (name, value) in headers {
-        if headers::is_hop_by_hop(name)
+        // `Trailer` names what is to come; framed bodies carry it there.
+        if (headers::is_hop_by_hop(name) && !(framed && name == header::TRAILER))
             || listed.contains(name)
             || name == CLIENT_HEADER
             || name == MODE_HEADER

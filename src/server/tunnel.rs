@@ -155,6 +155,7 @@ async fn serve_agent(
         let says = |name: &str| hello.capabilities.iter().any(|c| c == name);
         let rooms_auth = says(warren_proto::capability::ROOMS_AUTH);
         let wants_addresses = says(warren_proto::capability::ADDRESSES);
+        let trailers = says(warren_proto::capability::TRAILERS);
         // Credit only matters where one window is shared by all streams:
         // over WebSocket, yamux gives each stream a window of its own.
         let credit = (says(warren_proto::capability::CREDIT)
@@ -168,7 +169,10 @@ async fn serve_agent(
             record,
             rooms_auth,
             credit,
-            wants_addresses,
+            Wants {
+                addresses: wants_addresses,
+                trailers,
+            },
             shutdown,
         )
         .instrument(span)
@@ -329,6 +333,14 @@ async fn admit(
     Ok(record)
 }
 
+/// Optional features the agent's Hello asked for (besides credit and rooms).
+struct Wants {
+    /// `Addresses` after `Welcome`.
+    addresses: bool,
+    /// `Open::HttpWithTrailers` for requests that can carry trailers.
+    trailers: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_admitted(
     shared: Arc<Shared>,
@@ -338,7 +350,7 @@ async fn run_admitted(
     record: ConnectionRecord,
     rooms_auth: bool,
     credit: Option<Arc<credit::Ledger>>,
-    wants_addresses: bool,
+    wants: Wants,
     shutdown: Shutdown,
 ) {
     let client_id = record.client_id.clone();
@@ -353,6 +365,8 @@ async fn run_admitted(
         suspect_at: Default::default(),
         credit,
         traffic: Default::default(),
+        trailers: wants.trailers,
+        trailers_dropped: Default::default(),
         span: tracing::Span::current(),
     });
     let liveness = link.liveness.clone();
@@ -402,7 +416,7 @@ async fn run_admitted(
         return;
     }
     let urls = shared.addresses(&client_id);
-    if wants_addresses && !urls.is_empty() {
+    if wants.addresses && !urls.is_empty() {
         // Told once; a connection that cannot take it is found by the heartbeat.
         let _ = send
             .write_frame(&Control::Addresses { urls }, MAX_CONTROL_FRAME)

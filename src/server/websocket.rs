@@ -48,7 +48,15 @@ pub(super) async fn pass_through(
         parts.headers.remove(name);
     }
     let xff = stream::forwarded_for(&parts.headers, peer);
-    let head = stream::request_head(&parts, request_id, &target.uri, Mode::Stream, false, &xff);
+    let head = stream::request_head(
+        &parts,
+        request_id,
+        &target.uri,
+        Mode::Stream,
+        false,
+        &xff,
+        false,
+    );
     let (send, mut recv) = match stream::open(shared, &link, &Open::WebSocket(head), false).await {
         Ok(pair) => pair,
         Err(failure) => return failure.respond(&client_id),

@@ -207,6 +207,23 @@ impl RecvStream {
         }
     }
 
+    /// Puts `bytes` (just read from this stream) back in front of what is
+    /// still to be read, for a reader that took more than one frame's worth.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.pending.is_empty() {
+            self.pending = bytes;
+        } else {
+            // Rare: a read that took less than all that was pending.
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.pending.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.pending);
+            self.pending = joined.freeze();
+        }
+    }
+
     /// Reads from now on start at `bytes` (then double while reads fill
     /// them, as always): for a stream of small frames, such as the control
     /// stream, whose buffer would otherwise hold 16 KiB for as long as the

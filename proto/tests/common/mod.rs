@@ -16,6 +16,7 @@ pub struct Examples {
     pub control: Vec<(&'static str, Control)>,
     pub open: Vec<(&'static str, Open)>,
     pub reply: Vec<(&'static str, Reply)>,
+    pub body: Vec<(&'static str, BodyPart)>,
     pub ws: Vec<(&'static str, WsMessage)>,
     pub room_event: Vec<(&'static str, RoomEvent)>,
     pub room_command: Vec<(&'static str, RoomCommand)>,
@@ -119,6 +120,17 @@ pub fn examples() -> Examples {
                 }),
             ),
             ("open.rooms", Open::Rooms),
+            (
+                "open.http_with_trailers",
+                Open::HttpWithTrailers(RequestHead {
+                    request_id: 9,
+                    method: "POST".into(),
+                    uri: "/g".into(),
+                    headers: vec![header("te", b"trailers")],
+                    mode: Mode::Stream,
+                    body: true,
+                }),
+            ),
         ],
         reply: vec![
             (
@@ -147,6 +159,13 @@ pub fn examples() -> Examples {
                     code: 1000,
                     reason: "bye".into(),
                 },
+            ),
+        ],
+        body: vec![
+            ("body.data", BodyPart::Data(b"hi".to_vec())),
+            (
+                "body.trailers",
+                BodyPart::Trailers(vec![header("grpc-status", b"0")]),
             ),
         ],
         room_event: vec![
