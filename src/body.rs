@@ -27,27 +27,33 @@ pub type TunnelBody = UnsyncBoxBody<Bytes, TransportError>;
 /// fails: the client sees an error, never a clean end, and dropping `recv`
 /// tells the agent to abandon the upstream request.
 pub fn from_recv(recv: RecvStream, idle: Duration) -> TunnelBody {
-    from_reader(BodyReader::new(recv, false, 0), idle, |_| {})
+    from_reader(BodyReader::new(recv, false, 0), idle, |_| {}, drop)
 }
 
 /// A body read by `reader` (raw or framed, trailers included), telling
-/// `taken` how many bytes each data chunk handed on had. Idle as in
-/// [`from_recv`].
+/// `taken` how many bytes each data chunk handed on had, and handing the
+/// stream to `at_end` after the clean end (to watch it further). Idle as
+/// in [`from_recv`].
 pub fn from_reader(
     reader: BodyReader,
     idle: Duration,
     taken: impl FnMut(u64) + Send + 'static,
+    at_end: impl FnOnce(RecvStream) + Send + 'static,
 ) -> TunnelBody {
-    let stream = futures_util::stream::unfold(Some((reader, taken)), move |state| async move {
-        let (mut reader, mut taken) = state?;
+    let state = Some((reader, taken, at_end));
+    let stream = futures_util::stream::unfold(state, move |state| async move {
+        let (mut reader, mut taken, at_end) = state?;
         match tokio::time::timeout(idle, reader.next(CHUNK)).await {
             Ok(Ok(Some(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     taken(data.len() as u64);
                 }
-                Some((Ok(frame), Some((reader, taken))))
+                Some((Ok(frame), Some((reader, taken, at_end))))
             }
-            Ok(Ok(None)) => None,
+            Ok(Ok(None)) => {
+                at_end(reader.into_recv());
+                None
+            }
             Ok(Err(e)) => Some((Err(e), None)),
             Err(_) => {
                 reader.recv_mut().stop(warren_proto::ResetCode::Cancelled);

@@ -623,6 +623,12 @@ pub struct AgentArgs {
     /// system's: a private CA, or the service's self-signed certificate.
     #[arg(long, env = "WARREN_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
+    /// Speak HTTP/2 to the local service: prior knowledge (h2c) for http://,
+    /// for gRPC services and others that speak nothing else; over https://
+    /// only h2 is offered. Without it, an https:// service gets HTTP/2 when it
+    /// offers it (ALPN), an http:// one HTTP/1.1.
+    #[arg(long, env = "WARREN_UPSTREAM_HTTP2")]
+    upstream_http2: bool,
     #[arg(long, env = "WARREN_TRANSPORT", value_enum, default_value = "auto")]
     transport: TransportArg,
     /// PEM file of CA certificates, or the server's own self-signed certificate.
@@ -735,6 +741,7 @@ impl AgentArgs {
                 body_idle_timeout: self.body_idle_timeout.0,
                 max_idle: self.upstream_max_idle,
                 ca: self.upstream_ca,
+                http2: self.upstream_http2,
             },
             tuning: self.tuning.tuning(),
             connect_timeout: self.connect_timeout.0,

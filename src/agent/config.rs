@@ -86,6 +86,7 @@ impl AgentConfig {
                 body_idle_timeout: Duration::from_secs(300),
                 max_idle: super::upstream::DEFAULT_MAX_IDLE,
                 ca: None,
+                http2: false,
             },
             transport: TransportChoice::Auto,
             trust,

@@ -62,6 +62,9 @@ pub struct UpstreamConfig {
     /// For an `https://` upstream: certificates to trust besides the
     /// system's (a private CA, or the service's self-signed certificate).
     pub ca: Option<std::path::PathBuf>,
+    /// HTTP/2 only (h2c prior knowledge on http://); else HTTP/1.1, or
+    /// HTTP/2 where an https:// service offers it.
+    pub http2: bool,
 }
 
 /// Default for [`UpstreamConfig::max_idle`]: as many as a busy agent has
@@ -119,12 +122,17 @@ impl Upstream {
             None => format!("{}:{default_port}", authority.host()),
         };
         let tls = match scheme {
-            "https" => Some(UpstreamTls::new(authority.host(), config.ca.as_deref())?),
+            "https" => Some(UpstreamTls::new(
+                authority.host(),
+                config.ca.as_deref(),
+                config.http2,
+            )?),
             _ => None,
         };
         let pool = Pool::new(
             addr,
             tls,
+            config.http2,
             config.connect_timeout,
             config.max_idle,
             IDLE_TIMEOUT,
@@ -154,7 +162,10 @@ impl Upstream {
             framed,
         } = stream;
         let reader = BodyReader::new(recv, framed, max_head);
-        let request = match self.request(head, frame, reader) {
+        // The request stream, once its body is over: watched for the server
+        // dropping it (its client gave up) while the service has not answered.
+        let (ended, recv_back) = tokio::sync::oneshot::channel();
+        let request = match self.request(head, frame, reader, ended) {
             Ok(r) => r,
             Err(message) => {
                 let _ = reply_error(&mut send, ErrorKind::BadRequest, message, max_head).await;
@@ -166,7 +177,11 @@ impl Upstream {
         let started = std::time::Instant::now();
         let timeout = self.config.response_timeout;
         if let Some(service) = &self.service {
-            let response = match tokio::time::timeout(timeout, service.call(request)).await {
+            let call = tokio::time::timeout(timeout, service.call(request));
+            let Some(answer) = until_abandoned(call, &mut send, recv_back).await else {
+                return;
+            };
+            let response = match answer {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => {
                     let message = format!("the service failed {method} {uri}: {e}");
@@ -189,7 +204,11 @@ impl Upstream {
             };
             return self.relay(response, None, back).await;
         }
-        let (response, lease) = match tokio::time::timeout(timeout, self.pool.send(request)).await {
+        let call = tokio::time::timeout(timeout, self.pool.send(request));
+        let Some(answer) = until_abandoned(call, &mut send, recv_back).await else {
+            return;
+        };
+        let (response, lease) = match answer {
             Ok(Ok(exchange)) => exchange,
             Ok(Err(e)) => {
                 let (kind, what) = if e.is_timeout() {
@@ -475,11 +494,13 @@ impl Upstream {
 
     /// Builds the upstream request from the head; the body streams from
     /// `reader` (trailers too, when framed).
+    /// The stream goes to `ended` once the body is over (at once without one).
     fn request(
         &self,
         head: RequestHead<&str, &[u8]>,
         frame: &Bytes,
         reader: BodyReader,
+        ended: tokio::sync::oneshot::Sender<RecvStream>,
     ) -> Result<Request<TunnelBody>, String> {
         let framed = reader.framed();
         let method = Method::from_bytes(head.method.as_bytes())
@@ -506,8 +527,12 @@ impl Upstream {
             hdrs.insert(header::HOST, self.authority.clone());
         }
         let body = if head.body {
-            body::from_reader(reader, self.config.body_idle_timeout, |_| {})
+            let at_end = move |recv| {
+                let _ = ended.send(recv);
+            };
+            body::from_reader(reader, self.config.body_idle_timeout, |_| {}, at_end)
         } else {
+            let _ = ended.send(reader.into_recv());
             body::empty()
         };
         let mut req = Request::new(body);
@@ -515,6 +540,36 @@ impl Upstream {
         *req.uri_mut() = uri;
         *req.headers_mut() = hdrs;
         Ok(req)
+    }
+}
+
+/// `call` (the service's answer), unless the server drops the request
+/// first, its client gone: then `None`, and dropping `call` abandons the
+/// upstream request (a gRPC deadline reaches the service as a cancel). QUIC
+/// tells by stopping `send`; yamux by the request stream (`recv_back`,
+/// once its body is over) being reset.
+async fn until_abandoned<T>(
+    call: impl std::future::Future<Output = T>,
+    send: &mut SendStream,
+    recv_back: tokio::sync::oneshot::Receiver<RecvStream>,
+) -> Option<T> {
+    let reset = async move {
+        match recv_back.await {
+            Ok(mut recv) => recv.closed().await,
+            // The body was dropped unfinished: its own error ends the call.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        answer = call => Some(answer),
+        _ = send.stopped() => {
+            debug!("the client left before the service answered; request abandoned");
+            None
+        }
+        _ = reset => {
+            debug!("the client left before the service answered; request abandoned");
+            None
+        }
     }
 }
 

@@ -56,6 +56,10 @@ impl BodyReader {
         self.framed.is_some()
     }
 
+    pub fn into_recv(self) -> RecvStream {
+        self.recv
+    }
+
     pub fn recv_mut(&mut self) -> &mut RecvStream {
         &mut self.recv
     }

@@ -144,12 +144,17 @@ async fn exchange(
     // In flight on this connection until the body is over.
     let flight = InFlight::new(&link);
     let body = match target.mode {
-        Mode::Stream => body::from_reader(reader, config.body_idle_timeout, move |n| {
-            flight.sent(n);
-            if let Some(grant) = grant.as_mut() {
-                grant.consumed(n)
-            }
-        }),
+        Mode::Stream => body::from_reader(
+            reader,
+            config.body_idle_timeout,
+            move |n| {
+                flight.sent(n);
+                if let Some(grant) = grant.as_mut() {
+                    grant.consumed(n)
+                }
+            },
+            drop,
+        ),
         Mode::Blocking => {
             let cap = config.max_blocking_body;
             let taken = &mut |n| {

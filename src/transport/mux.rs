@@ -424,6 +424,14 @@ impl MuxRecv {
         }
     }
 
+    /// After the clean end: resolves when the peer drops its side of the
+    /// stream (its RST, or the session ending). Nothing may arrive after the
+    /// end marker, so any read result means the same.
+    pub async fn closed(&mut self) {
+        let mut byte = [0u8; 1];
+        let _ = self.read.read(&mut byte).await;
+    }
+
     /// Reads at most `max` bytes of the current segment into `buf`; 0 at the
     /// clean end.
     pub async fn read_into(

@@ -238,6 +238,25 @@ impl RecvStream {
         self.buf.capacity()
     }
 
+    /// Resolves when the writer drops its side of the stream after its
+    /// clean end (FIN). yamux only: a QUIC stream says nothing more after FIN
+    /// (there the writer's [`SendStream::stopped`] tells), so this never
+    /// resolves on QUIC.
+    pub async fn closed(&mut self) {
+        // Up to the clean end first (a bodyless request's end marker may
+        // still be unread); bytes or an error there mean the same: gone.
+        loop {
+            match self.read_chunk(FIRST_READ).await {
+                Ok(None) => break,
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+        match &mut self.inner {
+            RecvInner::Quic(_) => std::future::pending().await,
+            RecvInner::Mux(s) => s.closed().await,
+        }
+    }
+
     /// Tells the writer we will read no more. (On yamux the writer learns it
     /// when the whole stream is dropped.)
     pub fn stop(&mut self, code: ResetCode) {
