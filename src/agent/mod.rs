@@ -19,6 +19,7 @@ mod dial;
 mod dispatch;
 mod local;
 mod metrics;
+mod passthrough;
 mod pool;
 pub mod rooms;
 mod session;
