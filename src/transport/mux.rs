@@ -52,11 +52,22 @@ type YStream = Compat<yamux::Stream>;
 /// wakes *both* halves; a spurious wake-up costs a poll, a lost one a stream.
 struct Duplex {
     stream: std::sync::Mutex<YStream>,
+    wakers: Arc<BothHalves>,
+    /// `wakers` as one waker, made once.
+    both: Waker,
+}
+
+/// The two halves' wakers, apart from the stream: yamux keeps the last
+/// waker it was given inside the stream's shared state, and a waker that
+/// owned the stream would keep a dropped stream alive (no RST to the peer)
+/// until the peer next sent on it. A client gone while its agent was still
+/// quiet went unnoticed that way on this transport.
+struct BothHalves {
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
 
-impl std::task::Wake for Duplex {
+impl std::task::Wake for BothHalves {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -78,8 +89,7 @@ impl Half {
         f: impl FnOnce(Pin<&mut YStream>, &mut Context<'_>) -> Poll<R>,
     ) -> Poll<R> {
         own.register(cx.waker());
-        let both = Waker::from(self.0.clone());
-        let mut both_cx = Context::from_waker(&both);
+        let mut both_cx = Context::from_waker(&self.0.both);
         let mut stream = self.0.stream.lock().expect("stream lock poisoned");
         f(Pin::new(&mut *stream), &mut both_cx)
     }
@@ -91,7 +101,7 @@ impl AsyncRead for Half {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.poll_with(&self.0.reader, cx, |s, cx| s.poll_read(cx, buf))
+        self.poll_with(&self.0.wakers.reader, cx, |s, cx| s.poll_read(cx, buf))
     }
 }
 
@@ -101,15 +111,15 @@ impl AsyncWrite for Half {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.poll_with(&self.0.writer, cx, |s, cx| s.poll_write(cx, buf))
+        self.poll_with(&self.0.wakers.writer, cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.poll_with(&self.0.writer, cx, |s, cx| s.poll_flush(cx))
+        self.poll_with(&self.0.wakers.writer, cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.poll_with(&self.0.writer, cx, |s, cx| s.poll_shutdown(cx))
+        self.poll_with(&self.0.wakers.writer, cx, |s, cx| s.poll_shutdown(cx))
     }
 }
 
@@ -300,10 +310,14 @@ impl MuxSession {
 }
 
 fn split(stream: yamux::Stream) -> (MuxSend, MuxRecv) {
-    let shared = Arc::new(Duplex {
-        stream: std::sync::Mutex::new(stream.compat()),
+    let wakers = Arc::new(BothHalves {
         reader: AtomicWaker::new(),
         writer: AtomicWaker::new(),
+    });
+    let shared = Arc::new(Duplex {
+        stream: std::sync::Mutex::new(stream.compat()),
+        both: Waker::from(wakers.clone()),
+        wakers,
     });
     let (read, write) = (Half(shared.clone()), Half(shared));
     (
@@ -532,6 +546,30 @@ mod tests {
         })
         .await;
         assert!(failed.is_ok(), "the writer learns the reader is gone");
+    }
+
+    /// A stream dropped while a read on it was waiting resets at once: the
+    /// peer learns it without sending anything first.
+    #[tokio::test]
+    async fn a_stream_dropped_mid_read_resets_at_once() {
+        let (client, server) = pair(&TransportTuning::default());
+        let (mut send, mut recv) = client.open().await.unwrap();
+        send.write_last(b"head").await.unwrap();
+        let (_server_send, mut server_recv) = server.accept().await.unwrap();
+        assert_eq!(read_all(&mut server_recv).await.unwrap(), b"head");
+        // The client waits for an answer, then gives up.
+        let waiting = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let _ = recv.read_into(&mut buf, 16).await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(send);
+        // The server, having read to the end, sees the reset promptly.
+        tokio::time::timeout(Duration::from_secs(2), server_recv.closed())
+            .await
+            .expect("the reset reaches the peer without it writing");
     }
 
     #[tokio::test]
