@@ -4,8 +4,8 @@
 //! client streaming, bidirectional (each answer before the next question), a
 //! status error with metadata in the trailers, a deadline the client gives up
 //! on (the service sees the cancel), trailers both ways on plain HTTP/2 and
-//! chunked HTTP/1.1, and trailers over the head limit failing only their own
-//! request.
+//! chunked HTTP/1.1, trailers over the head limit failing only their own
+//! request, and an agent from before trailers served as before.
 
 mod common;
 
@@ -719,9 +719,87 @@ async fn trailers_over_the_limit(t: Transport) {
     );
 }
 
+/// An agent from before trailers (its Hello without `"trailers"`) is sent
+/// `Open::Http` even for an HTTP/2 request with trailers: the raw body, no
+/// body parts it could not read; the request is served, its trailers
+/// dropped (and logged, once).
+async fn an_agent_without_trailers_gets_raw_bodies(t: Transport) {
+    use warren_proto::{Open, Reply, ResponseHead, MAX_CONTROL_FRAME};
+    let stack = Stack::server_only(StackOptions::new(t)).await;
+    let session = raw_session(&stack, t, &stack.client_id).await;
+    let (mut send, mut recv) = session.open().await.unwrap();
+    let hello = hello(&stack.client_id, &stack.token, "warren/old");
+    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
+    let welcome = recv
+        .read_frame::<warren_proto::Control>(MAX_CONTROL_FRAME)
+        .await
+        .unwrap();
+    let warren_proto::Control::Welcome(welcome) = welcome else {
+        panic!("welcomed: {welcome:?}");
+    };
+    let beat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+    let control = session.clone();
+    tokio::spawn(async move {
+        let liveness = warren::control::Liveness::new(control.clone());
+        warren::control::keepalive(
+            send,
+            recv,
+            beat,
+            &liveness,
+            std::future::pending(),
+            |_| {},
+            Default::default(),
+        )
+        .await;
+    });
+    // The old agent's request stream: what it was sent, and a plain answer.
+    let served = tokio::spawn(async move {
+        let (mut send, mut recv) = session.accept().await.expect("a request stream");
+        let open = recv.read_frame::<Open>(1 << 20).await.unwrap();
+        let mut body = Vec::new();
+        while let Some(chunk) = recv.read_chunk(1 << 16).await.unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        let reply: Reply = Reply::Head(ResponseHead {
+            status: 200,
+            headers: Vec::new(),
+        });
+        send.write_frame(&reply, 1 << 20).await.unwrap();
+        send.write_last(Bytes::from_static(b"ok")).await.unwrap();
+        (open, body)
+    });
+    let frames = futures_util::stream::iter([
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"raw bytes"))),
+        Ok(Frame::trailers(HeaderMap::from_iter([(
+            http::HeaderName::from_static("x-checksum"),
+            HeaderValue::from_static("c0ffee"),
+        )]))),
+    ]);
+    let req = Request::post(stack.url("/old"))
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(connect(stack.api).await),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"ok"
+    );
+    let (open, body) = served.await.unwrap();
+    assert!(matches!(open, Open::Http(_)), "{open:?}");
+    assert_eq!(body, b"raw bytes", "the body as it was, unframed");
+}
+
 over_transports!(
     grpc_calls,
     deadline_cancels_the_call,
     trailers_both_ways,
-    trailers_over_the_limit
+    trailers_over_the_limit,
+    an_agent_without_trailers_gets_raw_bodies
 );
