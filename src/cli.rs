@@ -311,6 +311,10 @@ pub struct ServerArgs {
     /// The plain listener only redirects to HTTPS (308, same host and path).
     #[arg(long, env = "WARREN_API_PLAIN_REDIRECT", requires = "api_plain_listen")]
     api_plain_redirect: bool,
+    /// HTTP/3 for clients on the UDP side of the HTTPS port (the same
+    /// certificates), announced to HTTP/1.1 and HTTP/2 clients by Alt-Svc.
+    #[arg(long, env = "WARREN_API_HTTP3")]
+    api_http3: bool,
     /// Requests open at once on one HTTP/2 client connection.
     #[arg(long, env = "WARREN_H2_MAX_STREAMS", default_value_t = H2Limits::default().max_streams)]
     h2_max_streams: u32,
@@ -512,6 +516,7 @@ impl ServerArgs {
             api_tls,
             api_plain_listen: self.api_plain_listen,
             api_plain_redirect: self.api_plain_redirect,
+            api_http3: self.api_http3,
             h2: H2Limits {
                 max_streams: self.h2_max_streams.max(1),
                 max_pending_resets: self.h2_max_pending_resets,

@@ -456,6 +456,9 @@ async fn server(args: ServerArgs, logs: Logs) -> anyhow::Result<()> {
     if let Some(addr) = server.api_plain_addr() {
         println!("client API (plain HTTP) on http://{addr}");
     }
+    if let Some(addr) = server.api_http3_addr() {
+        println!("client API (HTTP/3) on udp {addr}");
+    }
     println!(
         "tunnel on {} (QUIC on UDP, WebSocket on TCP)",
         server.tunnel_addr()

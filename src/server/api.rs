@@ -5,6 +5,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -46,11 +47,13 @@ pub(super) enum Edge {
     Redirect { https_port: Option<u16> },
 }
 
-/// Serves every client listener until `shutdown`, then drains them together
-/// (one `--max-client-connections` budget and one grace for all).
+/// Serves every client listener (and the HTTP/3 endpoint, `h3`) until
+/// `shutdown`, then drains them together (one `--max-client-connections`
+/// budget and one grace for all).
 pub(super) async fn serve(
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, Edge)>,
+    h3: Option<quinn::Endpoint>,
     shutdown: Shutdown,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
@@ -64,8 +67,12 @@ pub(super) async fn serve(
             Arc::new(edge),
             shutdown.clone(),
         )
+        .boxed()
     });
-    futures_util::future::join_all(loops).await;
+    let h3 = h3.map(|endpoint| {
+        super::api_h3::serve(shared.clone(), endpoint, slots.clone(), shutdown.clone()).boxed()
+    });
+    futures_util::future::join_all(loops.chain(h3)).await;
     // Stopped accepting; every connection's task was told to finish its
     // requests and close. Wait until all have given their places back.
     let everyone = shared.config.max_client_connections.min(u32::MAX as usize) as u32;
@@ -129,7 +136,6 @@ async fn accept_loop(
     // Connections already waiting in the listen backlog finished their TCP
     // handshake before we stopped: each gets its one request answered (then
     // is closed) instead of a reset that would look like a lost request.
-    use futures_util::FutureExt;
     while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             break;
@@ -276,10 +282,16 @@ async fn serve_http<I>(
             let meter = RequestMeter::start(&shared, &req, state.busy());
             let shared = shared.clone();
             async move {
-                let resp = match redirect {
+                let mut resp = match redirect {
                     Some(https_port) => to_https(&req, https_port),
-                    None => handle(shared, peer, req).await?,
+                    None => handle(shared.clone(), peer, req).await?,
                 };
+                if over_tls {
+                    if let Some(alt_svc) = &shared.alt_svc {
+                        resp.headers_mut()
+                            .insert(http::header::ALT_SVC, alt_svc.clone());
+                    }
+                }
                 Ok::<_, Infallible>(meter.answered(resp))
             }
         })
@@ -426,8 +438,16 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
-    let mut req = req.map(|incoming| {
-        let body = body::from_incoming(incoming);
+    Ok(route(shared, peer, req.map(body::from_incoming)).await)
+}
+
+/// Routes one client request, whichever HTTP version it came in.
+pub(super) async fn route(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<TunnelBody>,
+) -> Response<TunnelBody> {
+    let mut req = req.map(|body| {
         // A bodiless request (most) is not wrapped: nothing to count.
         if hyper::body::Body::is_end_stream(&body) {
             body
@@ -438,12 +458,12 @@ async fn handle(
     let path = req.uri().path();
     let joining_room = path.starts_with("/_warren/rooms/");
     if path.starts_with("/_warren/") && !joining_room && path != "/_warren/rooms" {
-        return Ok(builtin::respond(&shared, path));
+        return builtin::respond(&shared, path);
     }
     let base_domain = shared.config.base_domain.as_deref();
     let target = match target::target(&req, base_domain) {
         Ok(t) => t,
-        Err(resp) => return Ok(*resp),
+        Err(resp) => return *resp,
     };
     // An agent with client tokens: checked (and the token removed) here, at
     // the edge, before anything reaches the agent or another node.
@@ -451,15 +471,15 @@ async fn handle(
         Ok(false) => target,
         Ok(true) => match target::target(&req, base_domain) {
             Ok(t) => t,
-            Err(resp) => return Ok(*resp),
+            Err(resp) => return *resp,
         },
-        Err(resp) => return Ok(*resp),
+        Err(resp) => return *resp,
     };
     if req.uri().path() == "/_warren/rooms" {
-        return Ok(rooms::list(&shared.rooms, &target.client_id));
+        return rooms::list(&shared.rooms, &target.client_id);
     }
     let (mut req, target) = match local::serve(&shared, req, target, peer).await {
-        Ok(resp) => return Ok(resp),
+        Ok(resp) => return resp,
         Err(unserved) => unserved,
     };
     // Not here: another node of the cluster may hold it.
@@ -475,7 +495,7 @@ async fn handle(
         shared
             .metrics
             .forwarded(if failed { "failed" } else { "answered" });
-        return Ok(resp);
+        return resp;
     }
-    Ok(local::not_connected(&shared, &target.client_id).await)
+    local::not_connected(&shared, &target.client_id).await
 }

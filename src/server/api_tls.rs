@@ -105,6 +105,19 @@ impl ApiCerts {
         Ok(config)
     }
 
+    /// The same for QUIC (HTTP/3): TLS 1.3 only, ALPN `h3`.
+    pub fn quic_server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h3".to_vec()];
+        // No 0-RTT: a replayed request could reach an agent twice.
+        config.max_early_data_size = 0;
+        Ok(config)
+    }
+
     /// Reads every file again and, if all make usable pairs, serves them
     /// from the next handshake on. Returns how many pairs are served.
     pub fn reload(&self) -> Result<usize, TlsError> {

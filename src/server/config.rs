@@ -17,6 +17,8 @@ pub struct ServerConfig {
     pub api_plain_listen: Option<SocketAddr>,
     /// The plain listener only redirects to HTTPS (308).
     pub api_plain_redirect: bool,
+    /// HTTP/3 on the UDP side of the HTTPS port (with `api_tls`).
+    pub api_http3: bool,
     /// HTTP/2 client connections.
     pub h2: H2Limits,
     /// Agents connect here: UDP for QUIC, TCP (TLS + WebSocket) on the same port.
@@ -103,6 +105,7 @@ impl Default for ServerConfig {
             api_tls: None,
             api_plain_listen: None,
             api_plain_redirect: false,
+            api_http3: false,
             h2: H2Limits::default(),
             tunnel_listen: "0.0.0.0:7443".parse().expect("literal"),
             database_url: "sqlite://warren.db".into(),

@@ -14,6 +14,7 @@ mod access;
 mod admin;
 mod agents;
 mod api;
+mod api_h3;
 mod api_tls;
 mod builtin;
 mod cache;
@@ -74,6 +75,10 @@ pub enum ServerError {
     },
     #[error("--api-plain-listen and --api-plain-redirect need HTTPS on the client API (--api-tls-cert/--api-tls-key)")]
     PlainWithoutTls,
+    #[error("--api-http3 needs HTTPS on the client API (--api-tls-cert/--api-tls-key)")]
+    Http3WithoutTls,
+    #[error(transparent)]
+    Http3(#[from] api_h3::H3Error),
     #[error("cannot listen for the admin API on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -117,6 +122,8 @@ pub struct Server {
     api_edge: api::Edge,
     /// The plain-HTTP client listener beside an HTTPS API, and what it does.
     plain: Option<(TcpListener, api::Edge)>,
+    /// HTTP/3 on the UDP side of the HTTPS port, when on.
+    h3: Option<quinn::Endpoint>,
     api_certs: Option<Arc<api_tls::ApiCerts>>,
     tunnel: Listener,
     cluster_listener: Option<TcpListener>,
@@ -164,6 +171,7 @@ impl Server {
             None if config.api_plain_listen.is_some() || config.api_plain_redirect => {
                 return Err(ServerError::PlainWithoutTls)
             }
+            None if config.api_http3 => return Err(ServerError::Http3WithoutTls),
             None => None,
         };
         let api_edge = match &api_certs {
@@ -172,6 +180,25 @@ impl Server {
             ))),
             None => api::Edge::Plain,
         };
+        // HTTP/3 on the same port number, over UDP.
+        let h3 = match (&api_certs, config.api_http3) {
+            (Some(certs), true) => {
+                let addr = api.local_addr().map_err(|source| ServerError::ApiBind {
+                    addr: config.api_listen,
+                    source,
+                })?;
+                Some(api_h3::bind(addr, certs, config.h2.max_streams)?)
+            }
+            _ => None,
+        };
+        let alt_svc = h3
+            .as_ref()
+            .and_then(|endpoint| endpoint.local_addr().ok())
+            .and_then(|addr| {
+                // A day: clients remember it across visits, and a server
+                // that drops HTTP/3 is forgotten within one.
+                http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port())).ok()
+            });
         let plain = match config.api_plain_listen {
             Some(addr) => {
                 let listener = crate::accept::bind(addr, config.listen_backlog)
@@ -273,6 +300,7 @@ impl Server {
                 }
                 _ => None,
             },
+            alt_svc,
             registry,
             config,
         });
@@ -284,6 +312,7 @@ impl Server {
             api,
             api_edge,
             plain,
+            h3,
             api_certs,
             tunnel,
             cluster_listener,
@@ -318,6 +347,11 @@ impl Server {
         self.plain.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// The HTTP/3 endpoint (UDP, the HTTPS port), when on.
+    pub fn api_http3_addr(&self) -> Option<SocketAddr> {
+        self.h3.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
     pub fn tunnel_addr(&self) -> SocketAddr {
         self.tunnel
             .local_addr()
@@ -347,6 +381,7 @@ impl Server {
             api,
             api_edge,
             plain,
+            h3,
             api_certs,
             tunnel,
             cluster_listener,
@@ -401,7 +436,7 @@ impl Server {
             tokio::spawn(certs.watch(shutdown.clone()));
         }
         let listeners = std::iter::once((api, api_edge)).chain(plain).collect();
-        let clients = tokio::spawn(api::serve(shared.clone(), listeners, shutdown.clone()));
+        let clients = tokio::spawn(api::serve(shared.clone(), listeners, h3, shutdown.clone()));
         tokio::spawn(revoked::sweep(shared.clone(), shutdown.clone()));
         // The client API stops accepting and returns once the requests in
         // flight have finished (bounded by --drain-grace); agent connections

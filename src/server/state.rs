@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Where clients reach the client API (`--public-url`, else its bound
     /// address when that is not a wildcard), without a trailing slash.
     pub public_base: Option<String>,
+    /// `Alt-Svc` for HTTPS answers when HTTP/3 is on (`h3=":PORT"`).
+    pub alt_svc: Option<http::HeaderValue>,
     /// Settings changed without a restart (SIGHUP).
     pub live: std::sync::Arc<LiveSettings>,
 }

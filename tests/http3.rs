@@ -1,0 +1,327 @@
+//! HTTP/3 for clients through the real binary, over both transports: a Rust
+//! h3 client (h3 + quinn; the installed curl has no HTTP/3) on the UDP side
+//! of the HTTPS port, served as HTTP/1.1 and HTTP/2 are: routing and its
+//! errors, both modes, uploads and large downloads, trailers, a truncated
+//! response as a stream error (never a clean end); `Alt-Svc` announcing it
+//! on HTTPS answers; and malformed HTTP/3 closing only the client that sent
+//! it.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{Buf, Bytes};
+use common::*;
+use http::{HeaderMap, Request, StatusCode};
+use warren::sample::{pattern_sha256, SampleUpstream};
+
+/// A server process with HTTPS and HTTP/3 (self-signed for `localhost`),
+/// the sample upstream, and an agent process for `home`.
+struct H3Stack {
+    dir: tempfile::TempDir,
+    server: ServerProcess,
+    _agent: WarrenProcess,
+    _upstream: SampleUpstream,
+    cert: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl H3Stack {
+    async fn start(t: Transport) -> H3Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (pem, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+        std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let token = issue_process_token(dir.path(), "home").await;
+        let args = [
+            "--api-tls-cert",
+            pem.to_str().unwrap(),
+            "--api-tls-key",
+            key_path.to_str().unwrap(),
+            "--api-http3",
+        ];
+        let server = server_process(dir.path(), "127.0.0.1:0", &args, true).await;
+        let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["agent", "--server", &server.tunnel.to_string()])
+            .args(["--client-id", "home", "--token", &token])
+            .args(["--upstream", &upstream.url(), "--transport", t.flag()])
+            .arg("--ca")
+            .arg(dir.path().join("certs").join("server.pem"))
+            .env("WARREN_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stack = H3Stack {
+            dir,
+            server,
+            _agent: WarrenProcess::new(agent, "the agent process"),
+            _upstream: upstream,
+            cert: cert.der().clone(),
+        };
+        let connected = eventually(Duration::from_secs(20), || async {
+            let mut client = stack.h3().await;
+            client.get("/bytes/1?clientId=home").await.0 == StatusCode::OK
+        })
+        .await;
+        assert!(connected, "the agent connects");
+        stack
+    }
+
+    fn tls(&self, alpn: &[u8]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).unwrap();
+        let mut tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        tls
+    }
+
+    /// A QUIC connection to the HTTP/3 port, offering `alpn`.
+    async fn quic(&self, alpn: &[u8]) -> quinn::Connection {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.tls(alpn)).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        endpoint
+            .connect(self.server.api, "localhost")
+            .unwrap()
+            .await
+            .expect("QUIC handshake with the HTTP/3 port")
+    }
+
+    async fn h3(&self) -> H3Client {
+        let conn = self.quic(b"h3").await;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        H3Client { send }
+    }
+}
+
+struct H3Client {
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+}
+
+/// What came back: status, headers, the body (or how it broke off), trailers.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Vec<u8>, String>,
+    trailers: Option<HeaderMap>,
+}
+
+impl H3Client {
+    async fn send(&mut self, req: Request<()>, body: Option<Bytes>) -> Answer {
+        let mut stream = self.send.send_request(req).await.expect("request sent");
+        if let Some(body) = body {
+            for chunk in body.chunks(64 * 1024) {
+                stream
+                    .send_data(Bytes::copy_from_slice(chunk))
+                    .await
+                    .unwrap();
+            }
+        }
+        stream.finish().await.unwrap();
+        let resp = stream.recv_response().await.expect("a response head");
+        let mut body = Vec::new();
+        let broke = loop {
+            match stream.recv_data().await {
+                Ok(Some(mut chunk)) => {
+                    let bytes = chunk.copy_to_bytes(chunk.remaining());
+                    body.extend_from_slice(&bytes);
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        let trailers = match broke {
+            None => stream.recv_trailers().await.ok().flatten(),
+            Some(_) => None,
+        };
+        Answer {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: match broke {
+                None => Ok(body),
+                Some(e) => Err(e),
+            },
+            trailers,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> (StatusCode, Vec<u8>) {
+        let req = Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        let answer = self.send(req, None).await;
+        (answer.status, answer.body.expect("a whole body"))
+    }
+}
+
+async fn http3_serves_as_the_other_versions_do(t: Transport) {
+    let stack = H3Stack::start(t).await;
+    let mut client = stack.h3().await;
+
+    // Routing and its errors, as on the other versions.
+    let (status, body) = client.get("/bytes/1000?clientId=home").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha256_hex(&body), pattern_sha256(0, 1000));
+    let (status, body) = client.get("/bytes/10?clientId=nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("unknown_agent"));
+
+    // The service saw an HTTPS client.
+    let (status, body) = client.get("/headers?clientId=home").await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let proto = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "x-forwarded-proto")
+        .map(|h| h[1].clone());
+    assert_eq!(proto, Some(serde_json::json!("https")));
+
+    // 16 MiB down, streamed and blocking; 8 MiB up.
+    let size = 16 << 20;
+    let (status, body) = client.get(&format!("/bytes/{size}?clientId=home")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha256_hex(&body), pattern_sha256(0, size as u64));
+    let (status, body) = client
+        .get("/bytes/100000?clientId=home&mode=blocking")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha256_hex(&body), pattern_sha256(0, 100_000));
+    let upload = Bytes::from(vec![9u8; 8 << 20]);
+    let req = Request::post("https://localhost/sha256?clientId=home")
+        .body(())
+        .unwrap();
+    let answer = client.send(req, Some(upload.clone())).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let summed: serde_json::Value = serde_json::from_slice(&answer.body.unwrap()).unwrap();
+    assert_eq!(summed["bytes"], 8 << 20);
+    assert_eq!(summed["sha256"], sha256_hex(&upload));
+
+    // Many requests at once on the one connection.
+    let mut calls = Vec::new();
+    for i in 0..32u64 {
+        let mut send = client.send.clone();
+        calls.push(tokio::spawn(async move {
+            let req = Request::get(format!(
+                "https://localhost/bytes/{}?clientId=home",
+                1000 + i
+            ))
+            .body(())
+            .unwrap();
+            let mut stream = send.send_request(req).await.unwrap();
+            stream.finish().await.unwrap();
+            let resp = stream.recv_response().await.unwrap();
+            let mut n = 0;
+            while let Some(chunk) = stream.recv_data().await.unwrap() {
+                n += chunk.remaining() as u64;
+            }
+            (resp.status(), n, 1000 + i)
+        }));
+    }
+    for call in calls {
+        let (status, n, want) = call.await.unwrap();
+        assert_eq!((status, n), (StatusCode::OK, want));
+    }
+
+    // A response that breaks off is a stream error, never a clean end.
+    let req = Request::get("https://localhost/truncate/200000?clientId=home")
+        .body(())
+        .unwrap();
+    let answer = client.send(req, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.is_err(), "a truncated body is an error");
+    assert!(answer.headers.contains_key("x-warren-request-id"));
+    assert!(answer.trailers.is_none());
+
+    // HTTPS answers announce HTTP/3 on the same port.
+    let port = stack.server.api.port();
+    let https = format!("https://localhost:{port}/bytes/1?clientId=home");
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "--resolve"])
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(stack.dir.path().join("api.pem"))
+        .arg(&https)
+        .output()
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.contains(&format!("alt-svc: h3=\":{port}\"; ma=86400")),
+        "{head}"
+    );
+}
+
+/// Bad HTTP/3 closes the connection that sent it, with a log line and a
+/// clear error code; other clients go on.
+async fn malformed_http3_closes_only_its_connection(t: Transport) {
+    let stack = H3Stack::start(t).await;
+    let mut good = stack.h3().await;
+
+    // A request stream that opens with DATA instead of HEADERS.
+    let bad = stack.quic(b"h3").await;
+    let (mut send, _recv) = bad.open_bi().await.unwrap();
+    send.write_all(&[0x00, 0x03, b'a', b'b', b'c'])
+        .await
+        .unwrap();
+    let _ = send.finish();
+    // And a control stream that is not one (its first frame must be SETTINGS).
+    let mut uni = bad.open_uni().await.unwrap();
+    uni.write_all(&[0x00, 0x00, 0x03, b'x', b'y', b'z'])
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), bad.closed())
+        .await
+        .expect("the server closes the malformed connection");
+    let reason = closed.to_string();
+    assert!(
+        reason.contains("H3_") || reason.contains("closed by peer"),
+        "closed with an HTTP/3 error code: {reason}"
+    );
+
+    // Not HTTP/3 at all: a foreign ALPN is refused in the handshake.
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(stack.tls(b"h2")).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let refused = endpoint
+        .connect(stack.server.api, "localhost")
+        .unwrap()
+        .await;
+    assert!(refused.is_err(), "a QUIC client without h3 is refused");
+
+    // Others are served throughout.
+    let (status, body) = good.get("/bytes/2048?clientId=home").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 2048);
+    let mut fresh = stack.h3().await;
+    assert_eq!(fresh.get("/bytes/1?clientId=home").await.0, StatusCode::OK);
+    assert!(
+        stack
+            .server
+            .log
+            .wait_for("HTTP/3 client connection closed", Duration::from_secs(5))
+            .await,
+        "the server says why it closed the connection"
+    );
+}
+
+over_transports!(
+    http3_serves_as_the_other_versions_do,
+    malformed_http3_closes_only_its_connection
+);
