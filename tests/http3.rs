@@ -87,18 +87,27 @@ impl H3Stack {
 
     /// A QUIC connection to the HTTP/3 port, offering `alpn`.
     async fn quic(&self, alpn: &[u8]) -> quinn::Connection {
+        self.quic_from(alpn).await.1
+    }
+
+    /// [`H3Stack::quic`], with the client's endpoint (to move it).
+    async fn quic_from(&self, alpn: &[u8]) -> (quinn::Endpoint, quinn::Connection) {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.tls(alpn)).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        endpoint
+        let conn = endpoint
             .connect(self.server.api, "localhost")
             .unwrap()
             .await
-            .expect("QUIC handshake with the HTTP/3 port")
+            .expect("QUIC handshake with the HTTP/3 port");
+        (endpoint, conn)
     }
 
     async fn h3(&self) -> H3Client {
-        let conn = self.quic(b"h3").await;
+        self.h3_on(self.quic(b"h3").await).await
+    }
+
+    async fn h3_on(&self, conn: quinn::Connection) -> H3Client {
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
             .await
             .unwrap();
@@ -268,6 +277,38 @@ async fn http3_serves_as_the_other_versions_do(t: Transport) {
     );
 }
 
+/// A client whose address changes mid-download (a phone moving from Wi-Fi
+/// to mobile data) keeps its stream: the download completes, whole.
+async fn a_download_survives_the_client_moving(t: Transport) {
+    let stack = H3Stack::start(t).await;
+    let (endpoint, conn) = stack.quic_from(b"h3").await;
+    let mut client = stack.h3_on(conn.clone()).await;
+    let size: u64 = 32 << 20;
+    let req = Request::get(format!("https://localhost/bytes/{size}?clientId=home"))
+        .body(())
+        .unwrap();
+    let mut stream = client.send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(
+        stream.recv_response().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut body = Vec::with_capacity(size as usize);
+    let mut moved = false;
+    while let Some(mut chunk) = stream.recv_data().await.expect("the stream goes on") {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        if !moved && body.len() > 1 << 20 {
+            // A new socket: a new source port, as after a network change.
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            endpoint.rebind(socket).unwrap();
+            moved = true;
+        }
+    }
+    assert!(moved);
+    assert_eq!(body.len() as u64, size);
+    assert_eq!(sha256_hex(&body), pattern_sha256(0, size));
+}
+
 /// Bad HTTP/3 closes the connection that sent it, with a log line and a
 /// clear error code; other clients go on.
 async fn malformed_http3_closes_only_its_connection(t: Transport) {
@@ -323,5 +364,6 @@ async fn malformed_http3_closes_only_its_connection(t: Transport) {
 
 over_transports!(
     http3_serves_as_the_other_versions_do,
+    a_download_survives_the_client_moving,
     malformed_http3_closes_only_its_connection
 );
