@@ -317,16 +317,15 @@ async fn malformed_http3_closes_only_its_connection(t: Transport) {
 
     // A request stream that opens with DATA instead of HEADERS.
     let bad = stack.quic(b"h3").await;
+    // (The server may close the connection at the first: later writes may
+    // fail, which is the point.)
     let (mut send, _recv) = bad.open_bi().await.unwrap();
-    send.write_all(&[0x00, 0x03, b'a', b'b', b'c'])
-        .await
-        .unwrap();
+    let _ = send.write_all(&[0x00, 0x03, b'a', b'b', b'c']).await;
     let _ = send.finish();
     // And a control stream that is not one (its first frame must be SETTINGS).
-    let mut uni = bad.open_uni().await.unwrap();
-    uni.write_all(&[0x00, 0x00, 0x03, b'x', b'y', b'z'])
-        .await
-        .unwrap();
+    if let Ok(mut uni) = bad.open_uni().await {
+        let _ = uni.write_all(&[0x00, 0x00, 0x03, b'x', b'y', b'z']).await;
+    }
     let closed = tokio::time::timeout(Duration::from_secs(5), bad.closed())
         .await
         .expect("the server closes the malformed connection");

@@ -1,11 +1,11 @@
 //! HTTP/3 for clients (`--api-http3`): QUIC on the UDP side of the HTTPS
 //! port, serving the HTTPS certificates (TLS 1.3, ALPN `h3`), every request
-//! routed as those over HTTP/1.1 and HTTP/2 are ([`api::route`]). It shares
+//! routed as those over HTTP/1.1 and HTTP/2 are ([`route::route`]). It shares
 //! their connection budget, header limit and drain on shutdown; a response
 //! body that breaks off resets its stream, never ends it cleanly. This is the
 //! client edge, not the tunnel: it speaks quinn directly.
 //!
-//! [`api::route`]: super::api::route
+//! [`route::route`]: super::route::route
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, Instrument};
 
-use super::{api, api_tls::ApiCerts, meter::RequestMeter, state::Shared, stream, upgrade};
+use super::{api_tls::ApiCerts, meter::RequestMeter, route, state::Shared, stream, upgrade};
 use crate::{
     body::{self, TunnelBody},
     shutdown::Shutdown,
@@ -194,7 +194,7 @@ async fn request(
     req.extensions_mut().insert(slot);
     req.extensions_mut().insert(stream::OverTls);
     let meter = RequestMeter::start(&shared, &req, ());
-    let resp = meter.answered(api::route(shared, peer, req).await);
+    let resp = meter.answered(route::route(shared, peer, req).await);
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         debug!(%peer, "HTTP/3 response not sent: {e}");

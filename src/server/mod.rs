@@ -31,6 +31,7 @@ mod peers;
 mod reply;
 mod revoked;
 mod rooms;
+mod route;
 mod state;
 mod stream;
 mod target;
