@@ -687,7 +687,13 @@ async fn a_rolling_restart_under_load_loses_no_request() {
     }
     done.store(true, Ordering::Relaxed);
     for worker in load {
-        worker.await.expect("no request a node accepted was lost");
+        if let Err(lost) = worker.await {
+            // What the nodes said, to tell why (this has been seen, rarely).
+            for node in &nodes {
+                eprintln!("--- node {} log:\n{}", node.api, node.log.text());
+            }
+            panic!("no request a node accepted was lost: {lost}");
+        }
     }
     let served = served.load(Ordering::Relaxed);
     eprintln!("rolling restart: {served} requests served, none lost");
