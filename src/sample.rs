@@ -270,6 +270,8 @@ async fn route(
         (Method::GET, ["ws", "echo"]) => ws_echo(stats, req),
         (Method::GET, ["rooms-demo"]) => html(ROOMS_DEMO),
         (Method::GET, ["range-check"]) => html(RANGE_CHECK),
+        (Method::GET | Method::HEAD, ["tone.wav"]) => tone(&req),
+        (Method::GET, ["audio-check"]) => html(AUDIO_CHECK),
         (Method::GET, ["hang"]) => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -302,6 +304,43 @@ const RANGE_CHECK: &str = r#"<!doctype html>
     const body = new Uint8Array(await r.arrayBuffer());
     const nav = performance.getEntriesByType("navigation")[0];
     out.textContent = `status=${r.status} length=${body.length} first=${body[0]} protocol=${nav.nextHopProtocol}`;
+  } catch (e) {
+    out.textContent = "error " + e;
+  }
+})();
+</script>
+"#;
+
+/// A page that plays `/tone.wav` (muted), seeks to 25 s, and writes what
+/// the player saw into `#result` (duration, where it landed, whether it has
+/// the audio there and is playing, the protocol): audio with seeking
+/// through the tunnel, from a browser's side.
+const AUDIO_CHECK: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>warren audio check</title>
+<pre id="result">running</pre>
+<audio id="player" preload="auto" muted></audio>
+<script>
+(async () => {
+  const out = document.getElementById("result");
+  const audio = document.getElementById("player");
+  const once = (name) => new Promise((ok) => audio.addEventListener(name, ok, { once: true }));
+  try {
+    audio.src = "/tone.wav" + location.search;
+    await once("loadedmetadata");
+    await audio.play();
+    audio.currentTime = 25;
+    await once("seeked");
+    const landed = audio.currentTime;
+    // Data at the new place (fetched by a range request): event-driven, as
+    // headless runs timers on virtual time, not the media clock.
+    if (audio.readyState < 3) await once("canplay");
+    let buffered = false;
+    for (let i = 0; i < audio.buffered.length; i++) {
+      buffered ||= audio.buffered.start(i) <= landed && landed < audio.buffered.end(i);
+    }
+    const nav = performance.getEntriesByType("navigation")[0];
+    out.textContent = `duration=${audio.duration.toFixed(1)} landed=${landed.toFixed(1)} ` +
+      `buffered=${buffered} playing=${!audio.paused} protocol=${nav.nextHopProtocol}`;
   } catch (e) {
     out.textContent = "error " + e;
   }
@@ -462,6 +501,64 @@ fn bytes(req: &Request<Incoming>, len: u64, open: OpenBody) -> Response<SampleBo
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{}/{len}", start + count - 1);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&value).expect("ascii"),
+        );
+    }
+    resp
+}
+
+/// Seconds of audio in `/tone.wav`: long enough (2.9 MB) that a player
+/// seeking near its end asks for a range rather than having it all.
+const TONE_SECONDS: u32 = 30;
+/// 48 kHz, mono, 16-bit PCM.
+const TONE_RATE: u32 = 48_000;
+
+/// A 440 Hz tone as a WAV file, whole or a byte range of it (what an audio
+/// element asks for when it seeks).
+fn tone(req: &Request<Incoming>) -> Response<SampleBody> {
+    static WAV: OnceLock<Bytes> = OnceLock::new();
+    let wav = WAV.get_or_init(|| {
+        let samples = TONE_SECONDS * TONE_RATE;
+        let data_len = samples * 2;
+        let mut out = Vec::with_capacity(44 + data_len as usize);
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + data_len).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+        out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        out.extend_from_slice(&1u16.to_le_bytes()); // mono
+        out.extend_from_slice(&TONE_RATE.to_le_bytes());
+        out.extend_from_slice(&(TONE_RATE * 2).to_le_bytes()); // bytes per second
+        out.extend_from_slice(&2u16.to_le_bytes()); // block align
+        out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_len.to_le_bytes());
+        for i in 0..samples {
+            let t = i as f64 / f64::from(TONE_RATE);
+            let v = (t * 440.0 * std::f64::consts::TAU).sin() * 8000.0;
+            out.extend_from_slice(&(v as i16).to_le_bytes());
+        }
+        Bytes::from(out)
+    });
+    let len = wav.len() as u64;
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len));
+    let (status, start, end) = match range {
+        None => (StatusCode::OK, 0, len - 1),
+        Some(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Some(None) => return respond(StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new()),
+    };
+    let mut resp = respond(status, wav.slice(start as usize..=end as usize));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{end}/{len}");
         h.insert(
             header::CONTENT_RANGE,
             HeaderValue::from_str(&value).expect("ascii"),
