@@ -212,6 +212,7 @@ async fn route(
             Err(_) => respond(StatusCode::BAD_REQUEST, "size must be a number\n"),
         },
         (Method::POST | Method::PUT, ["sha256"]) => sha256(req).await,
+        (Method::POST | Method::PUT, ["trailers"]) => trailers(req).await,
         (_, ["echo"]) => {
             let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
             let mut resp = Response::new(
@@ -564,6 +565,53 @@ fn tone(req: &Request<Incoming>) -> Response<SampleBody> {
             HeaderValue::from_str(&value).expect("ascii"),
         );
     }
+    resp
+}
+
+/// Reads the body to its end and answers with its size, then trailers: the
+/// request's own, echoed as `x-echo-NAME`, and `x-body-sha256` (announced
+/// in `Trailer`, which an HTTP/1.1 hop needs to send them).
+async fn trailers(req: Request<Incoming>) -> Response<SampleBody> {
+    let mut body = req.into_body();
+    let (mut hasher, mut total) = (Sha256::new(), 0u64);
+    let mut theirs = http::HeaderMap::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return respond(StatusCode::BAD_REQUEST, format!("body broke off: {e}\n")),
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                total += data.len() as u64;
+                hasher.update(&data);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    theirs = t;
+                }
+            }
+        }
+    }
+    let mut out = http::HeaderMap::new();
+    for (name, value) in &theirs {
+        if let Ok(echo) = header::HeaderName::from_bytes(format!("x-echo-{name}").as_bytes()) {
+            out.append(echo, value.clone());
+        }
+    }
+    let digest = hex::encode(hasher.finalize());
+    out.insert(
+        "x-body-sha256",
+        HeaderValue::from_str(&digest).expect("hex"),
+    );
+    let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+    let announce = HeaderValue::from_str(&names.join(", ")).expect("header names");
+    let frames = [
+        Ok(Frame::data(Bytes::from(format!("{total} bytes\n")))),
+        Ok(Frame::trailers(out)),
+    ];
+    let mut resp =
+        Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+    resp.headers_mut().insert(header::TRAILER, announce);
     resp
 }
 

@@ -1,7 +1,8 @@
 //! HTTP/3 for clients through the real binary, over both transports: a Rust
 //! h3 client (h3 + quinn; the installed curl has no HTTP/3) on the UDP side
 //! of the HTTPS port, served as HTTP/1.1 and HTTP/2 are: routing and its
-//! errors, both modes, uploads and large downloads, trailers, a truncated
+//! errors, both modes, uploads and large downloads, trailers both ways (to
+//! an HTTP/1.1 service), a truncated
 //! response as a stream error (never a clean end); `Alt-Svc` announcing it
 //! on HTTPS answers; and malformed HTTP/3 closing only the client that sent
 //! it.
@@ -132,6 +133,16 @@ struct Answer {
 
 impl H3Client {
     async fn send(&mut self, req: Request<()>, body: Option<Bytes>) -> Answer {
+        self.send_with_trailers(req, body, None).await
+    }
+
+    /// [`H3Client::send`], the body followed by a trailer field.
+    async fn send_with_trailers(
+        &mut self,
+        req: Request<()>,
+        body: Option<Bytes>,
+        trailer: Option<(&'static str, &'static str)>,
+    ) -> Answer {
         let mut stream = self.send.send_request(req).await.expect("request sent");
         if let Some(body) = body {
             for chunk in body.chunks(64 * 1024) {
@@ -140,6 +151,11 @@ impl H3Client {
                     .await
                     .unwrap();
             }
+        }
+        if let Some((name, value)) = trailer {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(name, value.parse().unwrap());
+            stream.send_trailers(trailers).await.unwrap();
         }
         stream.finish().await.unwrap();
         let resp = stream.recv_response().await.expect("a response head");
@@ -257,6 +273,22 @@ async fn http3_serves_as_the_other_versions_do(t: Transport) {
     assert!(answer.body.is_err(), "a truncated body is an error");
     assert!(answer.headers.contains_key("x-warren-request-id"));
     assert!(answer.trailers.is_none());
+
+    // Trailers both ways: the request's reach the service (echoed back),
+    // the service's come back.
+    let req = Request::post("https://localhost/trailers?clientId=home")
+        .header("trailer", "x-checksum")
+        .body(())
+        .unwrap();
+    let sent = Bytes::from(vec![5u8; 300_000]);
+    let answer = client
+        .send_with_trailers(req, Some(sent.clone()), Some(("x-checksum", "c0ffee")))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body.unwrap(), b"300000 bytes\n");
+    let trailers = answer.trailers.expect("response trailers");
+    assert_eq!(trailers["x-echo-x-checksum"], "c0ffee");
+    assert_eq!(trailers["x-body-sha256"], sha256_hex(&sent).as_str());
 
     // HTTPS answers announce HTTP/3 on the same port.
     let port = stack.server.api.port();
