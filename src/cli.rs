@@ -358,6 +358,10 @@ pub struct ServerArgs {
     /// Concurrent client HTTP connections.
     #[arg(long, env = "WARREN_MAX_CLIENT_CONNECTIONS", default_value_t = ServerConfig::default().max_client_connections)]
     max_client_connections: usize,
+    /// Requests one client address (an IPv6 /64) may have in flight to one
+    /// agent at once (0: no limit); more are answered 429.
+    #[arg(long, env = "WARREN_MAX_REQUESTS_PER_IP", default_value_t = ServerConfig::default().max_requests_per_ip)]
+    max_requests_per_ip: usize,
     /// Connections each TCP listener lets wait for accept (capped by the
     /// kernel's net.core.somaxconn).
     #[arg(long, env = "WARREN_LISTEN_BACKLOG", default_value_t = ServerConfig::default().listen_backlog)]
@@ -534,6 +538,7 @@ impl ServerArgs {
             max_agents: self.max_agents,
             max_connections_per_client: self.max_connections_per_client,
             max_client_connections: self.max_client_connections,
+            max_requests_per_ip: self.max_requests_per_ip,
             listen_backlog: self.listen_backlog,
             handshake_timeout: self.handshake_timeout.0,
             open_stream_timeout: self.open_stream_timeout.0,

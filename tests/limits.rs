@@ -12,8 +12,56 @@ over_transports!(
     upgraded_websockets_count_toward_the_client_connection_limit,
     a_body_that_goes_quiet_is_cut_off_as_an_error,
     a_wrong_token_flood_is_rate_limited_and_summarised,
-    idle_connections_make_room_busy_ones_do_not
+    idle_connections_make_room_busy_ones_do_not,
+    one_address_cannot_take_all_of_an_agents_streams
 );
+
+/// A GET from `local` (a loopback address to send from) to the stack's API.
+async fn get_from(stack: &Stack, local: &str, path: &str) -> http::Response<hyper::body::Incoming> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(stack.api).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(stack.url(path))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
+/// Downloads that are never read hold their tunnel streams; past
+/// `--max-requests-per-ip` one address is answered 429 while others are
+/// served, and its places come back when its requests end.
+async fn one_address_cannot_take_all_of_an_agents_streams(t: Transport) {
+    let mut opts = StackOptions::new(t);
+    opts.server.max_requests_per_ip = 4;
+    let stack = Stack::start(opts).await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let resp = get_from(&stack, "127.0.0.1", "/bytes/67108864").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        stalled.push(resp);
+    }
+    let refused = get_from(&stack, "127.0.0.1", "/bytes/10").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = json(refused).await;
+    assert_eq!(body["error"], "too_many_requests");
+    // Another address is served meanwhile.
+    let other = get_from(&stack, "127.0.0.2", "/bytes/10").await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(read_body(other).await.unwrap().len(), 10);
+    // The stalled downloads given up: the address is served again.
+    drop(stalled);
+    let back = eventually(Duration::from_secs(5), || async {
+        get_from(&stack, "127.0.0.1", "/bytes/10").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(back, "the places come back when the requests end");
+}
 
 async fn upgraded_websockets_count_toward_the_client_connection_limit(t: Transport) {
     let mut opts = StackOptions::new(t);

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     /// Concurrent client HTTP connections.
     pub max_client_connections: usize,
+    /// Requests one client address (an IPv6 /64) may have in flight to one
+    /// agent at once; 0: no limit.
+    pub max_requests_per_ip: usize,
     /// Connections each TCP listener (client API, tunnel, cluster link) lets
     /// wait for `accept`.
     pub listen_backlog: u32,
@@ -121,6 +124,9 @@ impl Default for ServerConfig {
             max_agents: 10_000,
             max_connections_per_client: 8,
             max_client_connections: 10_000,
+            // A quarter of an agent's 1024 streams: a crowd behind one NAT
+            // has room, one client that stops reading holds no more.
+            max_requests_per_ip: 256,
             listen_backlog: crate::accept::DEFAULT_BACKLOG,
             handshake_timeout: Duration::from_secs(10),
             open_stream_timeout: Duration::from_secs(10),

@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use super::{
     forward, reply::error_response, rooms, state::Shared, target::Target, upgrade, websocket,
 };
-use crate::body::TunnelBody;
+use crate::body::{self, TunnelBody};
 
 /// Serves `req` through an agent connected here, or gives it back (with its
 /// target) when there is none.
@@ -52,11 +52,26 @@ pub(super) async fn serve(
         }
         None => return Err((req, target)),
     };
-    Ok(if upgrade::is_upgrade(&req) {
+    // Held until the response body ends: the stream is held as long.
+    let Some(share) = shared.shares.take(&target.client_id, peer.ip()) else {
+        let limit = shared.shares.limit();
+        tracing::info!(%peer, client_id = %target.client_id, "request refused: this address has {limit} in flight to the agent");
+        let mut resp = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            Some(&target.client_id),
+            &format!("this address already has {limit} requests in flight to this agent (--max-requests-per-ip); finish or cancel some"),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(resp);
+    };
+    let resp = if upgrade::is_upgrade(&req) {
         websocket::pass_through(shared, link, req, target, peer).await
     } else {
         forward::forward(shared, link, req, target, peer).await
-    })
+    };
+    Ok(resp.map(|body| body::metered(body, share)))
 }
 
 /// Answer for a client id with no live connection here (nor, in a cluster,

@@ -23,6 +23,7 @@ mod config;
 mod credit;
 mod forward;
 mod gate;
+mod http_version;
 mod idle;
 mod local;
 mod meter;
@@ -32,6 +33,7 @@ mod reply;
 mod revoked;
 mod rooms;
 mod route;
+mod share;
 mod state;
 mod stream;
 mod target;
@@ -302,6 +304,7 @@ impl Server {
                 _ => None,
             },
             alt_svc,
+            shares: share::Shares::new(config.max_requests_per_ip),
             registry,
             config,
         });

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Where clients reach the client API (`--public-url`, else its bound
     /// address when that is not a wildcard), without a trailing slash.
     pub public_base: Option<String>,
+    /// Each client address's share of each agent's streams.
+    pub shares: std::sync::Arc<super::share::Shares>,
     /// `Alt-Svc` for HTTPS answers when HTTP/3 is on (`h3=":PORT"`).
     pub alt_svc: Option<http::HeaderValue>,
     /// Settings changed without a restart (SIGHUP).
