@@ -1,8 +1,9 @@
 //! The client edge, per transport: one server with HTTPS on its client API
 //! and a plain listener beside it, so that bulk over HTTPS is measured
 //! against bulk over plain HTTP in the same run (what TLS to clients
-//! costs), and small requests over one HTTP/2 connection with many streams
-//! against as many HTTP/1.1 connections over HTTPS.
+//! costs), bulk over HTTP/3 against HTTPS, and small requests over one
+//! HTTP/2 connection with many streams against as many HTTP/1.1
+//! connections over HTTPS.
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
@@ -22,6 +23,7 @@ const STREAMS: usize = 64;
 pub(super) struct EdgeFigures {
     plain_bulk: f64,
     https_bulk: f64,
+    h3_bulk: f64,
     https_h1_rps: f64,
     h2_rps: f64,
 }
@@ -36,7 +38,59 @@ pub(super) fn server_args(dir: &Path) -> Vec<String> {
         dir.join("edge.key").display().to_string(),
         "--api-plain-listen".into(),
         "127.0.0.1:0".into(),
+        "--api-http3".into(),
     ]
+}
+
+/// HTTP/3 to the server: a QUIC client trusting [`certificate`]'s.
+#[derive(Clone)]
+pub(super) struct H3Target {
+    pub addr: SocketAddr,
+    pub client_id: String,
+    pub config: quinn::ClientConfig,
+}
+
+/// One HTTP/3 download of `path`, on a new connection: bytes, seconds.
+async fn download_h3(target: &H3Target, path: &str) -> Result<(u64, f64), BenchError> {
+    use bytes::Buf;
+    let h3_err = |e: &dyn std::fmt::Display| BenchError::new(format!("HTTP/3 download: {e}"));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
+        .map_err(BenchError::io("HTTP/3 client socket"))?;
+    endpoint.set_default_client_config(target.config.clone());
+    let conn = endpoint
+        .connect(target.addr, "localhost")
+        .map_err(|e| h3_err(&e))?
+        .await
+        .map_err(|e| h3_err(&e))?;
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .map_err(|e| h3_err(&e))?;
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let started = std::time::Instant::now();
+    let req = http::Request::get(format!(
+        "https://localhost{path}?clientId={}",
+        target.client_id
+    ))
+    .body(())
+    .map_err(|e| h3_err(&e))?;
+    let mut stream = send.send_request(req).await.map_err(|e| h3_err(&e))?;
+    stream.finish().await.map_err(|e| h3_err(&e))?;
+    let resp = stream.recv_response().await.map_err(|e| h3_err(&e))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(BenchError::new(format!(
+            "HTTP/3 download: {}",
+            resp.status()
+        )));
+    }
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.recv_data().await.map_err(|e| h3_err(&e))? {
+        bytes += chunk.remaining() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drive.abort();
+    Ok((bytes, secs))
 }
 
 /// The three ways to the same server: HTTPS offering HTTP/1.1, HTTPS
@@ -68,6 +122,7 @@ pub(super) fn targets(
 /// h2) and by its plain listener.
 pub(super) async fn run(
     [https, https_h2, http]: &[Target; 3],
+    h3: &H3Target,
     sizes: &Sizes,
     progress: &mut Progress,
     kind: TransportKind,
@@ -79,11 +134,14 @@ pub(super) async fn run(
     // turn so that a noisy moment does not land on one side only.
     load::download(http, &path).await?;
     load::download(https, &path).await?;
+    download_h3(h3, &path).await?;
     for _ in 0..2 {
         let (bytes, secs) = load::download(http, &path).await?;
         f.plain_bulk = f.plain_bulk.max(mbps(bytes, secs));
         let (bytes, secs) = load::download(https, &path).await?;
         f.https_bulk = f.https_bulk.max(mbps(bytes, secs));
+        let (bytes, secs) = download_h3(h3, &path).await?;
+        f.h3_bulk = f.h3_bulk.max(mbps(bytes, secs));
     }
     progress.step(&format!(
         "small requests over HTTP/1.1 and HTTP/2 via {kind}"
@@ -101,6 +159,7 @@ pub(super) fn rows(figures: &[EdgeFigures], sizes: &Sizes) -> Vec<Row> {
     let bulk = format!("client edge: bulk {} MiB", sizes.bulk / MIB);
     let (pq, pw) = pick(|f| f.plain_bulk);
     let (hq, hw) = pick(|f| f.https_bulk);
+    let (h3q, h3w) = pick(|f| f.h3_bulk);
     let small = format!("client edge: 1 KiB requests, {STREAMS} at once");
     let (h1q, h1w) = pick(|f| f.https_h1_rps);
     let (h2q, h2w) = pick(|f| f.h2_rps);
@@ -109,6 +168,9 @@ pub(super) fn rows(figures: &[EdgeFigures], sizes: &Sizes) -> Vec<Row> {
             .baselines(pq, pw)
             .tunnel(hq, hw)
             .target("≥ 0.85× plain", 0.85, false),
+        Row::new(&bulk, "over HTTP/3 vs HTTPS", "MB/s", Better::Higher)
+            .baselines(hq, hw)
+            .tunnel(h3q, h3w),
         Row::new(
             &small,
             &format!("one HTTP/2 connection vs {STREAMS} HTTP/1.1 (HTTPS)"),
@@ -121,8 +183,10 @@ pub(super) fn rows(figures: &[EdgeFigures], sizes: &Sizes) -> Vec<Row> {
 }
 
 /// A self-signed certificate for `localhost` in `dir` (edge.pem, edge.key),
-/// and clients that trust it: offering HTTP/1.1, and HTTP/2.
-pub(super) fn certificate(dir: &Path) -> Result<[tokio_rustls::TlsConnector; 2], BenchError> {
+/// and clients that trust it: offering HTTP/1.1, and HTTP/2; and HTTP/3's.
+pub(super) fn certificate(
+    dir: &Path,
+) -> Result<([tokio_rustls::TlsConnector; 2], quinn::ClientConfig), BenchError> {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
         .map_err(|e| BenchError::new(format!("generating the edge certificate: {e}")))?;
     std::fs::write(dir.join("edge.pem"), made.cert.pem())
@@ -145,5 +209,18 @@ pub(super) fn certificate(dir: &Path) -> Result<[tokio_rustls::TlsConnector; 2],
         config.alpn_protocols = vec![alpn.to_vec()];
         Ok::<_, BenchError>(tokio_rustls::TlsConnector::from(Arc::new(config)))
     };
-    Ok([connector(b"http/1.1")?, connector(b"h2")?])
+    let mut h3 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| BenchError::new(e.to_string()))?
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    h3.alpn_protocols = vec![b"h3".to_vec()];
+    let h3 = quinn::crypto::rustls::QuicClientConfig::try_from(h3)
+        .map_err(|e| BenchError::new(format!("HTTP/3 client TLS: {e}")))?;
+    Ok((
+        [connector(b"http/1.1")?, connector(b"h2")?],
+        quinn::ClientConfig::new(Arc::new(h3)),
+    ))
 }

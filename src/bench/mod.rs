@@ -369,7 +369,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         server.proc.stop().await;
     }
     // The client edge: HTTPS, HTTP/2 and plain HTTP to one server.
-    let tls = edge::certificate(&dir)?;
+    let (tls, h3_client) = edge::certificate(&dir)?;
     let mut edge_figures = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
         let name = format!("edge-{kind}");
@@ -383,7 +383,12 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
             .await?;
         server.wait_agents(1).await?;
         let targets = edge::targets(server.api, plain, "edge", &tls);
-        let figures = edge::run(&targets, &sizes, &mut progress, kind).await;
+        let h3 = edge::H3Target {
+            addr: server.api,
+            client_id: "edge".into(),
+            config: h3_client.clone(),
+        };
+        let figures = edge::run(&targets, &h3, &sizes, &mut progress, kind).await;
         agent.stop().await;
         server.proc.stop().await;
         edge_figures.push(figures?);
