@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use http::StatusCode;
 
-over_transports!(client_tokens_guard_an_agent);
+over_transports_and_versions!(client_tokens_guard_an_agent);
 
 async fn client_tokens_guard_an_agent(t: Transport) {
     let stack = Stack::start(StackOptions::new(t)).await;

@@ -10,7 +10,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use warren::{agent::AgentStatus, server::ServerConfig, tls::Trust};
 
-over_transports!(
+over_transports_and_versions!(
     wrong_token_is_refused_and_agent_exits,
     unknown_client_id_is_refused_and_agent_exits,
     agent_killed_mid_response_aborts_the_client,

@@ -11,7 +11,7 @@ use common::*;
 use http::{Request, StatusCode};
 use warren::{agent::Agent, tls::Trust};
 
-over_transports!(an_embedded_agent_serves_a_file_with_ranges);
+over_transports_and_versions!(an_embedded_agent_serves_a_file_with_ranges);
 
 const SIZE: usize = 64 * 1024 * 1024;
 

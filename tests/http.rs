@@ -13,7 +13,7 @@ use warren::sample::{pattern, pattern_sha256};
 
 const MIB: u64 = 1024 * 1024;
 
-over_transports!(
+over_transports_and_versions!(
     download_64mib_stream_mode,
     download_64mib_blocking_mode,
     range_and_head,

@@ -15,7 +15,7 @@ use http::StatusCode;
 use warren::control;
 use warren_proto::{Control, MAX_CONTROL_FRAME};
 
-over_transports!(
+over_transports_and_versions!(
     a_mute_agent_stalls_no_one_else,
     readers_that_stop_reading_do_not_kill_the_connection,
     stalled_readers_do_not_hold_up_other_requests,

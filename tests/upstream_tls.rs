@@ -143,7 +143,7 @@ async fn an_untrusted_upstream_certificate_is_a_clear_502(t: Transport) {
     assert!(message.contains("certificate"), "{answer}");
 }
 
-over_transports!(
+over_transports_and_versions!(
     requests_and_websockets_reach_an_https_upstream,
     an_untrusted_upstream_certificate_is_a_clear_502
 );

@@ -84,6 +84,73 @@ macro_rules! over_transports {
     };
 }
 
+/// Generates, for each named `async fn name(t: Transport)`, one test per
+/// transport and client HTTP version (HTTP/1.1, and HTTP/2 with prior
+/// knowledge): [`client`], [`get`] and [`send`] speak the test's version
+/// (tasks the test spawns speak HTTP/1.1).
+#[macro_export]
+macro_rules! over_transports_and_versions {
+    ($($name:ident),* $(,)?) => {
+        mod quic {
+            $crate::over_client_versions!(Quic; $($name),*);
+        }
+        mod ws {
+            $crate::over_client_versions!(Ws; $($name),*);
+        }
+    };
+}
+
+/// The inner half of [`over_transports_and_versions`].
+#[macro_export]
+macro_rules! over_client_versions {
+    ($t:ident; $($name:ident),*) => {
+        mod h1 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
+                    let run = CLIENT_VERSION.scope(ClientVersion::Http1, super::super::$name(Transport::$t));
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
+                }
+            )*
+        }
+        mod h2 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
+                    let run = CLIENT_VERSION.scope(ClientVersion::Http2, super::super::$name(Transport::$t));
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
+                }
+            )*
+        }
+    };
+}
+
+/// The HTTP version test clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientVersion {
+    Http1,
+    /// h2c with prior knowledge.
+    Http2,
+}
+
+tokio::task_local! {
+    /// The version of the test running in this task (see
+    /// [`over_transports_and_versions`]); HTTP/1.1 outside one.
+    pub static CLIENT_VERSION: ClientVersion;
+}
+
+pub fn client_version() -> ClientVersion {
+    CLIENT_VERSION
+        .try_with(|v| *v)
+        .unwrap_or(ClientVersion::Http1)
+}
+
 /// Which registry database a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -141,8 +208,13 @@ pub fn unique(prefix: &str) -> String {
 
 pub type ClientBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// A client speaking the test's HTTP version ([`client_version`]).
 pub fn client() -> Client<HttpConnector, ClientBody> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    if client_version() == ClientVersion::Http2 {
+        builder.http2_only(true);
+    }
+    builder.build(HttpConnector::new())
 }
 
 pub fn empty() -> ClientBody {
@@ -448,8 +520,19 @@ pub async fn get(url: &str) -> Response<Incoming> {
     send(Request::get(url).body(empty()).unwrap()).await
 }
 
+/// Sends `req` in the test's HTTP version, and checks it was answered in it.
 pub async fn send(req: Request<ClientBody>) -> Response<Incoming> {
-    client().request(req).await.expect("request succeeds")
+    let resp = client().request(req).await.expect("request succeeds");
+    let version = match client_version() {
+        ClientVersion::Http1 => http::Version::HTTP_11,
+        ClientVersion::Http2 => http::Version::HTTP_2,
+    };
+    assert_eq!(
+        resp.version(),
+        version,
+        "answered in the test's HTTP version"
+    );
+    resp
 }
 
 /// Reads a whole body; `Err` if the connection broke before its end.
