@@ -110,18 +110,7 @@ impl Edge {
         let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["agent", "--server", &server.tunnel.to_string()])
-            .args(["--client-id", "home", "--token", &token])
-            .args(["--upstream", &upstream.url(), "--transport", t.flag()])
-            .arg("--ca")
-            .arg(dir.path().join("certs").join("server.pem"))
-            .env("WARREN_LOG", "warn")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let agent = WarrenProcess::new(agent, "the agent process");
+        let agent = agent_process_for(&server, dir.path(), "home", &token, &upstream.url(), t, &[]);
         let edge = Edge {
             dir,
             ca,

@@ -398,23 +398,16 @@ impl Grpc {
         let server = server_process(dir.path(), "127.0.0.1:0", &args, true).await;
         let seen = Arc::new(Seen::default());
         let upstream = grpc_upstream(seen.clone()).await;
-        let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["agent", "--server", &server.tunnel.to_string()])
-            .args(["--client-id", "home", "--token", &token])
-            .args([
-                "--upstream",
-                &format!("http://{upstream}"),
-                "--upstream-http2",
-            ])
-            .args(["--transport", t.flag()])
-            .arg("--ca")
-            .arg(dir.path().join("certs").join("server.pem"))
-            .env("WARREN_LOG", "warn")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let agent = WarrenProcess::new(agent, "the agent process");
+        let upstream_url = format!("http://{upstream}");
+        let agent = agent_process_for(
+            &server,
+            dir.path(),
+            "home",
+            &token,
+            &upstream_url,
+            t,
+            &["--upstream-http2"],
+        );
         let plain = server.plain.expect("a plain listener");
         let probe = format!("http://{plain}/?clientId=home");
         assert!(
@@ -724,34 +717,11 @@ async fn trailers_over_the_limit(t: Transport) {
 /// body parts it could not read; the request is served, its trailers
 /// dropped (and logged, once).
 async fn an_agent_without_trailers_gets_raw_bodies(t: Transport) {
-    use warren_proto::{Open, Reply, ResponseHead, MAX_CONTROL_FRAME};
+    use warren_proto::{Open, Reply, ResponseHead};
     let stack = Stack::server_only(StackOptions::new(t)).await;
-    let session = raw_session(&stack, t, &stack.client_id).await;
-    let (mut send, mut recv) = session.open().await.unwrap();
-    let hello = hello(&stack.client_id, &stack.token, "warren/old");
-    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
-    let welcome = recv
-        .read_frame::<warren_proto::Control>(MAX_CONTROL_FRAME)
-        .await
-        .unwrap();
-    let warren_proto::Control::Welcome(welcome) = welcome else {
-        panic!("welcomed: {welcome:?}");
-    };
-    let beat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
-    let control = session.clone();
-    tokio::spawn(async move {
-        let liveness = warren::control::Liveness::new(control.clone());
-        warren::control::keepalive(
-            send,
-            recv,
-            beat,
-            &liveness,
-            std::future::pending(),
-            |_| {},
-            Default::default(),
-        )
-        .await;
-    });
+    // Its Hello names no capabilities, as one from before trailers.
+    let (session, _heartbeat) =
+        welcomed_session(&stack, t, &stack.client_id, &stack.token, &[]).await;
     // The old agent's request stream: what it was sent, and a plain answer.
     let served = tokio::spawn(async move {
         let (mut send, mut recv) = session.accept().await.expect("a request stream");

@@ -49,21 +49,11 @@ impl H3Stack {
         let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["agent", "--server", &server.tunnel.to_string()])
-            .args(["--client-id", "home", "--token", &token])
-            .args(["--upstream", &upstream.url(), "--transport", t.flag()])
-            .arg("--ca")
-            .arg(dir.path().join("certs").join("server.pem"))
-            .env("WARREN_LOG", "warn")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let agent = agent_process_for(&server, dir.path(), "home", &token, &upstream.url(), t, &[]);
         let stack = H3Stack {
             dir,
             server,
-            _agent: WarrenProcess::new(agent, "the agent process"),
+            _agent: agent,
             _upstream: upstream,
             cert: cert.der().clone(),
         };

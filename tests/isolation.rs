@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use warren::control;
-use warren_proto::{Control, MAX_CONTROL_FRAME};
 
 over_transports_and_versions!(
     a_mute_agent_stalls_no_one_else,
@@ -29,29 +27,11 @@ async fn mute_agent(
     client_id: &str,
     token: &str,
 ) -> tokio::task::JoinHandle<()> {
-    let session = raw_session(stack, t, client_id).await;
-    let (mut send, mut recv) = session.open().await.unwrap();
-    let hello = hello(client_id, token, "mute");
-    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
-    let Control::Welcome(welcome) = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.unwrap()
-    else {
-        panic!("the mute agent is welcomed");
-    };
-    let beat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+    // Alive on the control stream, deaf on every other (never accepted).
+    let (session, heartbeat) = welcomed_session(stack, t, client_id, token, &[]).await;
     tokio::spawn(async move {
-        // Alive on the control stream, deaf on every other.
-        let liveness = control::Liveness::new(session.clone());
         let _session = session;
-        control::keepalive(
-            send,
-            recv,
-            beat,
-            &liveness,
-            std::future::pending(),
-            |_| {},
-            Default::default(),
-        )
-        .await;
+        let _ = heartbeat.await;
     })
 }
 

@@ -106,6 +106,12 @@ pub fn part_start(buf: &[u8], trailers_limit: usize) -> Result<Option<PartStart>
                     return Ok(None);
                 };
                 n |= usize::from(byte & 0x7f) << (7 * i);
+                if byte == 0 && i > 0 {
+                    // Overlong (a zero continuation): one length, one encoding.
+                    return Err(FrameError::Malformed(
+                        "data part length not in its shortest form".into(),
+                    ));
+                }
                 if byte & 0x80 == 0 {
                     let skip = LEN_PREFIX + 1 + i + 1;
                     if skip - LEN_PREFIX + n != len {
@@ -211,6 +217,11 @@ mod tests {
         // A data length that disagrees with the frame's.
         assert!(matches!(
             part_start(&[0x00, 0x00, 0x00, 0x05, DATA, 0x09], 64),
+            Err(FrameError::Malformed(_))
+        ));
+        // An overlong length (119 in two bytes), which the fuzzer found.
+        assert!(matches!(
+            part_start(&[0x00, 0x00, 0x00, 0x7a, DATA, 0xf7, 0x00], 64),
             Err(FrameError::Malformed(_))
         ));
         // A varint that runs past three bytes.

@@ -658,6 +658,72 @@ pub fn hello(client_id: &str, token: &str, agent: &str) -> warren_proto::Control
     })
 }
 
+/// A hand-driven agent for `client_id`: its Hello (with `capabilities`)
+/// welcomed, its heartbeat kept on the control stream by a task (returned);
+/// the streams the server opens are the caller's to accept, or to ignore.
+pub async fn welcomed_session(
+    stack: &Stack,
+    t: Transport,
+    client_id: &str,
+    token: &str,
+    capabilities: &[&str],
+) -> (warren::transport::Session, JoinHandle<()>) {
+    use warren_proto::{Control, MAX_CONTROL_FRAME};
+    let session = raw_session(stack, t, client_id).await;
+    let (mut send, mut recv) = session.open().await.unwrap();
+    let mut hello = hello(client_id, token, "hand-driven");
+    if let Control::Hello(h) = &mut hello {
+        h.capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+    }
+    send.write_frame(&hello, MAX_CONTROL_FRAME).await.unwrap();
+    let reply = recv.read_frame::<Control>(MAX_CONTROL_FRAME).await.unwrap();
+    let Control::Welcome(welcome) = reply else {
+        panic!("the hand-driven agent is welcomed: {reply:?}");
+    };
+    let beat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+    let control = session.clone();
+    let task = tokio::spawn(async move {
+        let liveness = warren::control::Liveness::new(control.clone());
+        warren::control::keepalive(
+            send,
+            recv,
+            beat,
+            &liveness,
+            std::future::pending(),
+            |_| {},
+            Default::default(),
+        )
+        .await;
+    });
+    (session, task)
+}
+
+/// `warren agent` for `client_id` as a real process, connected to `server`
+/// (its certificates in `dir`) over `t`, serving `upstream`; `extra` flags.
+pub fn agent_process_for(
+    server: &ServerProcess,
+    dir: &std::path::Path,
+    client_id: &str,
+    token: &str,
+    upstream: &str,
+    t: Transport,
+    extra: &[&str],
+) -> WarrenProcess {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["agent", "--server", &server.tunnel.to_string()])
+        .args(["--client-id", client_id, "--token", token])
+        .args(["--upstream", upstream, "--transport", t.flag()])
+        .args(extra)
+        .arg("--ca")
+        .arg(dir.join("certs").join("server.pem"))
+        .env("WARREN_LOG", "warn")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    WarrenProcess::new(child, "the agent process")
+}
+
 /// Runs `warren ARGS` and checks that it refuses to start, saying `says`
 /// on its standard error.
 pub async fn refused_at_start(args: &[String], says: &str) {

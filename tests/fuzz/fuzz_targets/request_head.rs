@@ -19,7 +19,7 @@ use warren_proto::{decode_payload, Open};
 
 fuzz_target!(|data: &[u8]| {
     let (head, scheme) = match decode_payload::<Open>(data) {
-        Ok(Open::Http(head)) => (head, "http"),
+        Ok(Open::Http(head)) | Ok(Open::HttpWithTrailers(head)) => (head, "http"),
         Ok(Open::WebSocket(head)) => (head, "ws"),
         Ok(Open::Rooms) | Err(_) => return,
     };
