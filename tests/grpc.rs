@@ -377,15 +377,8 @@ struct Grpc {
 impl Grpc {
     async fn start(t: Transport, extra: &[&str]) -> Grpc {
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.path().join("api.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("api.key"), key.serialize_pem()).unwrap();
+        let (pem, key_path, cert) = localhost_certificate(dir.path());
         let token = issue_process_token(dir.path(), "home").await;
-        let (pem, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
         let mut args = vec![
             "--api-tls-cert",
             pem.to_str().unwrap(),
@@ -422,7 +415,7 @@ impl Grpc {
             server,
             agent,
             seen,
-            cert: cert.der().clone(),
+            cert,
         }
     }
 

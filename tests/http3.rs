@@ -29,14 +29,7 @@ struct H3Stack {
 impl H3Stack {
     async fn start(t: Transport) -> H3Stack {
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let (pem, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
-        std::fs::write(&pem, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let (pem, key_path, cert) = localhost_certificate(dir.path());
         let token = issue_process_token(dir.path(), "home").await;
         let args = [
             "--api-tls-cert",
@@ -55,7 +48,7 @@ impl H3Stack {
             server,
             _agent: agent,
             _upstream: upstream,
-            cert: cert.der().clone(),
+            cert,
         };
         let connected = eventually(Duration::from_secs(20), || async {
             let mut client = stack.h3().await;

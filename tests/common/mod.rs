@@ -698,6 +698,23 @@ pub async fn welcomed_session(
     (session, task)
 }
 
+/// A self-signed certificate for `localhost`, written to `dir` as
+/// `api.pem` and `api.key` (for `--api-tls-cert`/`--api-tls-key`); returns
+/// the two paths and the certificate, for a client to trust.
+pub fn localhost_certificate(
+    dir: &std::path::Path,
+) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (pem, key_path) = (dir.join("api.pem"), dir.join("api.key"));
+    std::fs::write(&pem, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (pem, key_path, cert.der().clone())
+}
+
 /// `warren agent` for `client_id` as a real process, connected to `server`
 /// (its certificates in `dir`) over `t`, serving `upstream`; `extra` flags.
 pub fn agent_process_for(
