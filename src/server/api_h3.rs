@@ -165,9 +165,14 @@ async fn connection(
         let (shared, slot) = (shared.clone(), slot.clone());
         tokio::spawn(
             async move {
-                match resolver.resolve_request().await {
-                    Ok((req, stream)) => request(shared, peer, req, stream, slot).await,
-                    Err(e) => debug!(%peer, "HTTP/3 request refused: {e}"),
+                // A stream whose headers do not come is cut off as a slow
+                // HTTP/1.1 head would be (the connection's pings would keep
+                // it open otherwise).
+                let deadline = shared.config.header_read_timeout;
+                match tokio::time::timeout(deadline, resolver.resolve_request()).await {
+                    Ok(Ok((req, stream))) => request(shared, peer, req, stream, slot).await,
+                    Ok(Err(e)) => debug!(%peer, "HTTP/3 request refused: {e}"),
+                    Err(_) => debug!(%peer, "HTTP/3 request headers not in within {deadline:?}"),
                 }
             }
             .in_current_span(),
