@@ -644,7 +644,7 @@ async fn a_rolling_restart_under_load_loses_no_request() {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         }
-                        Err(e) => panic!("request {i} via {api} accepted, then failed: {e}"),
+                        Err(e) => panic!("request {i} via {api} accepted, then failed: {e:?}"),
                         Ok(resp) => {
                             if resp.status() != StatusCode::OK {
                                 let status = resp.status();
