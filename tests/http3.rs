@@ -28,16 +28,22 @@ struct H3Stack {
 
 impl H3Stack {
     async fn start(t: Transport) -> H3Stack {
+        H3Stack::start_with(t, &[]).await
+    }
+
+    /// [`H3Stack::start`], with more server flags.
+    async fn start_with(t: Transport, extra: &[&str]) -> H3Stack {
         let dir = tempfile::tempdir().unwrap();
         let (pem, key_path, cert) = localhost_certificate(dir.path());
         let token = issue_process_token(dir.path(), "home").await;
-        let args = [
+        let mut args = vec![
             "--api-tls-cert",
             pem.to_str().unwrap(),
             "--api-tls-key",
             key_path.to_str().unwrap(),
             "--api-http3",
         ];
+        args.extend(extra);
         let server = server_process(dir.path(), "127.0.0.1:0", &args, true).await;
         let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
             .await
@@ -324,6 +330,34 @@ async fn a_download_survives_the_client_moving(t: Transport) {
     assert_eq!(sha256_hex(&body), pattern_sha256(0, size));
 }
 
+/// A request stream whose headers never come is dropped after the header
+/// deadline, as a slow HTTP/1.1 head is; the connection and others go on.
+async fn a_request_without_headers_is_cut_off(t: Transport) {
+    let stack = H3Stack::start_with(t, &["--header-read-timeout", "1s"]).await;
+    let conn = stack.quic(b"h3").await;
+    let mut good = stack.h3_on(conn.clone()).await;
+    // A bidirectional stream that says nothing (a HEADERS frame never sent).
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // A byte of a frame type, so the stream exists at the server, and no more.
+    send.write_all(&[0x01]).await.unwrap();
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024))
+        .await
+        .expect("the server ends the stream");
+    // No response at all (an error to any HTTP/3 client), and the server
+    // reads no more of it (STOP_SENDING).
+    assert_eq!(ended.expect("ended by the server"), Vec::<u8>::new());
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "after the deadline, not before"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    assert!(matches!(stopped, Ok(Ok(Some(_)))), "stopped: {stopped:?}");
+    // The same connection serves a whole request.
+    let (status, body) = good.get("/bytes/100?clientId=home").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 100));
+}
+
 /// Bad HTTP/3 closes the connection that sent it, with a log line and a
 /// clear error code; other clients go on.
 async fn malformed_http3_closes_only_its_connection(t: Transport) {
@@ -379,5 +413,6 @@ async fn malformed_http3_closes_only_its_connection(t: Transport) {
 over_transports!(
     http3_serves_as_the_other_versions_do,
     a_download_survives_the_client_moving,
+    a_request_without_headers_is_cut_off,
     malformed_http3_closes_only_its_connection
 );
