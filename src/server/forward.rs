@@ -14,6 +14,7 @@ use super::{
     agents::{AgentLink, InFlight},
     metrics::Carried,
     reply::Failure,
+    share::Share,
     state::Shared,
     stream::{self, Answer},
     target::Target,
@@ -34,6 +35,7 @@ pub(super) async fn forward(
     req: Request<TunnelBody>,
     target: Target,
     peer: SocketAddr,
+    share: Share,
 ) -> Response<TunnelBody> {
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(parent: &link.span, "request", request_id);
@@ -41,7 +43,7 @@ pub(super) async fn forward(
         client_id: target.client_id.clone(),
         transport: link.session.kind(),
     });
-    let mut resp = exchange(shared, link, req, target, peer, request_id)
+    let mut resp = exchange(shared, link, req, target, peer, request_id, share)
         .instrument(span)
         .await;
     resp.headers_mut()
@@ -59,6 +61,7 @@ async fn exchange(
     target: Target,
     peer: SocketAddr,
     request_id: u64,
+    share: Share,
 ) -> Response<TunnelBody> {
     let config = &shared.config;
     let client_id = target.client_id.as_str();
@@ -148,6 +151,9 @@ async fn exchange(
             reader,
             config.body_idle_timeout,
             move |n| {
+                // The address's share is held as long as the body (and the
+                // stream), given back with it.
+                let _held = &share;
                 flight.sent(n);
                 if let Some(grant) = grant.as_mut() {
                     grant.consumed(n)

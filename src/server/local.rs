@@ -52,7 +52,8 @@ pub(super) async fn serve(
         }
         None => return Err((req, target)),
     };
-    // Held until the response body ends: the stream is held as long.
+    // Held until the response body ends (the stream is held as long): by
+    // the body of a forwarded response, around a pass-through's.
     let Some(share) = shared.shares.take(&target.client_id, peer.ip()) else {
         let limit = shared.shares.limit();
         tracing::info!(%peer, client_id = %target.client_id, "request refused: this address has {limit} in flight to the agent");
@@ -66,12 +67,12 @@ pub(super) async fn serve(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(resp);
     };
-    let resp = if upgrade::is_upgrade(&req) {
-        websocket::pass_through(shared, link, req, target, peer).await
+    Ok(if upgrade::is_upgrade(&req) {
+        let resp = websocket::pass_through(shared, link, req, target, peer).await;
+        resp.map(|body| body::metered(body, share))
     } else {
-        forward::forward(shared, link, req, target, peer).await
-    };
-    Ok(resp.map(|body| body::metered(body, share)))
+        forward::forward(shared, link, req, target, peer, share).await
+    })
 }
 
 /// Answer for a client id with no live connection here (nor, in a cluster,
