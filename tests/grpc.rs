@@ -377,18 +377,9 @@ struct Grpc {
 impl Grpc {
     async fn start(t: Transport, extra: &[&str]) -> Grpc {
         let dir = tempfile::tempdir().unwrap();
-        let (pem, key_path, cert) = localhost_certificate(dir.path());
-        let token = issue_process_token(dir.path(), "home").await;
-        let mut args = vec![
-            "--api-tls-cert",
-            pem.to_str().unwrap(),
-            "--api-tls-key",
-            key_path.to_str().unwrap(),
-            "--api-plain-listen",
-            "127.0.0.1:0",
-        ];
+        let mut args = vec!["--api-plain-listen", "127.0.0.1:0"];
         args.extend(extra);
-        let server = server_process(dir.path(), "127.0.0.1:0", &args, true).await;
+        let (server, cert, token) = https_server_process(dir.path(), "home", &args).await;
         let seen = Arc::new(Seen::default());
         let upstream = grpc_upstream(seen.clone()).await;
         let upstream_url = format!("http://{upstream}");

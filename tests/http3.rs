@@ -34,17 +34,9 @@ impl H3Stack {
     /// [`H3Stack::start`], with more server flags.
     async fn start_with(t: Transport, extra: &[&str]) -> H3Stack {
         let dir = tempfile::tempdir().unwrap();
-        let (pem, key_path, cert) = localhost_certificate(dir.path());
-        let token = issue_process_token(dir.path(), "home").await;
-        let mut args = vec![
-            "--api-tls-cert",
-            pem.to_str().unwrap(),
-            "--api-tls-key",
-            key_path.to_str().unwrap(),
-            "--api-http3",
-        ];
+        let mut args = vec!["--api-http3"];
         args.extend(extra);
-        let server = server_process(dir.path(), "127.0.0.1:0", &args, true).await;
+        let (server, cert, token) = https_server_process(dir.path(), "home", &args).await;
         let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();

@@ -715,6 +715,31 @@ pub fn localhost_certificate(
     (pem, key_path, cert.der().clone())
 }
 
+/// `warren server` in `dir` with HTTPS on its client API (a
+/// [`localhost_certificate`]) and `extra` flags; returns it, the
+/// certificate to trust, and a token for `client_id`.
+pub async fn https_server_process(
+    dir: &std::path::Path,
+    client_id: &str,
+    extra: &[&str],
+) -> (
+    ServerProcess,
+    rustls::pki_types::CertificateDer<'static>,
+    String,
+) {
+    let (pem, key, cert) = localhost_certificate(dir);
+    let token = issue_process_token(dir, client_id).await;
+    let mut args = vec![
+        "--api-tls-cert",
+        pem.to_str().unwrap(),
+        "--api-tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let server = server_process(dir, "127.0.0.1:0", &args, true).await;
+    (server, cert, token)
+}
+
 /// `warren agent` for `client_id` as a real process, connected to `server`
 /// (its certificates in `dir`) over `t`, serving `upstream`; `extra` flags.
 pub fn agent_process_for(
