@@ -1,5 +1,5 @@
 //! `cargo bench --bench tunnel [-- --quick] [-- --out DIR] [-- --runs N]
-//! [-- --audio LISTENERS SECONDS] [-- --compare OLD.json]`: the end-to-end harness (see
+//! [-- --audio LISTENERS SECONDS] [-- --compare OLD.json] [-- --requests-only]`: the end-to-end harness (see
 //! `warren::bench`), using the `warren` binary cargo built.
 
 fn main() {
@@ -40,6 +40,7 @@ fn main() {
         runs,
         audio,
         compare,
+        requests_only: args.iter().any(|a| a == "--requests-only"),
     };
     if let Err(e) = runtime.block_on(warren::bench::run(options)) {
         eprintln!("\n{e}");

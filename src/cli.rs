@@ -85,9 +85,13 @@ pub enum Command {
         /// An earlier run's tunnel.json: also print each figure's change against it.
         #[arg(long, value_name = "OLD.json")]
         compare: Option<PathBuf>,
+        /// Only the per-request scenarios (small requests with CPU per
+        /// request, sequential latency), for a quick before/after.
+        #[arg(long, conflicts_with = "audio")]
+        requests_only: bool,
         /// Measure your own deployment instead: the client API of a running
         /// server (http://HOST[:PORT]) whose agent's upstream is `warren upstream`.
-        #[arg(long, value_name = "URL", requires = "client_id", conflicts_with_all = ["audio", "compare"])]
+        #[arg(long, value_name = "URL", requires = "client_id", conflicts_with_all = ["audio", "compare", "requests_only"])]
         remote: Option<String>,
         /// With --remote: the agent to measure.
         #[arg(long, requires = "remote")]

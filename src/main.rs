@@ -116,6 +116,7 @@ async fn run(command: Command, logs: Logs) -> anyhow::Result<()> {
             runs,
             audio,
             compare,
+            requests_only,
             remote,
             client_id,
             direct,
@@ -154,6 +155,7 @@ async fn run(command: Command, logs: Logs) -> anyhow::Result<()> {
                 runs,
                 audio,
                 compare,
+                requests_only,
             })
             .await?;
             Ok(())

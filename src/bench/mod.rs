@@ -60,6 +60,10 @@ pub struct BenchOptions {
     /// An earlier run's `tunnel.json`: every figure is also shown as its
     /// change against that run.
     pub compare: Option<PathBuf>,
+    /// Only the per-request scenarios (small requests with their CPU and
+    /// memory, sequential latency) for direct, QUIC and WS: a minute-long
+    /// before/after for a change on the request path.
+    pub requests_only: bool,
 }
 
 /// The long path's delay each way: a 40 ms round trip, a continent away.
@@ -103,6 +107,10 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     .await?;
     let upstream_addr: SocketAddr =
         parse_addr(&upstream.value_after("listening on ").unwrap_or_default())?;
+
+    if opts.requests_only {
+        return requests_only(&opts, &dir, upstream, upstream_addr, &sizes, &earlier).await;
+    }
 
     // Raw transport ceilings.
     let raw = Proc::spawn(
@@ -547,6 +555,103 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     Ok(rows)
 }
 
+/// `--requests-only`: direct, QUIC and WS through the small-request and
+/// sequential scenarios alone, `runs` times each, reported with the full
+/// run's rows for them (and compared, with `--compare`).
+async fn requests_only(
+    opts: &BenchOptions,
+    dir: &Path,
+    upstream: Proc,
+    upstream_addr: SocketAddr,
+    sizes: &Sizes,
+    earlier: &Option<(PathBuf, serde_json::Value)>,
+) -> Result<Vec<Row>, BenchError> {
+    let runs = opts.runs.max(1);
+    let mut progress = Progress::new(2 * 3 * runs);
+    let direct = Target {
+        addr: upstream_addr,
+        client_id: None,
+        tls: None,
+    };
+    let mut direct_figures = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut f = HttpFigures::default();
+        request_scenarios(&direct, &[], sizes, &mut progress, "direct", &mut f).await?;
+        direct_figures.push(f);
+    }
+    let mut tunnel_figures: Vec<Vec<HttpFigures>> = Vec::new();
+    for kind in [TransportKind::Quic, TransportKind::Ws] {
+        let server = Server::start(&opts.warren, dir, &format!("requests-{kind}"), &[]).await?;
+        let token = server.issue("bench").await?;
+        let agent = server
+            .agent(
+                &opts.warren,
+                dir,
+                "bench",
+                &token,
+                upstream_addr,
+                Some(kind),
+            )
+            .await?;
+        server.wait_agents(1).await?;
+        let target = Target {
+            addr: server.api,
+            client_id: Some("bench".into()),
+            tls: None,
+        };
+        let procs = [&server.proc, &agent];
+        let mut figures = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let mut f = HttpFigures::default();
+            request_scenarios(&target, &procs, sizes, &mut progress, kind.as_str(), &mut f).await?;
+            figures.push(f);
+        }
+        tunnel_figures.push(figures);
+        agent.stop().await;
+        server.proc.stop().await;
+    }
+    upstream.stop().await;
+    eprintln!();
+    let rows = report::merge_runs(
+        (0..runs)
+            .map(|i| {
+                let tunnel = [Some(&tunnel_figures[0][i]), Some(&tunnel_figures[1][i])];
+                request_rows(Some(&direct_figures[i]), tunnel, sizes)
+            })
+            .collect(),
+    );
+    write_report(
+        &opts.out,
+        &rows,
+        opts.quick,
+        &direct_figures,
+        &tunnel_figures,
+    )?;
+    if let Some((path, old)) = earlier {
+        let table = report::compare(&rows, old);
+        println!("\nagainst {}:\n\n{table}", path.display());
+        std::fs::write(opts.out.join("compare.md"), table)
+            .map_err(BenchError::io("writing the report"))?;
+    }
+    Ok(rows)
+}
+
+/// The per-request scenarios of one target: many small requests at once,
+/// then one at a time.
+async fn request_scenarios(
+    target: &Target,
+    procs: &[&Proc],
+    sizes: &Sizes,
+    progress: &mut Progress,
+    label: &str,
+    f: &mut HttpFigures,
+) -> Result<(), BenchError> {
+    progress.step(&format!("small requests via {label}"));
+    measure_small(target, procs, sizes, f).await?;
+    progress.step(&format!("sequential requests via {label}"));
+    measure_sequential(target, sizes, f).await
+}
+
 fn parse_addr(text: &str) -> Result<SocketAddr, BenchError> {
     text.trim_start_matches("http://")
         .trim_start_matches("https://")
@@ -836,10 +941,7 @@ async fn http_scenarios(
     f.fairness =
         rates.iter().cloned().fold(f64::MAX, f64::min) / rates.iter().cloned().fold(0.0, f64::max);
 
-    progress.step(&format!("small requests via {label}"));
-    measure_small(target, procs, sizes, &mut f).await?;
-    progress.step(&format!("sequential requests via {label}"));
-    measure_sequential(target, sizes, &mut f).await?;
+    request_scenarios(target, procs, sizes, progress, label, &mut f).await?;
 
     progress.step(&format!("{} audio listeners via {label}", sizes.listeners));
     let track = (sizes.track.as_secs_f64() / AUDIO_INTERVAL.as_secs_f64()) as u64 * AUDIO_CHUNK;
