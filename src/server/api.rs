@@ -18,7 +18,7 @@ use super::{
     reply, route,
     state::Shared,
     stream,
-    upgrade::ConnectionSlot,
+    upgrade::{self, ConnectionSlot},
 };
 use crate::{
     accept,
@@ -313,7 +313,12 @@ where
     let service = {
         let shared = shared.clone();
         service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(slot.clone());
+            // Only an upgrade takes its connection's slot along (see
+            // `ConnectionSlot`); a plain request's extensions stay empty
+            // (three allocations otherwise, per request).
+            if upgrade::is_upgrade(&req) {
+                req.extensions_mut().insert(slot.clone());
+            }
             if over_tls {
                 req.extensions_mut().insert(stream::OverTls);
             }

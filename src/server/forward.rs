@@ -25,7 +25,7 @@ use crate::{
         parts::{self, BodyReader},
         TunnelBody, CHUNK,
     },
-    headers::{self, BadHeader, REQUEST_ID_HEADER},
+    headers::{self, BadHeader},
     transport::{RecvStream, SendStream, TransportError},
 };
 
@@ -47,7 +47,7 @@ pub(super) async fn forward(
         .instrument(span)
         .await;
     resp.headers_mut()
-        .insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
+        .insert(headers::REQUEST_ID, HeaderValue::from(request_id));
     if let Some(carried) = carried {
         resp.extensions_mut().insert(carried);
     }

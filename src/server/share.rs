@@ -11,17 +11,22 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-/// Requests in flight per (client id, address).
+/// Requests in flight per address and agent: each address (usually one
+/// agent's client) with a short list of the agents it has requests to.
+/// Keyed so that taking and giving back a place allocates nothing while
+/// the address has requests in flight (a `String` key cost two
+/// allocations per request).
 pub(super) struct Shares {
     limit: usize,
-    held: Mutex<HashMap<(String, IpAddr), usize>>,
+    held: Mutex<HashMap<IpAddr, Vec<(Arc<str>, usize)>>>,
 }
 
 /// One request's place in its address's share; given back when dropped
 /// (with the response body, which holds the stream).
 pub(super) struct Share {
     shares: Arc<Shares>,
-    key: (String, IpAddr),
+    /// `None` when uncounted (no limit).
+    key: Option<(Arc<str>, IpAddr)>,
 }
 
 impl Shares {
@@ -45,28 +50,38 @@ impl Shares {
             // Uncounted: dropping it gives nothing back.
             return Some(Share {
                 shares: self.clone(),
-                key: (String::new(), IpAddr::from([0, 0, 0, 0])),
+                key: None,
             });
         }
-        let key = (client_id.to_string(), counted_as(ip));
+        let ip = counted_as(ip);
         let mut held = self.held.lock().expect("shares lock");
-        let n = held.entry(key.clone()).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
+        let agents = held.entry(ip).or_default();
+        let id = match agents.iter_mut().find(|(id, _)| &**id == client_id) {
+            Some((id, n)) => {
+                if *n >= self.limit {
+                    return None;
+                }
+                *n += 1;
+                id.clone()
+            }
+            None => {
+                let id: Arc<str> = client_id.into();
+                agents.push((id.clone(), 1));
+                id
+            }
+        };
         Some(Share {
             shares: self.clone(),
-            key,
+            key: Some((id, ip)),
         })
     }
 
     #[cfg(test)]
     fn in_flight(&self, client_id: &str, ip: IpAddr) -> usize {
         let held = self.held.lock().expect("shares lock");
-        held.get(&(client_id.to_string(), counted_as(ip)))
-            .copied()
-            .unwrap_or(0)
+        held.get(&counted_as(ip))
+            .and_then(|agents| agents.iter().find(|(id, _)| &**id == client_id))
+            .map_or(0, |(_, n)| *n)
     }
 }
 
@@ -87,15 +102,22 @@ fn counted_as(ip: IpAddr) -> IpAddr {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        if self.shares.limit == 0 {
-            return;
-        }
+        let Some((id, ip)) = &self.key else { return };
         let mut held = self.shares.held.lock().expect("shares lock");
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.key);
+        let Some(agents) = held.get_mut(ip) else {
+            return;
+        };
+        if let Some(at) = agents
+            .iter()
+            .position(|(held_id, _)| Arc::ptr_eq(held_id, id))
+        {
+            agents[at].1 -= 1;
+            if agents[at].1 == 0 {
+                agents.swap_remove(at);
             }
+        }
+        if agents.is_empty() {
+            held.remove(ip);
         }
     }
 }
