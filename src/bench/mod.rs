@@ -163,19 +163,10 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
     let mut tunnel_figures: Vec<Vec<HttpFigures>> = Vec::new();
     let mut agent_idle_rss = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
-        let server = Server::start(&bin, &dir, &format!("main-{kind}"), &[]).await?;
-        let token = server.issue("bench").await?;
-        let agent = server
-            .agent(&bin, &dir, "bench", &token, upstream_addr, Some(kind))
-            .await?;
-        server.wait_agents(1).await?;
+        let (server, agent, target) =
+            Server::with_agent(&bin, &dir, &format!("main-{kind}"), kind, upstream_addr).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         agent_idle_rss.push(agent.rss());
-        let target = Target {
-            addr: server.api,
-            client_id: Some("bench".into()),
-            tls: None,
-        };
         let procs = [&server.proc, &agent];
         let mut figures = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -539,20 +530,7 @@ pub async fn run(opts: BenchOptions) -> Result<Vec<Row>, BenchError> {
         .tunnel(Some(idle_client_kib), None)
         .target("≤ 16 KiB", 16.0, true),
     );
-    write_report(
-        &opts.out,
-        &rows,
-        opts.quick,
-        &direct_figures,
-        &tunnel_figures,
-    )?;
-    if let Some((path, old)) = &earlier {
-        let table = report::compare(&rows, old);
-        println!("\nagainst {}:\n\n{table}", path.display());
-        std::fs::write(opts.out.join("compare.md"), table)
-            .map_err(BenchError::io("writing the report"))?;
-    }
-    Ok(rows)
+    finish(&opts, rows, &direct_figures, &tunnel_figures, &earlier)
 }
 
 /// `--requests-only`: direct, QUIC and WS through the small-request and
@@ -581,24 +559,9 @@ async fn requests_only(
     }
     let mut tunnel_figures: Vec<Vec<HttpFigures>> = Vec::new();
     for kind in [TransportKind::Quic, TransportKind::Ws] {
-        let server = Server::start(&opts.warren, dir, &format!("requests-{kind}"), &[]).await?;
-        let token = server.issue("bench").await?;
-        let agent = server
-            .agent(
-                &opts.warren,
-                dir,
-                "bench",
-                &token,
-                upstream_addr,
-                Some(kind),
-            )
-            .await?;
-        server.wait_agents(1).await?;
-        let target = Target {
-            addr: server.api,
-            client_id: Some("bench".into()),
-            tls: None,
-        };
+        let name = format!("requests-{kind}");
+        let (server, agent, target) =
+            Server::with_agent(&opts.warren, dir, &name, kind, upstream_addr).await?;
         let procs = [&server.proc, &agent];
         let mut figures = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -620,13 +583,18 @@ async fn requests_only(
             })
             .collect(),
     );
-    write_report(
-        &opts.out,
-        &rows,
-        opts.quick,
-        &direct_figures,
-        &tunnel_figures,
-    )?;
+    finish(opts, rows, &direct_figures, &tunnel_figures, earlier)
+}
+
+/// Writes the report (and the comparison with an earlier run); returns the rows.
+fn finish(
+    opts: &BenchOptions,
+    rows: Vec<Row>,
+    direct: &[HttpFigures],
+    tunnel: &[Vec<HttpFigures>],
+    earlier: &Option<(PathBuf, serde_json::Value)>,
+) -> Result<Vec<Row>, BenchError> {
+    write_report(&opts.out, &rows, opts.quick, direct, tunnel)?;
     if let Some((path, old)) = earlier {
         let table = report::compare(&rows, old);
         println!("\nagainst {}:\n\n{table}", path.display());
@@ -730,6 +698,29 @@ impl Server {
             fingerprint,
             database,
         })
+    }
+
+    /// A server with one agent (`bench`, over `kind`) connected to it, and
+    /// the target that reaches the agent's upstream through them.
+    async fn with_agent(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        kind: TransportKind,
+        upstream: SocketAddr,
+    ) -> Result<(Server, Proc, Target), BenchError> {
+        let server = Server::start(bin, dir, name, &[]).await?;
+        let token = server.issue("bench").await?;
+        let agent = server
+            .agent(bin, dir, "bench", &token, upstream, Some(kind))
+            .await?;
+        server.wait_agents(1).await?;
+        let target = Target {
+            addr: server.api,
+            client_id: Some("bench".into()),
+            tls: None,
+        };
+        Ok((server, agent, target))
     }
 
     async fn issue(&self, client_id: &str) -> Result<String, BenchError> {
