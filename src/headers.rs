@@ -25,6 +25,11 @@ pub const MODE_HEADER: &str = "x-warren-mode";
 /// Response header carrying the server's request id (also in both sides' logs).
 pub const REQUEST_ID_HEADER: &str = "x-warren-request-id";
 
+/// The forwarding headers the server adds to every request it carries.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
+
 /// [`REQUEST_ID_HEADER`] as a name: inserting a `&str` key copies a
 /// non-standard name into a new allocation on every response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -34,9 +39,9 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 /// frame: `HeaderName::from_bytes` allocates for any name not in the
 /// standard table (2 of the agent's ~20 allocations per small request).
 static COMMON_CUSTOM: [HeaderName; 6] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static(FORWARDED_FOR),
+    HeaderName::from_static(FORWARDED_PROTO),
+    HeaderName::from_static(FORWARDED_HOST),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-request-id"),
     REQUEST_ID,

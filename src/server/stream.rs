@@ -261,6 +261,5 @@ pub(super) fn proto(extensions: &http::Extensions) -> &'static str {
     }
 }
 
-pub(super) const FORWARDED_FOR: &str = "x-forwarded-for";
-pub(super) const FORWARDED_PROTO: &str = "x-forwarded-proto";
-const FORWARDED_HOST: &str = "x-forwarded-host";
+use crate::headers::FORWARDED_HOST;
+pub(super) use crate::headers::{FORWARDED_FOR, FORWARDED_PROTO};
