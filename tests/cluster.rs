@@ -333,6 +333,87 @@ async fn killed_node_is_reaped_and_its_agent_moves() {
     let _ = other_task.await;
 }
 
+/// Trailers cross the HTTP/1.1 link both ways, in both modes, to an HTTP/2
+/// client and to an HTTP/1.1 client that asks for them with `TE: trailers`;
+/// an HTTP/2 upload of unknown length crosses whole (it went empty while the
+/// link request kept the client's version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_cross_the_link_between_nodes() {
+    use http_body::Frame;
+    let Some(fx) = fixture().await else { return };
+    let mut a = Node::start(&fx.url, &fx.certs(), &unique("node-a")).await;
+    let mut b = Node::start(&fx.url, &fx.certs(), &unique("node-b")).await;
+    let (agent, trigger, stop) = fx.agent(vec![b.tunnel.to_string()], 1);
+    let mut status = agent.status();
+    let task = tokio::spawn(agent.run(stop));
+    wait_connected(&mut status).await;
+
+    let data = bytes::Bytes::from(vec![7u8; 300_000]);
+    let h2 = {
+        let mut builder =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder.http2_only(true);
+        builder.build::<_, ClientBody>(hyper_util::client::legacy::connect::HttpConnector::new())
+    };
+    for mode in ["stream", "blocking"] {
+        // HTTP/2: the request's trailers go to the service, its trailers come back.
+        let mut theirs = http::HeaderMap::new();
+        theirs.insert("x-client-check", "yes".parse().unwrap());
+        let frames = [Ok(Frame::data(data.clone())), Ok(Frame::trailers(theirs))];
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        // (Announced: the service behind the agent is HTTP/1.1.)
+        let req = Request::post(fx.url(a.api, &format!("/trailers?mode={mode}")))
+            .header("trailer", "x-client-check")
+            .body(body)
+            .unwrap();
+        let resp = h2.request(req).await.expect("HTTP/2 request via A");
+        assert_eq!(resp.status(), StatusCode::OK, "{mode}");
+        assert!(!resp.headers().contains_key("x-warren-length"), "{mode}");
+        let collected = resp.into_body().collect().await.expect("whole body");
+        let trailers = collected.trailers().cloned().expect("trailers via A");
+        assert_eq!(trailers["x-echo-x-client-check"], "yes", "{mode}");
+        assert_eq!(
+            trailers["x-body-sha256"],
+            sha256_hex(&data).as_str(),
+            "{mode}"
+        );
+        assert!(
+            !trailers.contains_key("x-warren-trailer"),
+            "{mode}: unpacked"
+        );
+        assert_eq!(
+            collected.to_bytes(),
+            format!("{} bytes\n", data.len()),
+            "{mode}"
+        );
+
+        // HTTP/1.1 asking for trailers: the announced ones come back.
+        let req = Request::post(fx.url(a.api, &format!("/trailers?mode={mode}")))
+            .header("te", "trailers")
+            .body(full(data.clone()))
+            .unwrap();
+        let resp = send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{mode}");
+        let announced = resp.headers()["trailer"].to_str().unwrap().to_string();
+        assert!(!announced.contains("x-warren"), "{mode}: {announced}");
+        let collected = resp.into_body().collect().await.expect("whole body");
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("HTTP/1.1 trailers via A");
+        assert_eq!(
+            trailers["x-body-sha256"],
+            sha256_hex(&data).as_str(),
+            "{mode}"
+        );
+    }
+    trigger.fire();
+    let _ = task.await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_keeps_connections_on_several_nodes() {
     let Some(fx) = fixture().await else { return };

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{
-    admin, local,
+    admin, link_trailers, local,
     peers::{Peers, SECRET_HEADER},
     reply::{error_response, FailureCode},
     state::Shared,
@@ -202,7 +202,9 @@ async fn from_node(
     link_peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<TunnelBody>, Infallible> {
-    let mut req = req.map(crate::body::from_incoming);
+    let (mut parts, body) = req.into_parts();
+    let body = link_trailers::unpack(&mut parts.headers, crate::body::from_incoming(body));
+    let mut req = Request::from_parts(parts, body);
     let Some(peers) = &shared.peers else {
         return Ok(error_response(
             StatusCode::NOT_FOUND,
@@ -237,6 +239,11 @@ async fn from_node(
         Ok(t) => t,
         Err(resp) => return Ok(*resp),
     };
+    // The forwarding node's client can take trailers: they come back packed.
+    let pack_trailers = req
+        .headers()
+        .get(header::TE)
+        .is_some_and(|te| te == "trailers");
     // Only agents held here: a forwarded request never travels further.
     let mut resp = match local::serve(&shared, req, target, peer).await {
         Ok(resp) => resp,
@@ -256,6 +263,11 @@ async fn from_node(
     {
         resp.headers_mut()
             .insert(MOVED_HEADER, HeaderValue::from_static("lost"));
+    }
+    if pack_trailers && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        let body = link_trailers::pack(&mut parts.headers, body);
+        resp = Response::from_parts(parts, body);
     }
     Ok(resp)
 }
@@ -420,12 +432,31 @@ async fn send(
     // WebSocket upgrades (pass-through and room joins) cross the link too: the
     // node's 101 is passed on and the two upgraded connections are spliced.
     let upgrade = upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    // Whether the client can take trailers (or sends some): asked for on the
+    // link with `TE: trailers`, and the request's own packed.
+    let trailers = upgrade.is_none() && super::forward::may_carry_trailers(&parts);
+    let announced: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::TRAILER)
+        .iter()
+        .cloned()
+        .collect();
     headers::strip_hop_by_hop(&mut parts.headers);
+    link_trailers::strip(&mut parts.headers);
     let h = &mut parts.headers;
     if upgrade.is_some() {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        if !http_body::Body::is_end_stream(&body) {
+            for value in announced {
+                h.append(header::TRAILER, value);
+            }
+            body = link_trailers::pack(h, body);
+        }
     }
     h.remove(PEER_HEADER);
     h.insert(
@@ -443,6 +474,10 @@ async fn send(
     if !h.contains_key(header::HOST) {
         h.insert(header::HOST, HeaderValue::from_str(addr).expect("ascii"));
     }
+    // The link speaks HTTP/1.1 whatever the client spoke: a request still
+    // marked HTTP/2 or HTTP/3 would go without chunked encoding, and a body
+    // of unknown length (a streamed upload) would arrive empty.
+    parts.version = http::Version::HTTP_11;
     // Origin-form on the internal link.
     if let Some(pq) = parts.uri.path_and_query() {
         parts.uri = pq.as_str().parse().expect("path and query");
@@ -456,10 +491,12 @@ async fn send(
         Err(mut unsent) => match unsent.take_message() {
             // Not sent, and not an upgrade (whose client side was taken out
             // of the request above): give it back, without the link's headers.
-            Some(mut req) if upgrade.is_none() => {
-                req.headers_mut().remove(SECRET_HEADER);
-                req.headers_mut().remove(PEER_HEADER);
-                return Err(req);
+            Some(req) if upgrade.is_none() => {
+                let (mut parts, body) = req.into_parts();
+                parts.headers.remove(SECRET_HEADER);
+                parts.headers.remove(PEER_HEADER);
+                let body = link_trailers::unpack(&mut parts.headers, body);
+                return Err(Request::from_parts(parts, body));
             }
             _ => Err(unsent.into_error()),
         },
@@ -482,10 +519,12 @@ async fn send(
         }
         Ok(resp) => {
             debug!(node = %addr, status = %resp.status(), "forwarded to node");
-            resp.map(|body| {
-                body.map_err(|e| TransportError::Io(std::io::Error::other(e)))
-                    .boxed_unsync()
-            })
+            let (mut parts, body) = resp.into_parts();
+            let body = body
+                .map_err(|e| TransportError::Io(std::io::Error::other(e)))
+                .boxed_unsync();
+            let body = link_trailers::unpack(&mut parts.headers, body);
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             peers.routes.invalidate(client_id);

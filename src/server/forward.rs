@@ -179,7 +179,9 @@ async fn exchange(
             .await
             {
                 Ok((bytes, trailers)) => {
-                    if method != Method::HEAD {
+                    // With trailers, no length: HTTP/1.1 sends them only
+                    // after a chunked body.
+                    if method != Method::HEAD && trailers.is_none() {
                         resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                     }
                     match trailers {
@@ -227,7 +229,7 @@ async fn exchange(
 /// Whether the client's request can carry trailers, or take them in the
 /// response: HTTP/2 and later always; HTTP/1.1 when it says so (`TE:
 /// trailers`, or a `Trailer` header announcing its own).
-fn may_carry_trailers(parts: &http::request::Parts) -> bool {
+pub(super) fn may_carry_trailers(parts: &http::request::Parts) -> bool {
     parts.version >= http::Version::HTTP_2
         || parts.headers.contains_key(header::TRAILER)
         || parts

@@ -25,6 +25,7 @@ mod forward;
 mod gate;
 mod http_version;
 mod idle;
+mod link_trailers;
 mod local;
 mod meter;
 mod metrics;
