@@ -402,9 +402,52 @@ async fn malformed_http3_closes_only_its_connection(t: Transport) {
     );
 }
 
+/// At the connection limit an idle HTTP/3 connection makes room for a new
+/// client, as an idle HTTP/1.1 or HTTP/2 one does; a connection serving
+/// something is never closed for it.
+async fn idle_http3_connections_make_room_at_the_limit(t: Transport) {
+    let stack = H3Stack::start_with(t, &["--max-client-connections", "4"]).await;
+    // One connection busy with a download it does not read yet.
+    let mut busy = stack.h3().await;
+    let size: u64 = 16 << 20;
+    let req = Request::get(format!("https://localhost/bytes/{size}?clientId=home"))
+        .body(())
+        .unwrap();
+    let mut download = busy.send.send_request(req).await.unwrap();
+    download.finish().await.unwrap();
+    assert_eq!(
+        download.recv_response().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // The other places held by idle connections, each served once.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut client = stack.h3().await;
+        assert_eq!(
+            client.get("/bytes/10?clientId=home").await.0,
+            StatusCode::OK
+        );
+        held.push(client);
+    }
+    // New clients in turn: each takes the place of an idle one.
+    for i in 0..8 {
+        let mut client = stack.h3().await;
+        let (status, body) = client.get("/bytes/10?clientId=home").await;
+        assert_eq!((status, body.len()), (StatusCode::OK, 10), "client {i}");
+        held.push(client);
+    }
+    // The busy one was never touched: its download comes whole.
+    let mut body = Vec::with_capacity(size as usize);
+    while let Some(mut chunk) = download.recv_data().await.expect("the download goes on") {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(sha256_hex(&body), pattern_sha256(0, size));
+}
+
 over_transports!(
     http3_serves_as_the_other_versions_do,
     a_download_survives_the_client_moving,
     a_request_without_headers_is_cut_off,
-    malformed_http3_closes_only_its_connection
+    malformed_http3_closes_only_its_connection,
+    idle_http3_connections_make_room_at_the_limit
 );

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     http_version::{h2_builder, opens_with_h2_preface, HttpConn, Version},
-    idle::{IdleConns, Registration},
+    idle::{self, IdleConns, NoPlace, Registration},
     meter::RequestMeter,
     reply, route,
     state::Shared,
@@ -25,10 +25,6 @@ use crate::{
     body::{self, TunnelBody},
     shutdown::Shutdown,
 };
-
-/// How long a new client waits for the place of an idle connection it
-/// displaced (that connection closes at once; this bounds the wait).
-const SHED_WAIT: Duration = Duration::from_millis(500);
 
 /// What a client listener speaks.
 pub(super) enum Edge {
@@ -64,7 +60,14 @@ pub(super) async fn serve(
         .boxed()
     });
     let h3 = h3.map(|endpoint| {
-        super::api_h3::serve(shared.clone(), endpoint, slots.clone(), shutdown.clone()).boxed()
+        super::api_h3::serve(
+            shared.clone(),
+            endpoint,
+            slots.clone(),
+            idle.clone(),
+            shutdown.clone(),
+        )
+        .boxed()
     });
     futures_util::future::join_all(loops.chain(h3)).await;
     // Stopped accepting; every connection's task was told to finish its
@@ -97,20 +100,15 @@ async fn accept_loop(
             accepted = accept::next(&listener, "client") => accepted,
             _ = shutdown.wait() => break,
         };
-        let permit = match slots.clone().try_acquire_owned() {
+        // At the limit: the oldest idle keep-alive connection is closed to
+        // make room; refused only when every connection is busy.
+        let permit = match idle::place(&slots, &idle).await {
             Ok(permit) => permit,
-            // At the limit: close the oldest idle keep-alive connection and
-            // take its place; refuse only when every connection is busy.
-            Err(_) if idle.shed_one() => {
-                match tokio::time::timeout(SHED_WAIT, slots.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => {
-                        warn!(%peer, "client connection refused: limit reached");
-                        continue;
-                    }
-                }
+            Err(NoPlace::NotFreed) => {
+                warn!(%peer, "client connection refused: limit reached");
+                continue;
             }
-            Err(_) => {
+            Err(NoPlace::AllBusy) => {
                 warn!(%peer, limit = shared.config.max_client_connections, "client connection refused: limit reached, every connection busy");
                 continue;
             }
@@ -139,9 +137,9 @@ async fn accept_loop(
     }
 }
 
-/// How long an idle connection asked to make room may take to close
-/// (well under [`SHED_WAIT`], which the new client waits).
-const SHED_CLOSE: Duration = Duration::from_millis(200);
+/// How long an idle connection asked to make room may take to close (well
+/// under the half second the new client waits, `idle::place`).
+pub(super) const SHED_CLOSE: Duration = Duration::from_millis(200);
 
 /// How long a connection accepted just before shutdown began gets to start
 /// its first request: a client sends it right after connecting, so this only

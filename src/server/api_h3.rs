@@ -15,9 +15,17 @@ use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
-use super::{api_tls::ApiCerts, meter::RequestMeter, route, state::Shared, stream, upgrade};
+use super::{
+    api::SHED_CLOSE,
+    api_tls::ApiCerts,
+    idle::{self, Busy, IdleConns, NoPlace, Registration},
+    meter::RequestMeter,
+    route,
+    state::Shared,
+    stream, upgrade,
+};
 use crate::{
     body::{self, TunnelBody},
     shutdown::Shutdown,
@@ -73,11 +81,14 @@ pub(super) fn bind(
 }
 
 /// Accepts HTTP/3 connections until `shutdown`, each taking a place of the
-/// client budget (`slots`) for as long as it is open.
+/// client budget (`slots`) for as long as it is open. At the limit the
+/// oldest idle client connection, of any version, makes room (`idle`), and
+/// an idle HTTP/3 one is closed when another needs its place.
 pub(super) async fn serve(
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     slots: Arc<Semaphore>,
+    idle: Arc<IdleConns>,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -89,12 +100,17 @@ pub(super) async fn serve(
             _ = shutdown.wait() => break,
         };
         let peer = incoming.remote_address();
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "HTTP/3 client refused: the client connection limit is reached");
-            incoming.refuse();
-            continue;
+        let permit = match idle::place(&slots, &idle).await {
+            Ok(permit) => permit,
+            Err(why) => {
+                let busy = why == NoPlace::AllBusy;
+                warn!(%peer, every_connection_busy = busy, "HTTP/3 client refused: the client connection limit is reached");
+                incoming.refuse();
+                continue;
+            }
         };
         let slot = upgrade::ConnectionSlot::new(permit);
+        let registration = idle.register();
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             // The handshake counts against the header deadline, as on TCP.
@@ -112,7 +128,7 @@ pub(super) async fn serve(
                     return;
                 }
             };
-            connection(shared, conn, peer, slot, shutdown).await;
+            connection(shared, conn, peer, slot, registration, shutdown).await;
         });
     }
     // New connections are refused from here on; those open finish their
@@ -126,8 +142,10 @@ async fn connection(
     conn: quinn::Connection,
     peer: SocketAddr,
     slot: upgrade::ConnectionSlot,
+    registration: Registration,
     mut shutdown: Shutdown,
 ) {
+    let state = registration.state.clone();
     let mut h3 = match h3::server::builder()
         // The same bound as a head over HTTP/1.1 and HTTP/2.
         .max_field_section_size(shared.config.max_head_frame as u64)
@@ -147,10 +165,14 @@ async fn connection(
                 Ok(None) => break,
                 Err(e) => {
                     // A client breaking the protocol (a malformed frame, a
-                    // forbidden header) is closed with the error's code.
-                    if !e.is_h3_no_error() {
+                    // forbidden header) is closed with the error's code. One
+                    // that closed or went quiet itself just left.
+                    let ours = matches!(e, h3::error::ConnectionError::Local { .. });
+                    if ours && !e.is_h3_no_error() {
                         shared.metrics.connection_failed("h3_protocol");
                         info!(%peer, "HTTP/3 client connection closed: {e}");
+                    } else {
+                        debug!(%peer, "HTTP/3 client connection ended: {e}");
                     }
                     break;
                 }
@@ -161,7 +183,23 @@ async fn connection(
                 let _ = conn.closed().await;
                 break;
             }
+            _ = state.shed.notified() => {
+                debug!(%peer, "idle HTTP/3 connection closed to make room");
+                let _ = h3.shutdown(0).await;
+                // A client that takes the GOAWAY closes; one that does not
+                // is closed, unless a request slipped in meanwhile.
+                let closed = tokio::time::timeout(SHED_CLOSE, conn.closed()).await;
+                if closed.is_err() && !state.is_busy() {
+                    let code = u64::from(h3::error::Code::H3_NO_ERROR);
+                    conn.close(quinn::VarInt::try_from(code).expect("a varint"), b"making room");
+                } else if closed.is_err() {
+                    let _ = conn.closed().await;
+                }
+                break;
+            }
         };
+        // Busy from the request's start to its response body's end.
+        let busy = state.busy();
         let (shared, slot) = (shared.clone(), slot.clone());
         tokio::spawn(
             async move {
@@ -170,7 +208,7 @@ async fn connection(
                 // it open otherwise).
                 let deadline = shared.config.header_read_timeout;
                 match tokio::time::timeout(deadline, resolver.resolve_request()).await {
-                    Ok(Ok((req, stream))) => request(shared, peer, req, stream, slot).await,
+                    Ok(Ok((req, stream))) => request(shared, peer, req, stream, slot, busy).await,
                     Ok(Err(e)) => debug!(%peer, "HTTP/3 request refused: {e}"),
                     Err(_) => debug!(%peer, "HTTP/3 request headers not in within {deadline:?}"),
                 }
@@ -192,13 +230,14 @@ async fn request(
     req: Request<()>,
     stream: H3Stream,
     slot: upgrade::ConnectionSlot,
+    busy: Busy,
 ) {
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let mut req = Request::from_parts(parts, request_body(recv));
     req.extensions_mut().insert(slot);
     req.extensions_mut().insert(stream::OverTls);
-    let meter = RequestMeter::start(&shared, &req, ());
+    let meter = RequestMeter::start(&shared, &req, busy);
     let resp = meter.answered(route::route(shared, peer, req).await);
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {

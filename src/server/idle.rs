@@ -11,7 +11,39 @@ use std::{
     },
 };
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// How long a new client waits for the place of an idle connection it
+/// displaced (that connection closes at once; this bounds the wait).
+const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Why a new client connection found no place in the budget.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NoPlace {
+    /// Every connection is serving something.
+    AllBusy,
+    /// An idle one was asked to make room but did not close in time.
+    NotFreed,
+}
+
+/// A place in the client connection budget (`slots`) for a new connection
+/// (TCP or QUIC): a free one, or the place of the oldest idle connection,
+/// closed to make room.
+pub(super) async fn place(
+    slots: &Arc<Semaphore>,
+    idle: &IdleConns,
+) -> Result<OwnedSemaphorePermit, NoPlace> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    if !idle.shed_one() {
+        return Err(NoPlace::AllBusy);
+    }
+    match tokio::time::timeout(SHED_WAIT, slots.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(NoPlace::NotFreed),
+    }
+}
 
 /// One client connection's state, as its requests and the shedder see it.
 #[derive(Default)]
