@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use warren::{agent::AgentStatus, server::ServerConfig, tls::Trust};
+use warren::{agent::AgentStatus, tls::Trust};
 
 over_transports_and_versions!(
     wrong_token_is_refused_and_agent_exits,
@@ -138,16 +138,8 @@ async fn server_restart_agent_reconnects(t: Transport) {
     .expect("agent notices the server left")
     .unwrap();
 
-    // A new server on the same ports, certificate and database.
-    let config = ServerConfig {
-        api_listen: stack.api,
-        tunnel_listen: stack.tunnel,
-        database_url: format!("sqlite://{}", stack.dir.path().join("warren.db").display()),
-        certs_dir: stack.dir.path().join("certs"),
-        node_id: stack.node_id.clone(),
-        heartbeat: Duration::from_millis(500),
-        ..ServerConfig::default()
-    };
+    // A new server on the same ports, certificates and database.
+    let config = stack.config.clone();
     // The old socket is released by its driver task; allow it a moment.
     let mut server = None;
     for _ in 0..50 {
@@ -444,12 +436,7 @@ async fn the_token_can_come_from_a_file(t: Transport) {
     let _agent = run(&file);
     let served = eventually(Duration::from_secs(15), || {
         let url = stack.url("/bytes/10");
-        async move {
-            client()
-                .request(http::Request::get(url).body(empty()).unwrap())
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
+        async move { get(&url).await.status() == StatusCode::OK }
     })
     .await;
     assert!(

@@ -100,7 +100,7 @@ async fn auto_moves_back_to_quic_without_failing_a_request() {
         while let Some(frame) = body.frame().await {
             all.extend_from_slice(&frame?.into_data().unwrap_or_default());
         }
-        Ok::<_, hyper::Error>(all)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(all)
     });
     // Meanwhile a steady stream of short requests.
     let url = stack.url("/bytes/1000");

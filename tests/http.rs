@@ -193,7 +193,7 @@ async fn forwarding_headers_and_warren_params(t: Transport) {
         get("x-forwarded-for").as_deref(),
         Some("203.0.113.7, 127.0.0.1")
     );
-    assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(get("x-forwarded-proto").as_deref(), Some(client_scheme()));
     assert_eq!(get("x-forwarded-host"), Some(stack.api.to_string()));
     // The upstream sees its own authority as Host by default.
     assert_eq!(get("host"), Some(stack.upstream.addr().to_string()));

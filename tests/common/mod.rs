@@ -2,6 +2,7 @@
 //! real HTTP client. Shared by the end-to-end test files.
 #![allow(dead_code)]
 
+pub mod h3_client;
 mod nodes;
 mod process;
 #[allow(unused_imports)] // not every test file runs cluster nodes
@@ -13,7 +14,6 @@ use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -85,9 +85,11 @@ macro_rules! over_transports {
 }
 
 /// Generates, for each named `async fn name(t: Transport)`, one test per
-/// transport and client HTTP version (HTTP/1.1, and HTTP/2 with prior
-/// knowledge): [`client`], [`get`] and [`send`] speak the test's version
-/// (tasks the test spawns speak HTTP/1.1).
+/// transport and client HTTP version (HTTP/1.1, HTTP/2 with prior
+/// knowledge, HTTP/3): [`get`] and [`send`] speak the test's version, and
+/// so does [`client`] but for HTTP/3 (tasks the test spawns speak
+/// HTTP/1.1). Under HTTP/3 a [`Stack`]'s server also serves HTTPS and
+/// HTTP/3, its `api` being the plain listener beside them.
 #[macro_export]
 macro_rules! over_transports_and_versions {
     ($($name:ident),* $(,)?) => {
@@ -128,6 +130,18 @@ macro_rules! over_client_versions {
                 }
             )*
         }
+        mod h3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
+                    let run = CLIENT_VERSION.scope(ClientVersion::Http3, super::super::$name(Transport::$t));
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
+                }
+            )*
+        }
     };
 }
 
@@ -137,6 +151,8 @@ pub enum ClientVersion {
     Http1,
     /// h2c with prior knowledge.
     Http2,
+    /// Over QUIC to the server's HTTP/3 endpoint (see [`h3_client`]).
+    Http3,
 }
 
 tokio::task_local! {
@@ -208,11 +224,27 @@ pub fn unique(prefix: &str) -> String {
 
 pub type ClientBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// A client speaking the test's HTTP version ([`client_version`]).
+/// A response body as [`send`] gives it, whatever the version.
+pub type TestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The scheme a server sees the test's client speak (`X-Forwarded-Proto`).
+pub fn client_scheme() -> &'static str {
+    match client_version() {
+        ClientVersion::Http3 => "https",
+        ClientVersion::Http1 | ClientVersion::Http2 => "http",
+    }
+}
+
+/// A client speaking the test's HTTP version ([`client_version`]); HTTP/3
+/// has no hyper client: use [`send`].
 pub fn client() -> Client<HttpConnector, ClientBody> {
     let mut builder = Client::builder(TokioExecutor::new());
-    if client_version() == ClientVersion::Http2 {
-        builder.http2_only(true);
+    match client_version() {
+        ClientVersion::Http1 => {}
+        ClientVersion::Http2 => {
+            builder.http2_only(true);
+        }
+        ClientVersion::Http3 => panic!("no hyper client for HTTP/3: the test should use send()"),
     }
     builder.build(HttpConnector::new())
 }
@@ -238,6 +270,8 @@ pub struct Stack {
     pub node_id: String,
     pub fingerprint: String,
     pub transport: Transport,
+    /// What the server was started with, its listeners' ports filled in.
+    pub config: ServerConfig,
     server: Option<(ShutdownTrigger, JoinHandle<()>)>,
     agents: Vec<RunningAgent>,
 }
@@ -294,7 +328,7 @@ impl Stack {
             Db::MySql => mysql_url().expect("the MySQL variant needs MySQL/MariaDB"),
         };
         let node_id = unique("node");
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             api_listen: "127.0.0.1:0".parse().unwrap(),
             tunnel_listen: "127.0.0.1:0".parse().unwrap(),
             database_url,
@@ -305,7 +339,34 @@ impl Stack {
             node_id: node_id.clone(),
             ..opts.server
         };
-        let server = Server::bind(config).await.expect("server binds");
+        // HTTP/3 needs HTTPS: the test's requests go there (see `h3_client`), and
+        // whatever else speaks plain HTTP to `api`, the listener beside it.
+        let over_h3 = client_version() == ClientVersion::Http3;
+        let h3_cert = over_h3.then(|| {
+            let (cert, key, der) = localhost_certificate(dir.path());
+            config.api_tls = Some(warren::server::ApiTlsConfig::new(vec![
+                warren::server::CertPair { cert, key },
+            ]));
+            config.api_plain_listen = Some("127.0.0.1:0".parse().unwrap());
+            config.api_http3 = true;
+            der
+        });
+        let server = Server::bind(config.clone()).await.expect("server binds");
+        let api = match &h3_cert {
+            None => server.api_addr(),
+            Some(cert) => {
+                let plain = server.api_plain_addr().expect("a plain listener");
+                let h3 = server.api_http3_addr().expect("HTTP/3 on");
+                h3_client::register(plain, h3, cert.clone());
+                config.api_listen = server.api_addr();
+                config.api_plain_listen = Some(plain);
+                plain
+            }
+        };
+        config.tunnel_listen = server.tunnel_addr();
+        if h3_cert.is_none() {
+            config.api_listen = api;
+        }
         let registry = server.registry().clone();
         let client_id = unique("agent");
         let token = auth::issue_token(&registry, &client_id).await.unwrap();
@@ -313,7 +374,6 @@ impl Stack {
             .await
             .unwrap();
         let (trigger, stop) = shutdown::channel();
-        let api = server.api_addr();
         let tunnel = server.tunnel_addr();
         let fingerprint = server.identity().fingerprint();
         let task = tokio::spawn(async move {
@@ -330,6 +390,7 @@ impl Stack {
             node_id,
             fingerprint,
             transport: opts.transport,
+            config,
             server: Some((trigger, task)),
             agents: Vec::new(),
         }
@@ -516,16 +577,24 @@ where
     }
 }
 
-pub async fn get(url: &str) -> Response<Incoming> {
+pub async fn get(url: &str) -> Response<TestBody> {
     send(Request::get(url).body(empty()).unwrap()).await
 }
 
 /// Sends `req` in the test's HTTP version, and checks it was answered in it.
-pub async fn send(req: Request<ClientBody>) -> Response<Incoming> {
-    let resp = client().request(req).await.expect("request succeeds");
+pub async fn send(req: Request<ClientBody>) -> Response<TestBody> {
+    let resp = match client_version() {
+        ClientVersion::Http3 => h3_client::send(req).await.expect("request succeeds"),
+        _ => client()
+            .request(req)
+            .await
+            .expect("request succeeds")
+            .map(|body| body.map_err(Into::into).boxed_unsync()),
+    };
     let version = match client_version() {
         ClientVersion::Http1 => http::Version::HTTP_11,
         ClientVersion::Http2 => http::Version::HTTP_2,
+        ClientVersion::Http3 => http::Version::HTTP_3,
     };
     assert_eq!(
         resp.version(),
@@ -536,7 +605,7 @@ pub async fn send(req: Request<ClientBody>) -> Response<Incoming> {
 }
 
 /// Reads a whole body; `Err` if the connection broke before its end.
-pub async fn read_body(resp: Response<Incoming>) -> Result<Bytes, hyper::Error> {
+pub async fn read_body<B: http_body::Body>(resp: Response<B>) -> Result<Bytes, B::Error> {
     Ok(resp.into_body().collect().await?.to_bytes())
 }
 
@@ -545,7 +614,11 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-pub async fn json(resp: Response<Incoming>) -> serde_json::Value {
+pub async fn json<B>(resp: Response<B>) -> serde_json::Value
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let body = read_body(resp).await.expect("body");
     serde_json::from_slice(&body).expect("JSON body")
 }
@@ -591,12 +664,19 @@ pub async fn wait_disconnected(status: &mut watch::Receiver<AgentStatus>) -> Str
 
 /// Reads frames until at least `n` bytes have arrived; returns the body so the
 /// rest can be read (or abandoned) by the caller.
-pub async fn read_at_least(resp: Response<Incoming>, n: usize) -> Incoming {
+pub async fn read_at_least<B>(resp: Response<B>, n: usize) -> B
+where
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
     let mut body = resp.into_body();
     let mut seen = 0;
     while seen < n {
         let frame = body.frame().await.expect("more body").expect("body frame");
-        seen += frame.into_data().map(|d| d.len()).unwrap_or(0);
+        seen += frame
+            .into_data()
+            .map(|d| bytes::Buf::remaining(&d))
+            .unwrap_or(0);
     }
     body
 }
