@@ -1,5 +1,7 @@
 //! End-to-end HTTP through the tunnel: real server, agent and upstream on
-//! loopback, a real HTTP client; every test runs over each transport.
+//! loopback, a real HTTP client; every test runs over each transport, each
+//! client version (HTTP/1.1, HTTP/2, HTTP/3) and against an http:// and an
+//! https:// upstream.
 
 mod common;
 
@@ -13,7 +15,7 @@ use warren::sample::{pattern, pattern_sha256};
 
 const MIB: u64 = 1024 * 1024;
 
-over_transports_and_versions!(
+over_transports_versions_and_upstreams!(
     download_64mib_stream_mode,
     download_64mib_blocking_mode,
     range_and_head,
@@ -196,7 +198,7 @@ async fn forwarding_headers_and_warren_params(t: Transport) {
     assert_eq!(get("x-forwarded-proto").as_deref(), Some(client_scheme()));
     assert_eq!(get("x-forwarded-host"), Some(stack.api.to_string()));
     // The upstream sees its own authority as Host by default.
-    assert_eq!(get("host"), Some(stack.upstream.addr().to_string()));
+    assert_eq!(get("host"), Some(stack.upstream_authority()));
 }
 
 async fn header_and_subdomain_routing(t: Transport) {
@@ -371,7 +373,7 @@ async fn upstream_refused_and_timeout(t: Transport) {
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
     let mut config = stack.agent_config();
-    config.upstream.url = format!("http://{closed_addr}");
+    config.upstream.url = format!("{}://{closed_addr}", upstream_scheme());
     stack.add_agent(config).await;
     let resp = get(&stack.url("/")).await;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);

@@ -4,83 +4,22 @@
 //! WebSocket pass-through; a certificate it cannot trust is a clear 502,
 //! never a silent downgrade.
 //!
-//! The service is the sample upstream behind a TLS terminator written here,
-//! which records the name each client asked for.
+//! The service is the sample upstream behind a TLS terminator
+//! (`common::HttpsService`), which records the name each client asked for.
 
 mod common;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The sample upstream behind TLS, with a self-signed certificate for
-/// `localhost`.
-struct HttpsService {
-    url: String,
-    cert: PathBuf,
-    /// The SNI of every connection so far.
-    names: Arc<Mutex<Vec<Option<String>>>>,
-}
-
-async fn https_service(stack: &Stack) -> HttpsService {
-    let dir = stack.dir.path();
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = dir.join("upstream.pem");
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    let chain = vec![CertificateDer::from_pem_slice(made.cert.pem().as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(made.key_pair.serialize_pem().as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let behind = stack
-        .upstream
-        .url()
-        .trim_start_matches("http://")
-        .to_string();
-    let names = Arc::new(Mutex::new(Vec::new()));
-    let seen = names.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, behind, seen) = (acceptor.clone(), behind.clone(), seen.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let sni = tls.get_ref().1.server_name().map(str::to_string);
-                seen.lock().unwrap().push(sni);
-                let mut plain = TcpStream::connect(&behind).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    HttpsService {
-        url: format!("https://localhost:{port}"),
-        cert,
-        names,
-    }
-}
 
 async fn stack_with_https_upstream(t: Transport, trust: bool) -> (Stack, HttpsService) {
     let mut stack = Stack::server_only(StackOptions::new(t)).await;
-    let service = https_service(&stack).await;
+    let behind = stack.upstream.addr().to_string();
+    let service = HttpsService::spawn(stack.dir.path(), behind).await;
     let mut config = stack.agent_config();
     config.upstream.url = service.url.clone();
     config.upstream.ca = trust.then(|| service.cert.clone());

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod h3_client;
+mod https_upstream;
 mod nodes;
 mod process;
+pub use https_upstream::HttpsService;
 #[allow(unused_imports)] // not every test file runs cluster nodes
 pub use nodes::*;
 pub use process::*;
@@ -145,6 +147,68 @@ macro_rules! over_client_versions {
     };
 }
 
+/// [`over_transports_and_versions`], each also against an `http://` and an
+/// `https://` upstream (the sample service behind TLS, [`HttpsService`]):
+/// a [`Stack`]'s agents reach the test's upstream.
+#[macro_export]
+macro_rules! over_transports_versions_and_upstreams {
+    ($($name:ident),* $(,)?) => {
+        mod quic {
+            $crate::over_versions_and_upstreams!(Quic; $($name),*);
+        }
+        mod ws {
+            $crate::over_versions_and_upstreams!(Ws; $($name),*);
+        }
+    };
+}
+
+/// The middle part of [`over_transports_versions_and_upstreams`].
+#[macro_export]
+macro_rules! over_versions_and_upstreams {
+    ($t:ident; $($name:ident),*) => {
+        mod h1 {
+            $crate::over_upstreams!($t, Http1; $($name),*);
+        }
+        mod h2 {
+            $crate::over_upstreams!($t, Http2; $($name),*);
+        }
+        mod h3 {
+            $crate::over_upstreams!($t, Http3; $($name),*);
+        }
+    };
+}
+
+/// The inner part of [`over_transports_versions_and_upstreams`].
+#[macro_export]
+macro_rules! over_upstreams {
+    ($t:ident, $v:ident; $($name:ident),*) => {
+        mod http {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
+                    let run = CLIENT_VERSION.scope(ClientVersion::$v, super::super::super::$name(Transport::$t));
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
+                }
+            )*
+        }
+        mod https {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION, UPSTREAM_TLS};
+                    let run = UPSTREAM_TLS.scope(true, CLIENT_VERSION.scope(ClientVersion::$v, super::super::super::$name(Transport::$t)));
+                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                        .await
+                        .expect("test finished within 180 s");
+                }
+            )*
+        }
+    };
+}
+
 /// The HTTP version test clients speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientVersion {
@@ -159,6 +223,21 @@ tokio::task_local! {
     /// The version of the test running in this task (see
     /// [`over_transports_and_versions`]); HTTP/1.1 outside one.
     pub static CLIENT_VERSION: ClientVersion;
+}
+
+tokio::task_local! {
+    /// Whether a [`Stack`]'s agents reach the sample upstream over TLS (see
+    /// [`over_transports_versions_and_upstreams`]); plain outside one.
+    pub static UPSTREAM_TLS: bool;
+}
+
+/// The scheme of the upstream the test's agents reach.
+pub fn upstream_scheme() -> &'static str {
+    if UPSTREAM_TLS.try_with(|tls| *tls).unwrap_or(false) {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 pub fn client_version() -> ClientVersion {
@@ -272,6 +351,8 @@ pub struct Stack {
     pub transport: Transport,
     /// What the server was started with, its listeners' ports filled in.
     pub config: ServerConfig,
+    /// The upstream behind TLS, for a test run against an https upstream.
+    pub https_upstream: Option<HttpsService>,
     server: Option<(ShutdownTrigger, JoinHandle<()>)>,
     agents: Vec<RunningAgent>,
 }
@@ -373,6 +454,10 @@ impl Stack {
         let upstream = SampleUpstream::spawn("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
+        let https_upstream = match upstream_scheme() {
+            "https" => Some(HttpsService::spawn(dir.path(), upstream.addr().to_string()).await),
+            _ => None,
+        };
         let (trigger, stop) = shutdown::channel();
         let tunnel = server.tunnel_addr();
         let fingerprint = server.identity().fingerprint();
@@ -391,6 +476,7 @@ impl Stack {
             fingerprint,
             transport: opts.transport,
             config,
+            https_upstream,
             server: Some((trigger, task)),
             agents: Vec::new(),
         }
@@ -408,14 +494,31 @@ impl Stack {
         self.dir.path().join("certs").join("server.pem")
     }
 
+    /// The URL the test's agents reach the upstream at: the sample
+    /// service's, or its TLS terminator's.
+    pub fn upstream_url(&self) -> String {
+        match &self.https_upstream {
+            Some(tls) => tls.url.clone(),
+            None => self.upstream.url(),
+        }
+    }
+
+    /// What the upstream sees as its own authority (`Host`).
+    pub fn upstream_authority(&self) -> String {
+        let url = self.upstream_url();
+        url.split_once("://")
+            .map_or(url.clone(), |(_, a)| a.to_string())
+    }
+
     pub fn agent_config(&self) -> AgentConfig {
         let mut config = AgentConfig::new(
             &self.tunnel.to_string(),
             &self.client_id,
             &self.token,
-            &self.upstream.url(),
+            &self.upstream_url(),
             Trust::CaFile(self.ca_path()),
         );
+        config.upstream.ca = self.https_upstream.as_ref().map(|tls| tls.cert.clone());
         config.transport = self.transport.choice();
         config.backoff_min = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(500);
