@@ -47,6 +47,35 @@ pub async fn next(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr)
     }
 }
 
+/// Stops listening and hands over the connections already waiting in the
+/// kernel's accept queue (their clients finished the handshake and sent, or
+/// are sending, a request): closing the socket with them queued would reset
+/// them. Each is a real `accept(2)` until the queue is empty: tokio's
+/// `accept` would answer "pending" for connections whose readiness its
+/// driver has not yet seen, and those would be reset.
+pub fn backlog(listener: TcpListener, what: &str) -> Vec<(TcpStream, SocketAddr)> {
+    let mut waiting = Vec::new();
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!("draining the {what} listener failed: {e}");
+            return waiting;
+        }
+    };
+    // Non-blocking already (tokio's), so this ends at an empty queue; the
+    // queue is bounded by the listen backlog.
+    while let Ok((stream, peer)) = listener.accept() {
+        match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(stream) => waiting.push((stream, peer)),
+            Err(e) => tracing::warn!("taking a waiting {what} connection failed: {e}"),
+        }
+    }
+    waiting
+}
+
 /// Raises this process's soft limit on open files to its hard limit;
 /// returns `(before, now)`.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere

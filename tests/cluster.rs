@@ -748,6 +748,8 @@ async fn a_rolling_restart_under_load_loses_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The stopped nodes' logs, for a failure's report.
+    let mut stopped_logs = Vec::new();
     for n in 0..2 {
         let node = &mut nodes[n];
         signal(&node.child, "-TERM");
@@ -763,6 +765,7 @@ async fn a_rolling_restart_under_load_loses_no_request() {
             [&node.api, &node.tunnel, &node.cluster],
         )
         .await;
+        stopped_logs.push((node.api.clone(), node.log.text()));
         *node = restarted;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -770,6 +773,9 @@ async fn a_rolling_restart_under_load_loses_no_request() {
     for worker in load {
         if let Err(lost) = worker.await {
             // What the nodes said, to tell why (this has been seen, rarely).
+            for (api, log) in &stopped_logs {
+                eprintln!("--- node {api} log, before its restart:\n{log}");
+            }
             for node in &nodes {
                 eprintln!("--- node {} log:\n{}", node.api, node.log.text());
             }

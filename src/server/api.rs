@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     http_version::{h2_builder, opens_with_h2_preface, HttpConn, Version},
-    idle::{self, IdleConns, NoPlace, Registration},
+    idle::{self, IdleConns, NoPlace, Registration, SHED_CLOSE},
     meter::RequestMeter,
     reply, route,
     state::Shared,
@@ -128,7 +128,7 @@ async fn accept_loop(
     // Connections already waiting in the listen backlog finished their TCP
     // handshake before we stopped: each gets its one request answered (then
     // is closed) instead of a reset that would look like a lost request.
-    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+    for (stream, peer) in accept::backlog(listener, "client") {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             break;
         };
@@ -136,10 +136,6 @@ async fn accept_loop(
         spawn_connection(&shared, &edge, stream, peer, slot, idle.register(), None);
     }
 }
-
-/// How long an idle connection asked to make room may take to close (well
-/// under the half second the new client waits, `idle::place`).
-pub(super) const SHED_CLOSE: Duration = Duration::from_millis(200);
 
 /// How long a connection accepted just before shutdown began gets to start
 /// its first request: a client sends it right after connecting, so this only

@@ -18,9 +18,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 
 use super::{
-    api::SHED_CLOSE,
     api_tls::ApiCerts,
-    idle::{self, Busy, IdleConns, NoPlace, Registration},
+    idle::{self, Busy, IdleConns, NoPlace, Registration, SHED_CLOSE},
     meter::RequestMeter,
     route,
     state::Shared,

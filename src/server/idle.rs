@@ -17,6 +17,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 /// displaced (that connection closes at once; this bounds the wait).
 const SHED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long an idle connection asked to make room may take to close (well
+/// under [`SHED_WAIT`], which the new client waits).
+pub(super) const SHED_CLOSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Why a new client connection found no place in the budget.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum NoPlace {

@@ -25,6 +25,7 @@ mod forward;
 mod gate;
 mod http_version;
 mod idle;
+mod link_server;
 mod link_trailers;
 mod local;
 mod meter;
@@ -403,7 +404,7 @@ impl Server {
         });
         let (cluster_serve, cluster_heartbeat) = match cluster_listener {
             Some(listener) => (
-                Some(tokio::spawn(cluster::serve(
+                Some(tokio::spawn(link_server::serve(
                     shared.clone(),
                     listener,
                     shutdown.clone(),
