@@ -151,6 +151,24 @@ impl Fixture {
         (agent, trigger, stop)
     }
 
+    /// Two nodes, A and B, and an agent connected to B only.
+    async fn two_nodes_agent_on_b(
+        &self,
+    ) -> (
+        Node,
+        Node,
+        ShutdownTrigger,
+        tokio::task::JoinHandle<Result<(), warren::agent::AgentError>>,
+    ) {
+        let a = Node::start(&self.url, &self.certs(), &unique("node-a")).await;
+        let b = Node::start(&self.url, &self.certs(), &unique("node-b")).await;
+        let (agent, trigger, stop) = self.agent(vec![b.tunnel.to_string()], 1);
+        let mut status = agent.status();
+        let task = tokio::spawn(agent.run(stop));
+        wait_connected(&mut status).await;
+        (a, b, trigger, task)
+    }
+
     fn url(&self, api: std::net::SocketAddr, path: &str) -> String {
         let sep = if path.contains('?') { '&' } else { '?' };
         format!("http://{api}{path}{sep}clientId={}", self.client_id)
@@ -173,13 +191,8 @@ impl Fixture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_serves_any_agent() {
     let Some(fx) = fixture().await else { return };
-    let mut a = Node::start(&fx.url, &fx.certs(), &unique("node-a")).await;
-    let mut b = Node::start(&fx.url, &fx.certs(), &unique("node-b")).await;
     // The agent is on B only; clients come to A.
-    let (agent, trigger, stop) = fx.agent(vec![b.tunnel.to_string()], 1);
-    let mut status = agent.status();
-    let task = tokio::spawn(agent.run(stop));
-    wait_connected(&mut status).await;
+    let (mut a, mut b, trigger, task) = fx.two_nodes_agent_on_b().await;
     assert_eq!(fx.nodes_of_rows().await, vec![b.id.clone()]);
 
     for mode in ["stream", "blocking"] {
@@ -341,12 +354,7 @@ async fn killed_node_is_reaped_and_its_agent_moves() {
 async fn trailers_cross_the_link_between_nodes() {
     use http_body::Frame;
     let Some(fx) = fixture().await else { return };
-    let mut a = Node::start(&fx.url, &fx.certs(), &unique("node-a")).await;
-    let mut b = Node::start(&fx.url, &fx.certs(), &unique("node-b")).await;
-    let (agent, trigger, stop) = fx.agent(vec![b.tunnel.to_string()], 1);
-    let mut status = agent.status();
-    let task = tokio::spawn(agent.run(stop));
-    wait_connected(&mut status).await;
+    let (mut a, mut b, trigger, task) = fx.two_nodes_agent_on_b().await;
 
     let data = bytes::Bytes::from(vec![7u8; 300_000]);
     let h2 = {
