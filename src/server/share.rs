@@ -18,8 +18,11 @@ use std::{
 /// allocations per request).
 pub(super) struct Shares {
     limit: usize,
-    held: Mutex<HashMap<IpAddr, Vec<(Arc<str>, usize)>>>,
+    held: Mutex<HashMap<IpAddr, Vec<AgentCount>>>,
 }
+
+/// An agent's client id and how many requests the address has in flight to it.
+type AgentCount = (Arc<str>, usize);
 
 /// One request's place in its address's share; given back when dropped
 /// (with the response body, which holds the stream).

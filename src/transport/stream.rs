@@ -245,11 +245,8 @@ impl RecvStream {
     pub async fn closed(&mut self) {
         // Up to the clean end first (a bodyless request's end marker may
         // still be unread); bytes or an error there mean the same: gone.
-        loop {
-            match self.read_chunk(FIRST_READ).await {
-                Ok(None) => break,
-                Ok(Some(_)) | Err(_) => return,
-            }
+        if !matches!(self.read_chunk(FIRST_READ).await, Ok(None)) {
+            return;
         }
         match &mut self.inner {
             RecvInner::Quic(_) => std::future::pending().await,
