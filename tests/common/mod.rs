@@ -55,33 +55,36 @@ impl Transport {
     }
 }
 
+/// One test of the matrix: `$f` run over transport `$t`, with client
+/// version `$v`, against an https upstream when `$tls`. Each has a time
+/// limit, so a hang fails with its name instead of stalling the suite.
+#[macro_export]
+macro_rules! matrix_test {
+    ($name:ident = $f:path; $t:ident, $v:ident, $tls:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            use $crate::common::{ClientVersion, Transport, CLIENT_VERSION, UPSTREAM_TLS};
+            let run = UPSTREAM_TLS.scope(
+                $tls,
+                CLIENT_VERSION.scope(ClientVersion::$v, $f(Transport::$t)),
+            );
+            tokio::time::timeout(std::time::Duration::from_secs(180), run)
+                .await
+                .expect("test finished within 180 s");
+        }
+    };
+}
+
 /// Generates one `#[tokio::test]` per transport for each named
-/// `async fn name(t: Transport)` in the calling file. Each has a time limit,
-/// so a hang fails with its name instead of stalling the whole suite.
+/// `async fn name(t: Transport)` in the calling file.
 #[macro_export]
 macro_rules! over_transports {
     ($($name:ident),* $(,)?) => {
         mod quic {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let run = super::$name($crate::common::Transport::Quic);
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::$name; Quic, Http1, false); )*
         }
         mod ws {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let run = super::$name($crate::common::Transport::Ws);
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::$name; Ws, Http1, false); )*
         }
     };
 }
@@ -109,40 +112,13 @@ macro_rules! over_transports_and_versions {
 macro_rules! over_client_versions {
     ($t:ident; $($name:ident),*) => {
         mod h1 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
-                    let run = CLIENT_VERSION.scope(ClientVersion::Http1, super::super::$name(Transport::$t));
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::super::$name; $t, Http1, false); )*
         }
         mod h2 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
-                    let run = CLIENT_VERSION.scope(ClientVersion::Http2, super::super::$name(Transport::$t));
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::super::$name; $t, Http2, false); )*
         }
         mod h3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
-                    let run = CLIENT_VERSION.scope(ClientVersion::Http3, super::super::$name(Transport::$t));
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::super::$name; $t, Http3, false); )*
         }
     };
 }
@@ -183,28 +159,10 @@ macro_rules! over_versions_and_upstreams {
 macro_rules! over_upstreams {
     ($t:ident, $v:ident; $($name:ident),*) => {
         mod http {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION};
-                    let run = CLIENT_VERSION.scope(ClientVersion::$v, super::super::super::$name(Transport::$t));
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::super::super::$name; $t, $v, false); )*
         }
         mod https {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    use $crate::common::{ClientVersion, Transport, CLIENT_VERSION, UPSTREAM_TLS};
-                    let run = UPSTREAM_TLS.scope(true, CLIENT_VERSION.scope(ClientVersion::$v, super::super::super::$name(Transport::$t)));
-                    tokio::time::timeout(std::time::Duration::from_secs(180), run)
-                        .await
-                        .expect("test finished within 180 s");
-                }
-            )*
+            $( $crate::matrix_test!($name = super::super::super::$name; $t, $v, true); )*
         }
     };
 }
