@@ -90,6 +90,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// [`strip_hop_by_hop`], keeping `Trailer` when `keep_trailer`: it names
+/// the trailer fields to come, which an HTTP/1.1 hop needs to send them.
+pub fn strip_hop_by_hop_keeping_trailer(headers: &mut HeaderMap, keep_trailer: bool) {
+    let announced: Vec<HeaderValue> = if keep_trailer {
+        headers.get_all(header::TRAILER).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    strip_hop_by_hop(headers);
+    for value in announced {
+        headers.append(header::TRAILER, value);
+    }
+}
+
 /// Headers as wire entries, in order, repeats kept.
 pub fn to_wire(headers: &HeaderMap) -> Vec<Header> {
     headers

@@ -283,7 +283,7 @@ impl Upstream {
         } = back;
         let (parts, mut body) = response.into_parts();
         let mut resp_headers = parts.headers;
-        strip_hop_by_hop(&mut resp_headers, framed);
+        headers::strip_hop_by_hop_keeping_trailer(&mut resp_headers, framed);
         let head: ReplyRef = Reply::Head(ResponseHead {
             status: parts.status.as_u16(),
             headers: headers::to_wire_ref(&resp_headers),
@@ -417,7 +417,7 @@ impl Upstream {
         }
         .map_err(|_| format!("invalid request target {:?}", head.uri))?;
         let mut hdrs = headers::from_wire_ref(&head.headers, frame).map_err(|e| e.to_string())?;
-        strip_hop_by_hop(&mut hdrs, framed);
+        headers::strip_hop_by_hop_keeping_trailer(&mut hdrs, framed);
         if framed {
             // The client takes trailers: so may the service send them (gRPC
             // services look for this).
@@ -480,20 +480,6 @@ struct Back {
     credit: Option<Credit>,
     /// The body goes as body parts (trailers may follow).
     framed: bool,
-}
-
-/// Removes hop-by-hop headers; on a framed stream `Trailer` stays (it names
-/// the trailer fields to come, which an HTTP/1.1 hop needs to send them).
-fn strip_hop_by_hop(hdrs: &mut http::HeaderMap, framed: bool) {
-    let announced: Vec<HeaderValue> = if framed {
-        hdrs.get_all(header::TRAILER).iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    headers::strip_hop_by_hop(hdrs);
-    for value in announced {
-        hdrs.append(header::TRAILER, value);
-    }
 }
 
 /// Writes `data` (as body parts when `framed`), as far as `credit` (if

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 use super::{
     api_tls::ApiCerts,
@@ -102,8 +102,10 @@ pub(super) async fn serve(
         let permit = match idle::place(&slots, &idle).await {
             Ok(permit) => permit,
             Err(why) => {
+                // Debug, not warn: an Initial's source address is not yet
+                // proven, so a spoofed flood would flood the log too.
                 let busy = why == NoPlace::AllBusy;
-                warn!(%peer, every_connection_busy = busy, "HTTP/3 client refused: the client connection limit is reached");
+                debug!(%peer, every_connection_busy = busy, "HTTP/3 client refused: the client connection limit is reached");
                 incoming.refuse();
                 continue;
             }
@@ -187,12 +189,13 @@ async fn connection(
                 let _ = h3.shutdown(0).await;
                 // A client that takes the GOAWAY closes; one that does not
                 // is closed, unless a request slipped in meanwhile.
-                let closed = tokio::time::timeout(SHED_CLOSE, conn.closed()).await;
-                if closed.is_err() && !state.is_busy() {
-                    let code = u64::from(h3::error::Code::H3_NO_ERROR);
-                    conn.close(quinn::VarInt::try_from(code).expect("a varint"), b"making room");
-                } else if closed.is_err() {
-                    let _ = conn.closed().await;
+                if tokio::time::timeout(SHED_CLOSE, conn.closed()).await.is_err() {
+                    if state.is_busy() {
+                        let _ = conn.closed().await;
+                    } else {
+                        let code = u64::from(h3::error::Code::H3_NO_ERROR);
+                        conn.close(quinn::VarInt::try_from(code).expect("a varint"), b"making room");
+                    }
                 }
                 break;
             }

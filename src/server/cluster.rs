@@ -263,13 +263,10 @@ async fn send(
     // Whether the client can take trailers (or sends some): asked for on the
     // link with `TE: trailers`, and the request's own packed.
     let trailers = upgrade.is_none() && super::forward::may_carry_trailers(&parts);
-    let announced: Vec<HeaderValue> = parts
-        .headers
-        .get_all(header::TRAILER)
-        .iter()
-        .cloned()
-        .collect();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    // A body with its own trailers to come goes packed (below), what it
+    // announced still announced.
+    let own_trailers = trailers && !http_body::Body::is_end_stream(&body);
+    headers::strip_hop_by_hop_keeping_trailer(&mut parts.headers, own_trailers);
     link_trailers::strip(&mut parts.headers);
     let h = &mut parts.headers;
     if upgrade.is_some() {
@@ -278,12 +275,9 @@ async fn send(
     }
     if trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        if !http_body::Body::is_end_stream(&body) {
-            for value in announced {
-                h.append(header::TRAILER, value);
-            }
-            body = link_trailers::pack(h, body);
-        }
+    }
+    if own_trailers {
+        body = link_trailers::pack(h, body);
     }
     h.remove(PEER_HEADER);
     h.insert(

@@ -128,18 +128,8 @@ async fn exchange(
             );
         }
     };
-    let announced = framed.then(|| {
-        resp_headers
-            .get_all(header::TRAILER)
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-    });
-    headers::strip_hop_by_hop(&mut resp_headers);
-    // What trailers are coming: HTTP/1.1 sends only the fields named here.
-    for value in announced.into_iter().flatten() {
-        resp_headers.append(header::TRAILER, value);
-    }
+    // What trailers are coming stays said: HTTP/1.1 sends only those.
+    headers::strip_hop_by_hop_keeping_trailer(&mut resp_headers, framed);
     debug!(%status, mode = ?target.mode, "response head");
 
     // With credit (QUIC), each body byte taken lets the agent send another.
